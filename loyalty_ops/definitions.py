@@ -1,0 +1,37 @@
+"""The code location: every domain's definitions merged, with the shared resources bound once.
+
+Each domain folder under ``loyalty_ops/defs/`` exposes ``defs`` in its ``definitions.py``; they are
+discovered here so adding a domain never means editing a central list.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import dagster as dg
+
+import loyalty_ops.defs as defs_package
+from loyalty_ops.defs.environment import resources_from_environment
+
+
+def domain_definitions() -> list[dg.Definitions]:
+    found = []
+    for module_info in sorted(pkgutil.iter_modules(defs_package.__path__), key=lambda m: m.name):
+        if not module_info.ispkg:
+            continue
+        try:
+            module = importlib.import_module(f"{defs_package.__name__}.{module_info.name}.definitions")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{defs_package.__name__}.{module_info.name}.definitions":
+                continue
+            raise
+        found.append(module.defs)
+    return found
+
+
+def build_definitions() -> dg.Definitions:
+    return dg.Definitions.merge(*domain_definitions(), dg.Definitions(resources=resources_from_environment()))
+
+
+defs = build_definitions()

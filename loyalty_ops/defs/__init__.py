@@ -1,0 +1,1 @@
+"""Dagster definitions, one folder per domain: backups, restore, maintenance, reports, retention, alerting."""

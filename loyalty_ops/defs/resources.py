@@ -1,0 +1,107 @@
+"""Resources shared by every domain: the target PostgreSQL database, local backup storage, the offsite
+copy on S3. Each is a thin Dagster wrapper over a pure ``loyalty_ops.lib`` object."""
+
+
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from loyalty_ops.lib.backup.offsite import OffsiteTarget
+from loyalty_ops.lib.pg.connection import DEFAULT_DATABASE, ConnectionSpec
+from loyalty_ops.lib.pg.tools import HostToolRunner, PgToolRunner
+
+
+class PostgresTarget(dg.ConfigurableResource):
+    """The loyalty PostgreSQL database the operations run against (libpq settings or one URL)."""
+
+    database_url: Optional[str] = Field(
+        default=None, description="postgresql:// URL (LOYALTY_DATABASE_URL). Overrides the separate fields."
+    )
+    host: Optional[str] = Field(default=None, description="Server host (PGHOST).")
+    port: Optional[int] = Field(default=None, description="Server port (PGPORT).")
+    user: Optional[str] = Field(default=None, description="Role to connect as (PGUSER).")
+    password: Optional[str] = Field(default=None, description="Password (PGPASSWORD); read through EnvVar.")
+    database: str = Field(default=DEFAULT_DATABASE, description="Database name (PGDATABASE), default loyalty.")
+    sslmode: Optional[str] = Field(default=None, description="libpq sslmode (PGSSLMODE).")
+    runner: str = Field(
+        default="host",
+        description="Where pg_dump/pg_restore/psql run: 'host' (local binaries) or 'docker' (exec in a container).",
+    )
+    container: Optional[str] = Field(
+        default=None, description="Database container for the docker runner (LOYALTY_DB_CONTAINER)."
+    )
+    docker_host: Optional[str] = Field(default=None, description="Docker API address (DOCKER_HOST).")
+    pg_bin_dir: Optional[str] = Field(default=None, description="Directory of the host's PostgreSQL tools.")
+
+    def spec(self, database: Optional[str] = None) -> ConnectionSpec:
+        if self.database_url:
+            spec = ConnectionSpec.from_url(self.database_url)
+        else:
+            spec = ConnectionSpec(
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                password=self.password,
+                dbname=self.database,
+                sslmode=self.sslmode,
+            )
+        return spec.with_database(database) if database else spec
+
+    @property
+    def database_name(self) -> str:
+        return self.spec().dbname
+
+    def tools(self, database: Optional[str] = None) -> PgToolRunner:
+        """The runner for pg_dump/pg_restore/psql chosen by ``runner``."""
+        spec = self.spec(database)
+        if self.runner == "host":
+            return HostToolRunner(spec, self.pg_bin_dir)
+        if self.runner == "docker":
+            from loyalty_ops.lib.pg.docker_runner import DockerExecToolRunner  # added with the docker runner
+
+            if not self.container:
+                raise dg.Failure("runner is 'docker' but no container is set: set LOYALTY_DB_CONTAINER=loyalty-db-prod")
+            return DockerExecToolRunner(spec, self.container, docker_host=self.docker_host)
+        raise dg.Failure(f"runner must be 'host' or 'docker', got {self.runner!r} (LOYALTY_PG_RUNNER)")
+
+
+class BackupStorage(dg.ConfigurableResource):
+    """Where backup files are written on this machine, and how they are compressed."""
+
+    backup_dir: str = Field(default="backups", description="Directory for backup files (LOYALTY_BACKUP_DIR).")
+    compression: str = Field(
+        default="gzip", description="'gzip' (.dump.gz, gunzip -t compatible) or 'zstd' (.dump.zst, faster)."
+    )
+    compression_level: Optional[int] = Field(
+        default=None, description="Compression level; default 1 for gzip, 3 for zstd (LOYALTY_COMPRESSION_LEVEL)."
+    )
+
+    @property
+    def path(self) -> Path:
+        return Path(self.backup_dir).expanduser().resolve()
+
+
+class OffsiteStorage(dg.ConfigurableResource):
+    """The offsite copy on S3 (or an S3-compatible endpoint). With no bucket, no offsite copy is made."""
+
+    s3: dg.ResourceDependency[S3Resource]
+    bucket: Optional[str] = Field(default=None, description="Bucket for offsite copies (LOYALTY_S3_BUCKET).")
+    prefix: str = Field(default="backups/", description="Key prefix (LOYALTY_S3_PREFIX).")
+    sse: str = Field(default="AES256", description="Server-side encryption: AES256 or aws:kms (LOYALTY_S3_SSE).")
+    kms_key_id: Optional[str] = Field(default=None, description="KMS key id for aws:kms (LOYALTY_S3_KMS_KEY_ID).")
+    storage_class: str = Field(default="STANDARD", description="S3 storage class (LOYALTY_S3_STORAGE_CLASS).")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.bucket)
+
+    def target(self) -> OffsiteTarget:
+        if not self.bucket:
+            raise dg.Failure("no offsite copy is configured: set LOYALTY_S3_BUCKET")
+        return OffsiteTarget(self.bucket, self.prefix, self.sse, self.kms_key_id, self.storage_class)
+
+    def client(self):
+        return self.s3.get_client()

@@ -1,0 +1,1 @@
+"""Backups: file naming, the streaming dump pipeline, integrity checks and the offsite copy."""

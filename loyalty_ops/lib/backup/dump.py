@@ -1,0 +1,204 @@
+"""One backup of one database: consistent snapshot, pg_dump, streaming write, row counts.
+
+The steps, in order:
+1. check the backup directory is writable and clear stale temporary files of killed runs;
+2. connect, refuse when pg_dump is older than the server;
+3. open a REPEATABLE READ transaction and export its snapshot; read the table list, catalog counts and
+   exact row counts *in that snapshot*, so a restore can later be checked against exact numbers;
+4. run ``pg_dump -Fc -Z0 --snapshot=...`` (no double compression) and stream it through the writer.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import psycopg
+
+from loyalty_ops.lib.backup.naming import BackupName, backup_name
+from loyalty_ops.lib.backup.stream import WrittenFile, remove_stale_partials, stream_to_file
+from loyalty_ops.lib.pg import catalog
+from loyalty_ops.lib.pg.catalog import TableRef
+from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.pg.tools import PgToolRunner, ToolError, parse_version
+from loyalty_ops.lib.progress import ProgressSnapshot
+
+
+class BackupError(RuntimeError):
+    """A backup could not be taken; the message says which step failed and what to check."""
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    backup_dir: Path
+    compression: str = "gzip"
+    compression_level: Optional[int] = None
+    compression_threads: int = 0
+    progress_interval_s: float = 10.0
+
+
+@dataclass
+class BackupResult:
+    name: BackupName
+    file: WrittenFile
+    server_version: str
+    pg_dump_version: str
+    tables: list[TableRef]
+    row_counts: dict[str, int]
+    catalog_counts: dict[str, int]
+    expected_raw_bytes: int
+    runner: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
+
+def connect(spec: ConnectionSpec, *, autocommit: bool = False) -> psycopg.Connection:
+    """Connect, turning driver errors into a message that names the target and the settings to check."""
+    try:
+        return psycopg.connect(**spec.psycopg_kwargs(), autocommit=autocommit)  # type: ignore[arg-type]
+    except psycopg.OperationalError as exc:
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise BackupError(
+            f"cannot connect to {spec.redacted()}: {detail}. Check PGHOST/PGPORT/PGUSER/PGPASSWORD "
+            "or LOYALTY_DATABASE_URL, and that the server is running."
+        ) from None
+
+
+def check_backup_dir(backup_dir: Path) -> None:
+    """Create the directory if needed and prove we can write there, before any dump starts."""
+    try:
+        backup_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackupError(f"LOYALTY_BACKUP_DIR {backup_dir} cannot be created: {exc.strerror}") from None
+    if not backup_dir.is_dir():
+        raise BackupError(f"LOYALTY_BACKUP_DIR {backup_dir} is not a directory")
+    probe = backup_dir / f".write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BackupError(
+            f"LOYALTY_BACKUP_DIR {backup_dir} is not writable ({exc.strerror}); "
+            "fix its permissions or point LOYALTY_BACKUP_DIR elsewhere"
+        ) from None
+
+
+def check_tool_versions(pg_dump_version: str, server: tuple[int, int]) -> None:
+    tool = parse_version(pg_dump_version)
+    if tool[0] < server[0]:
+        raise BackupError(
+            f"pg_dump {tool[0]}.{tool[1]} is older than the server (PostgreSQL {server[0]}.{server[1]}); "
+            f"pg_dump cannot dump a newer server. Install postgresql-client-{server[0]} or set LOYALTY_PG_BIN_DIR."
+        )
+
+
+def take_backup(
+    spec: ConnectionSpec,
+    runner: PgToolRunner,
+    request: BackupRequest,
+    *,
+    taken_at: Optional[datetime] = None,
+    on_progress: Optional[Callable[[ProgressSnapshot], None]] = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> BackupResult:
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    backup_dir = Path(request.backup_dir)
+    check_backup_dir(backup_dir)
+    for stale in remove_stale_partials(backup_dir):
+        log(f"removed temporary file {stale.name} left by a killed earlier run")
+    name = backup_name(spec.dbname, taken_at or datetime.now(timezone.utc), request.compression)
+    final_path = backup_dir / name.filename
+    pg_dump_version = runner.tool_version("pg_dump")
+
+    with connect(spec) as conn:
+        server = catalog.server_version(conn)
+        check_tool_versions(pg_dump_version, server)
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        tables = catalog.list_user_tables(conn)
+        counts_of_catalog = catalog.catalog_counts(conn)
+        expected = catalog.estimated_dump_bytes(conn)
+        timings["prepare_s"] = time.monotonic() - t0
+        log(
+            f"dumping {spec.redacted()} (PostgreSQL {server[0]}.{server[1]}, {len(tables)} tables, "
+            f"~{expected} bytes of table data) to {final_path} with {runner.description}"
+        )
+
+        # Count rows in the exported snapshot while pg_dump runs: the numbers are exactly the dump's.
+        row_counts: dict[str, int] = {}
+        count_errors: list[BaseException] = []
+
+        def _count() -> None:
+            try:
+                row_counts.update(catalog.count_rows(conn, tables))
+            except BaseException as exc:  # reported after the dump
+                count_errors.append(exc)
+
+        proc = runner.start(
+            "pg_dump",
+            ["--format=custom", "--compress=0", "--no-password", f"--snapshot={snapshot_id}"],
+            database=spec.dbname,
+        )
+        counter = threading.Thread(target=_count, name="snapshot-row-counts", daemon=True)
+        counter.start()
+
+        def _finish() -> None:
+            code = proc.wait()
+            if code != 0:
+                stderr = proc.stderr_text().strip()
+                raise ToolError(
+                    f"pg_dump failed with exit code {code}: {stderr[-2000:] or 'no error output'}",
+                    tool="pg_dump",
+                    returncode=code,
+                    stderr=stderr,
+                )
+
+        try:
+            assert proc.stdout is not None
+            written = stream_to_file(
+                proc.stdout,
+                final_path,
+                compression=request.compression,
+                level=request.compression_level,
+                threads=request.compression_threads,
+                expected_raw_bytes=expected,
+                on_progress=on_progress,
+                progress_interval_s=request.progress_interval_s,
+                finish=_finish,
+            )
+        except ToolError as exc:
+            raise BackupError(f"{exc} (target {spec.redacted()}; no backup file was written)") from None
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            counter.join()
+        timings["dump_s"] = written.duration_s
+        if count_errors:
+            final_path.unlink(missing_ok=True)
+            Path(str(final_path) + ".sha256").unlink(missing_ok=True)
+            raise BackupError(f"counting rows in the dump's snapshot failed: {count_errors[0]}")
+        conn.rollback()
+
+    timings["total_s"] = time.monotonic() - t0
+    return BackupResult(
+        name=name,
+        file=written,
+        server_version=f"{server[0]}.{server[1]}",
+        pg_dump_version=pg_dump_version,
+        tables=tables,
+        row_counts=row_counts,
+        catalog_counts=counts_of_catalog,
+        expected_raw_bytes=expected,
+        runner=runner.description,
+        timings=timings,
+    )

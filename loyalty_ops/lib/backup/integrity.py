@@ -1,0 +1,212 @@
+"""Integrity checks of a backup file on disk, each independent of how the file was written.
+
+- :func:`verify_compressed_stream`: the compressed stream is valid to its end (what ``gunzip -t`` /
+  ``zstd -t`` check) and holds a PostgreSQL custom-format archive.
+- :func:`file_sha256`: the hash of the bytes on disk, to compare with the one computed while writing.
+- :func:`size_is_plausible`: not empty, and not under a fraction of the previous good backup.
+- :func:`missing_from_toc`: every source table has its TABLE and TABLE DATA entries in ``pg_restore --list``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterable, Iterator, Optional
+
+from loyalty_ops.lib.pg.catalog import TableRef
+
+READ_BYTES = 4 * 1024 * 1024
+CUSTOM_FORMAT_MAGIC = b"PGDMP"
+
+
+@dataclass(frozen=True)
+class StreamVerdict:
+    ok: bool
+    raw_bytes: int
+    message: str
+
+
+def compression_of(path: Path) -> str:
+    name = Path(path).name
+    if name.endswith(".gz"):
+        return "gzip"
+    if name.endswith(".zst"):
+        return "zstd"
+    raise ValueError(f"{name}: not a .dump.gz or .dump.zst backup")
+
+
+def iter_decompressed(path: Path, compression: Optional[str] = None) -> Iterator[bytes]:
+    """Yield the decompressed archive in chunks; raise ValueError if the stream is corrupt or truncated."""
+    compression = compression or compression_of(path)
+    with open(path, "rb") as handle:
+        if compression == "gzip":
+            decomp = zlib.decompressobj(31)
+            for block in iter(lambda: handle.read(READ_BYTES), b""):
+                try:
+                    out = decomp.decompress(block)
+                except zlib.error as exc:
+                    raise ValueError(f"gzip stream is corrupt: {exc}") from None
+                if out:
+                    yield out
+                if decomp.eof and decomp.unused_data:
+                    # A second gzip member follows (as `cat a.gz b.gz` makes); decode it too.
+                    rest = decomp.unused_data
+                    decomp = zlib.decompressobj(31)
+                    try:
+                        out = decomp.decompress(rest)
+                    except zlib.error as exc:
+                        raise ValueError(f"gzip stream is corrupt: {exc}") from None
+                    if out:
+                        yield out
+            if not decomp.eof:
+                raise ValueError("gzip stream ends early: the file is truncated (no gzip trailer)")
+        elif compression == "zstd":
+            import zstandard
+
+            reader = zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True)
+            try:
+                for block in iter(lambda: reader.read(READ_BYTES), b""):
+                    yield block
+            except zstandard.ZstdError as exc:
+                raise ValueError(f"zstd stream is corrupt: {exc}") from None
+            _check_zstd_complete(path)
+        else:
+            raise ValueError(f"unknown compression {compression!r}")
+
+
+def _check_zstd_complete(path: Path) -> None:
+    # zstandard's stream reader stops quietly at a truncated frame; decode the last frame's end explicitly.
+    import zstandard
+
+    with open(path, "rb") as handle:
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            for block in iter(lambda: handle.read(READ_BYTES), b""):
+                dobj.decompress(block)
+                while dobj.eof and dobj.unused_data:
+                    rest = dobj.unused_data
+                    dobj = zstandard.ZstdDecompressor().decompressobj()
+                    dobj.decompress(rest)
+        except zstandard.ZstdError as exc:
+            raise ValueError(f"zstd stream is corrupt: {exc}") from None
+        if not dobj.eof:
+            raise ValueError("zstd stream ends early: the file is truncated (incomplete frame)")
+
+
+def verify_compressed_stream(path: Path) -> StreamVerdict:
+    """Decompress the whole file (as ``gunzip -t`` does) and check it starts like a custom-format archive."""
+    path = Path(path)
+    if not path.exists():
+        return StreamVerdict(False, 0, f"{path} does not exist")
+    if path.stat().st_size == 0:
+        return StreamVerdict(False, 0, f"{path.name} is empty (0 bytes)")
+    raw = 0
+    head = b""
+    try:
+        for block in iter_decompressed(path):
+            if len(head) < len(CUSTOM_FORMAT_MAGIC):
+                head += block[: len(CUSTOM_FORMAT_MAGIC)]
+            raw += len(block)
+    except ValueError as exc:
+        return StreamVerdict(False, raw, f"{path.name}: {exc} after {raw} decompressed bytes")
+    if not head.startswith(CUSTOM_FORMAT_MAGIC):
+        return StreamVerdict(False, raw, f"{path.name} decompresses but is not a pg_dump custom-format archive")
+    return StreamVerdict(True, raw, f"{path.name}: compressed stream valid to the end, {raw} bytes of archive")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(READ_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_sidecar(path: Path) -> Optional[str]:
+    """The hash stored in ``FILE.sha256`` (``sha256sum`` format), or None when there is no sidecar."""
+    sidecar = Path(str(path) + ".sha256")
+    if not sidecar.exists():
+        return None
+    text = sidecar.read_text(encoding="utf-8").strip()
+    return text.split()[0].lower() if text else None
+
+
+@dataclass(frozen=True)
+class SizeVerdict:
+    ok: bool
+    message: str
+    ratio: Optional[float]
+
+
+def size_is_plausible(size: int, previous_size: Optional[int], min_ratio: float = 0.5) -> SizeVerdict:
+    """Catch the commonest silent failure: an empty or truncated dump reported as success."""
+    if size <= 0:
+        return SizeVerdict(False, "the backup file is empty (0 bytes)", None)
+    if not previous_size:
+        return SizeVerdict(True, f"{size} bytes; no previous successful backup to compare with", None)
+    ratio = size / previous_size
+    if ratio < min_ratio:
+        return SizeVerdict(
+            False,
+            f"{size} bytes is {ratio:.0%} of the previous successful backup ({previous_size} bytes), "
+            f"under the {min_ratio:.0%} floor: the dump may be truncated or tables may be missing",
+            ratio,
+        )
+    return SizeVerdict(True, f"{size} bytes, {ratio:.0%} of the previous successful backup", ratio)
+
+
+def missing_from_toc(toc_text: str, tables: Iterable[TableRef]) -> list[str]:
+    """Tables without a ``TABLE`` entry (and, for ordinary tables, a ``TABLE DATA`` entry) in the TOC.
+
+    ``pg_restore --list`` prints names unquoted (``TABLE public my table owner``), so each expected entry
+    is matched as a whole line suffix built from the catalog's schema, name and owner.
+    """
+    entries: set[str] = set()
+    for line in toc_text.splitlines():
+        if not line or line.startswith(";"):
+            continue
+        _, _, rest = line.partition("; ")
+        # rest: "<catalog oid> <oid> <DESC> <schema> <name> <owner>"
+        fields = rest.split(" ", 2)
+        if len(fields) == 3:
+            entries.add(fields[2])
+    missing = []
+    for table in tables:
+        if f"TABLE {table.schema} {table.name} {table.owner}" not in entries:
+            missing.append(f"{table.qualified} (no TABLE entry)")
+        elif table.kind == "r" and f"TABLE DATA {table.schema} {table.name} {table.owner}" not in entries:
+            missing.append(f"{table.qualified} (no TABLE DATA entry)")
+    return missing
+
+
+def feed_decompressed(path: Path, sink: IO[bytes]) -> None:
+    """Write the decompressed archive into ``sink`` (a tool's stdin); stops quietly when the reader hangs up."""
+    try:
+        for block in iter_decompressed(path):
+            sink.write(block)
+    except (BrokenPipeError, ConnectionResetError, OSError) as exc:
+        if not isinstance(exc, (BrokenPipeError, ConnectionResetError)) and getattr(exc, "errno", None) != 32:
+            raise
+    finally:
+        try:
+            sink.close()
+        except OSError:
+            pass
+
+
+def start_feeder(path: Path, sink: IO[bytes]) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def _run() -> None:
+        try:
+            feed_decompressed(path, sink)
+        except BaseException as exc:  # reported by the caller through .errors
+            errors.append(exc)
+
+    thread = threading.Thread(target=_run, name="archive-feeder", daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread

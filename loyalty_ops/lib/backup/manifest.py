@@ -1,0 +1,64 @@
+"""The manifest written next to each backup (``FILE.manifest.json``): what the dump's snapshot held.
+
+It lets a restore, drill or retention run anywhere (even from the S3 copy alone) compare against exact
+numbers taken at dump time: row counts per table, catalog object counts, versions and the checksum.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX
+from loyalty_ops.lib.backup.stream import write_text_atomically
+from loyalty_ops.lib.pg.catalog import TableRef
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class BackupManifest:
+    database: str
+    filename: str
+    taken_at: str
+    compression: str
+    sha256: str
+    bytes: int
+    raw_bytes: int
+    server_version: str
+    pg_dump_version: str
+    tables: list[dict] = field(default_factory=list)  # {"schema", "name", "owner", "kind"}
+    row_counts: dict[str, int] = field(default_factory=dict)
+    catalog_counts: dict[str, int] = field(default_factory=dict)
+    version: int = MANIFEST_VERSION
+
+    def table_refs(self) -> list[TableRef]:
+        return [TableRef(t["schema"], t["name"], t.get("owner", ""), t.get("kind", "r")) for t in self.tables]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BackupManifest":
+        data = json.loads(text)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def manifest_path(backup_path: Path) -> Path:
+    return Path(str(backup_path) + MANIFEST_SUFFIX)
+
+
+def write_manifest(backup_path: Path, manifest: BackupManifest) -> Path:
+    path = manifest_path(backup_path)
+    write_text_atomically(path, manifest.to_json())
+    return path
+
+
+def read_manifest(backup_path: Path) -> Optional[BackupManifest]:
+    path = manifest_path(backup_path)
+    if not path.exists():
+        return None
+    return BackupManifest.from_json(path.read_text(encoding="utf-8"))

@@ -1,0 +1,1 @@
+"""PostgreSQL helpers: connection settings, tool runners and catalog queries."""
