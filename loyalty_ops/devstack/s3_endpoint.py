@@ -20,8 +20,11 @@ class LocalS3:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "LocalS3":
+        import logging
+
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
         self.port = self.port or free_port()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         server.start()
