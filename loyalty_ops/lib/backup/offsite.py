@@ -183,19 +183,7 @@ def upload_backup(
         client.upload_file(str(sidecar), target.bucket, sidecar_key, ExtraArgs=target.extra_args())
         sidecar_keys.append(sidecar_key)
 
-    head = client.head_object(Bucket=target.bucket, Key=key, ChecksumMode="ENABLED")
-    remote_size = int(head["ContentLength"])
-    remote_checksum = head.get("ChecksumSHA256") or ""
-    expected_checksum = expected_s3_checksum(path, chunk_bytes)
-    problems = []
-    if remote_size != size:
-        problems.append(f"size {remote_size} != local {size}")
-    if remote_checksum.split("-")[0] != expected_checksum.split("-")[0]:
-        problems.append(f"ChecksumSHA256 {remote_checksum or 'missing'} != expected {expected_checksum}")
-    if head.get("Metadata", {}).get("sha256") != sha256_hex:
-        problems.append("sha256 metadata missing or different")
-    if problems:
-        raise OffsiteError(f"s3://{target.bucket}/{key} does not match the local backup: {'; '.join(problems)}")
+    remote_size, remote_checksum = verify_remote_copy(client, target.bucket, key, path, sha256_hex, chunk_bytes)
     return UploadedObject(
         bucket=target.bucket,
         key=key,
@@ -207,6 +195,34 @@ def upload_backup(
         attempts=attempt,
         sidecar_keys=tuple(sidecar_keys),
     )
+
+
+def verify_remote_copy(
+    client: Any, bucket: str, key: str, path: Path, sha256_hex: str, chunk_bytes: int = MULTIPART_CHUNK_BYTES
+) -> tuple[int, str]:
+    """HEAD the object and compare its size, ChecksumSHA256 and sha256 metadata with the local file.
+
+    Returns (size, ChecksumSHA256) or raises OffsiteError naming every difference.
+    """
+    try:
+        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    except (ClientError, BotoCoreError) as exc:
+        raise OffsiteError(f"s3://{bucket}/{key} cannot be read back after the upload: {_explain(exc, bucket)}") from None
+    size = Path(path).stat().st_size
+    remote_size = int(head["ContentLength"])
+    remote_checksum = head.get("ChecksumSHA256") or ""
+    expected_checksum = expected_s3_checksum(path, chunk_bytes)
+    problems = []
+    if remote_size != size:
+        problems.append(f"size {remote_size} != local {size}")
+    # Some S3-compatible stores omit the "-<parts>" suffix of a multipart checksum; the digest must match.
+    if remote_checksum.split("-")[0] != expected_checksum.split("-")[0]:
+        problems.append(f"ChecksumSHA256 {remote_checksum or 'missing'} != expected {expected_checksum}")
+    if head.get("Metadata", {}).get("sha256") != sha256_hex:
+        problems.append("sha256 metadata missing or different")
+    if problems:
+        raise OffsiteError(f"s3://{bucket}/{key} does not match the local backup: {'; '.join(problems)}")
+    return remote_size, remote_checksum
 
 
 def sidecar_paths(path: Path) -> tuple[Path, ...]:

@@ -1,0 +1,217 @@
+"""The nightly backup (``database_backup``) and its offsite copy (``offsite_backup_copy``)."""
+
+
+from datetime import timedelta
+from typing import Iterator, Optional
+
+import dagster as dg
+from pydantic import Field
+
+from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, last_verified_backup, recent_backups
+from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
+from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, take_backup
+from loyalty_ops.lib.backup.manifest import BackupManifest, write_manifest
+from loyalty_ops.lib.backup.naming import COMPRESSION_SUFFIXES, parse_backup_name
+from loyalty_ops.lib.backup.offsite import OffsiteError, sidecar_paths, upload_backup
+from loyalty_ops.lib.pg.connection import ConnectionConfigError
+from loyalty_ops.lib.progress import human_bytes
+
+OWNERS = ["team:platform"]
+BACKUP_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25))
+
+
+class BackupConfig(dg.Config):
+    """Launchpad options for a backup. The defaults are what the nightly schedule uses."""
+
+    compression: Optional[str] = Field(
+        default=None,
+        description="Override the compression for this run: 'gzip' (.dump.gz) or 'zstd' (.dump.zst). "
+        "Empty uses LOYALTY_COMPRESSION (default gzip).",
+    )
+    progress_interval_seconds: float = Field(
+        default=10.0, description="How often the run log reports bytes done, percent and ETA."
+    )
+
+
+def _row_count_table(row_counts: dict[str, int]) -> str:
+    lines = ["| table | rows |", "|---|---:|"]
+    lines += [f"| `{name}` | {count:,} |" for name, count in sorted(row_counts.items())]
+    return "\n".join(lines)
+
+
+@dg.asset(
+    key=BACKUP_ASSET_KEY,
+    group_name="backups",
+    kinds={"postgres"},
+    owners=OWNERS,
+    tags={"loyalty_ops/criticality": "critical"},
+    freshness_policy=BACKUP_FRESHNESS,
+)
+def database_backup(
+    context: dg.AssetExecutionContext,
+    config: BackupConfig,
+    postgres: PostgresTarget,
+    backup_storage: BackupStorage,
+) -> dg.MaterializeResult:
+    """A full logical backup of the loyalty database: `pg_dump -Fc` streamed through gzip (or zstd) into
+    `LOYALTY_BACKUP_DIR/loyalty_YYYYMMDD_HHMMSS.dump.gz`, with a `sha256sum -c` sidecar and a manifest of
+    exact row counts taken in the dump's own snapshot. The file appears under its final name only when
+    complete (mode 0600). Blocking checks verify it before the offsite copy."""
+    compression = config.compression or backup_storage.compression
+    if compression not in COMPRESSION_SUFFIXES:
+        raise dg.Failure(
+            f"compression must be 'gzip' or 'zstd', got {compression!r}: fix the run config 'compression' "
+            "or LOYALTY_COMPRESSION"
+        )
+    try:
+        spec = postgres.spec()
+        runner = postgres.tools()
+    except ConnectionConfigError as exc:
+        raise dg.Failure(str(exc)) from None
+    previous = last_verified_backup(context.instance, exclude_run_id=context.run_id)
+    request = BackupRequest(
+        backup_dir=backup_storage.path,
+        compression=compression,
+        compression_level=backup_storage.compression_level,
+        progress_interval_s=config.progress_interval_seconds,
+    )
+    try:
+        result = take_backup(
+            spec,
+            runner,
+            request,
+            on_progress=lambda snap: context.log.info(snap.message()),
+            log=context.log.info,
+        )
+    except (BackupError, ValueError) as exc:
+        raise dg.Failure(description=str(exc), metadata={"target": spec.redacted()}) from None
+
+    manifest = BackupManifest(
+        database=spec.dbname,
+        filename=result.path.name,
+        taken_at=result.name.taken_at.isoformat(),
+        compression=compression,
+        sha256=result.file.sha256,
+        bytes=result.file.written_bytes,
+        raw_bytes=result.file.raw_bytes,
+        server_version=result.server_version,
+        pg_dump_version=result.pg_dump_version,
+        tables=[{"schema": t.schema, "name": t.name, "owner": t.owner, "kind": t.kind} for t in result.tables],
+        row_counts=result.row_counts,
+        catalog_counts=result.catalog_counts,
+    )
+    manifest_file = write_manifest(result.path, manifest)
+    duration = result.file.duration_s
+    context.log.info(
+        f"backup written: {result.path} ({human_bytes(result.file.written_bytes)} from "
+        f"{human_bytes(result.file.raw_bytes)} of archive in {duration:.1f} s), sha256 {result.file.sha256}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(result.path)),
+            "filename": result.path.name,
+            "manifest_path": dg.MetadataValue.path(str(manifest_file)),
+            "bytes": result.file.written_bytes,
+            "raw_bytes": result.file.raw_bytes,
+            "compression": compression,
+            "compression_ratio": round(result.file.raw_bytes / max(result.file.written_bytes, 1), 3),
+            "duration_s": round(duration, 3),
+            "throughput_mb_s": round(result.file.raw_bytes / 1e6 / max(duration, 1e-6), 2),
+            "sha256": result.file.sha256,
+            "pg_dump_version": result.pg_dump_version,
+            "server_version": result.server_version,
+            "database": spec.dbname,
+            "target": spec.redacted(),
+            "runner": result.runner,
+            "table_count": len(result.tables),
+            "total_rows": sum(result.row_counts.values()),
+            "row_counts": dg.MetadataValue.json(result.row_counts),
+            "row_counts_table": dg.MetadataValue.md(_row_count_table(result.row_counts)),
+            "catalog_counts": dg.MetadataValue.json(result.catalog_counts),
+            "previous_backup_bytes": previous.bytes if previous and previous.bytes else 0,
+            "taken_at": result.name.taken_at.isoformat(),
+        }
+    )
+
+
+class OffsiteConfig(dg.Config):
+    """Launchpad options for the offsite copy."""
+
+    progress_interval_seconds: float = Field(default=10.0, description="How often the upload reports progress.")
+    max_attempts: int = Field(default=4, description="Upload attempts on transient S3 errors (with backoff).")
+
+
+@dg.asset(
+    deps=[BACKUP_ASSET_KEY],
+    group_name="backups",
+    kinds={"s3"},
+    owners=OWNERS,
+    output_required=False,
+    tags={"loyalty_ops/criticality": "critical"},
+)
+def offsite_backup_copy(
+    context: dg.AssetExecutionContext, config: OffsiteConfig, offsite: OffsiteStorage
+) -> Iterator[dg.MaterializeResult]:
+    """The newest verified backup copied to S3 at `PREFIX/YYYY/MM/DD/<file>` with its sidecars, using
+    multipart upload, SHA-256 checksums, server-side encryption and the configured storage class. After
+    the upload the object is HEADed and its size and checksum compared with the local file. With no
+    bucket configured nothing is uploaded and nothing is reported as uploaded."""
+    if not offsite.configured:
+        context.log.warning(
+            "No offsite copy is configured (LOYALTY_S3_BUCKET is unset): this backup exists only on this "
+            "machine. Nothing was uploaded."
+        )
+        return
+    backups = recent_backups(context.instance, limit=1)
+    if not backups or not backups[0].path:
+        raise dg.Failure("there is no backup to copy offsite yet: materialize database_backup first")
+    latest = backups[0]
+    if not latest.verified:
+        failed = [name for name, ok in latest.checks.items() if ok is not True]
+        raise dg.Failure(
+            f"the newest backup {latest.metadata.get('filename')} did not pass its integrity checks "
+            f"({', '.join(failed)}); refusing to copy it offsite"
+        )
+    from pathlib import Path
+
+    path = Path(latest.path)
+    name = parse_backup_name(path.name)
+    if name is None or not path.exists():
+        raise dg.Failure(f"backup file {path} is missing on this machine; it cannot be copied offsite")
+    target = offsite.target()
+    key = name.s3_key(target.prefix)
+    try:
+        uploaded = upload_backup(
+            offsite.client(),
+            target,
+            path,
+            key,
+            latest.metadata["sha256"],
+            sidecars=sidecar_paths(path),
+            on_progress=lambda snap: context.log.info(snap.message()),
+            progress_interval_s=config.progress_interval_seconds,
+            max_attempts=config.max_attempts,
+            log=context.log.warning,
+        )
+    except OffsiteError as exc:
+        raise dg.Failure(description=str(exc), metadata={"bucket": target.bucket, "key": key}) from None
+    context.log.info(f"offsite copy verified: {uploaded.uri} ({human_bytes(uploaded.bytes)})")
+    yield dg.MaterializeResult(
+        metadata={
+            "uri": dg.MetadataValue.url(uploaded.uri),
+            "bucket": uploaded.bucket,
+            "key": uploaded.key,
+            "filename": path.name,
+            "bytes": uploaded.bytes,
+            "sha256": uploaded.sha256_hex,
+            "s3_checksum_sha256": uploaded.checksum_sha256,
+            "verified": uploaded.verified,
+            "duration_s": round(uploaded.duration_s, 3),
+            "throughput_mb_s": round(uploaded.bytes / 1e6 / max(uploaded.duration_s, 1e-6), 2),
+            "attempts": uploaded.attempts,
+            "sse": target.sse,
+            "storage_class": target.storage_class,
+            "sidecar_keys": dg.MetadataValue.json(list(uploaded.sidecar_keys)),
+            "source_run_id": latest.run_id,
+        }
+    )
