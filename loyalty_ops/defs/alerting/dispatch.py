@@ -1,0 +1,117 @@
+"""Open and resolve incidents and deliver their messages, with the ledger kept in the Dagster instance.
+
+The ledger (open incidents and the outbox of undelivered messages) is one JSON document in the instance's
+key-value store (``run_storage`` cursor values, the same table Dagster's own daemons keep their cursors
+in), so it lives in the instance's PostgreSQL database in production and survives restarts. Every sensor
+of this domain calls :func:`apply` once per tick: load, decide, deliver (with retries), save.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import dagster as dg
+
+from loyalty_ops.defs.alerting.resources import AlertingResource
+from loyalty_ops.lib.alerting.alerts import Alert
+from loyalty_ops.lib.alerting.incidents import IncidentLedger
+from loyalty_ops.lib.alerting.notifiers import FlushReport, Logger, flush_outbox
+
+LEDGER_KEY = "loyalty_ops/alerting/incident_ledger"
+
+
+def load_ledger(instance: dg.DagsterInstance) -> IncidentLedger:
+    values = instance.run_storage.get_cursor_values({LEDGER_KEY})
+    return IncidentLedger.from_json(values.get(LEDGER_KEY))
+
+
+def save_ledger(instance: dg.DagsterInstance, ledger: IncidentLedger) -> None:
+    instance.run_storage.set_cursor_values({LEDGER_KEY: ledger.to_json()})
+
+
+@dataclass
+class ApplyReport:
+    triggered: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+    suppressed: list[str] = field(default_factory=list)
+    flush: FlushReport = field(default_factory=FlushReport)
+
+    def describe(self) -> str:
+        parts = []
+        if self.triggered:
+            parts.append(f"triggered {', '.join(self.triggered)}")
+        if self.resolved:
+            parts.append(f"resolved {', '.join(self.resolved)}")
+        if self.suppressed:
+            parts.append(f"already open: {', '.join(self.suppressed)}")
+        parts.append(f"{len(self.flush.delivered)} message(s) delivered, {self.flush.still_queued} queued")
+        return "; ".join(parts)
+
+
+def apply(
+    instance: dg.DagsterInstance,
+    log: Logger,
+    alerting: AlertingResource,
+    secrets: Sequence[str],
+    *,
+    problems: Sequence[Alert] = (),
+    recoveries: Sequence[Alert] = (),
+    now: Optional[float] = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ApplyReport:
+    """Record problems (trigger new incidents) and recoveries (resolve open ones), then deliver everything
+    queued. Never raises for an unreachable destination: undelivered messages stay in the ledger."""
+    now = time.time() if now is None else now
+    report = ApplyReport()
+    ledger = load_ledger(instance)
+    destinations = alerting.destination_names()
+    for alert in problems:
+        decision = ledger.problem(alert, now)
+        if decision.action is None:
+            report.suppressed.append(alert.dedup_key)
+            log.info(decision.reason)
+            continue
+        report.triggered.append(alert.dedup_key)
+        log.info(f"{decision.reason}: [{alert.severity}] {alert.summary}")
+        _enqueue(ledger, destinations, decision.action, alert, now, log)
+    for alert in recoveries:
+        decision = ledger.recovery(alert.dedup_key)
+        if decision.action is None:
+            continue
+        report.resolved.append(alert.dedup_key)
+        log.info(f"{decision.reason}: {alert.summary}")
+        _enqueue(ledger, destinations, decision.action, alert, now, log)
+    for gone in ledger.drop_destinations_not_in(set(destinations)):
+        log.warning(f"dropped a queued {gone.action} for {gone.alert.get('dedup_key')}: destination "
+                    f"{gone.destination} is no longer configured")
+    for expired in ledger.expire(now, alerting.max_undelivered_age_hours * 3600):
+        log.error(f"gave up on {expired.destination} {expired.action} for {expired.alert.get('dedup_key')} after "
+                  f"{expired.attempts} attempt(s) over {alerting.max_undelivered_age_hours:g} h: {expired.last_error}")
+    if ledger.outbox:
+        notifiers = alerting.notifiers(secrets)
+        try:
+            report.flush = flush_outbox(
+                ledger,
+                notifiers,
+                attempts=alerting.delivery_attempts,
+                backoff_s=alerting.retry_backoff_seconds,
+                sleep=sleep,
+                log=log,
+            )
+        finally:
+            for notifier in notifiers:
+                notifier.close()
+    save_ledger(instance, ledger)
+    return report
+
+
+def _enqueue(ledger: IncidentLedger, destinations: list[str], action: str, alert: Alert, now: float, log: Logger) -> None:
+    if not destinations:
+        log.warning(
+            f"no alert destination is configured (LOYALTY_PAGERDUTY_ROUTING_KEY, LOYALTY_SLACK_TOKEN, "
+            f"LOYALTY_ALERT_WEBHOOK_URL); {action} for {alert.dedup_key} is only logged: {alert.summary}"
+        )
+        return
+    for dropped in ledger.enqueue(destinations, action, alert, now):
+        log.error(f"outbox full: dropped undelivered {dropped.destination} {dropped.action} for "
+                  f"{dropped.alert.get('dedup_key')}")

@@ -1,0 +1,110 @@
+"""The alerting resource: where pages go (PagerDuty Events v2, Slack, a JSON webhook) and how hard to try.
+
+Secrets (routing key, Slack token, webhook URL) arrive as ``dg.EnvVar`` from
+``loyalty_ops.defs.alerting.environment``; the UI shows the variable names only.
+"""
+
+import os
+from typing import Iterable, Optional
+
+import dagster as dg
+from dagster_slack import SlackResource
+from pydantic import Field
+from slack_sdk import WebClient
+
+from loyalty_ops.lib.alerting.notifiers import (
+    DEFAULT_PAGERDUTY_EVENTS_URL,
+    Notifier,
+    PagerDutyNotifier,
+    SlackNotifier,
+    WebhookNotifier,
+)
+from loyalty_ops.lib.alerting.scrub import secret_values
+
+DEFAULT_WEBSERVER_BASE_URL = "http://localhost:3000"
+
+
+class AlertSlack(SlackResource):
+    """dagster-slack's ``SlackResource`` with the channel to post to and a configurable API base URL
+    (a proxy, or a test server on 127.0.0.1)."""
+
+    channel: str = Field(default="#loyalty-ops-alerts", description="Channel for alerts (LOYALTY_SLACK_CHANNEL).")
+    base_url: str = Field(default=WebClient.BASE_URL, description="Slack Web API base URL (LOYALTY_SLACK_BASE_URL).")
+    timeout_seconds: int = Field(default=10, description="HTTP timeout of one Slack call.")
+
+    def get_client(self) -> WebClient:
+        # retry_handlers=[]: retries are the alerting resource's single policy (delivery_attempts).
+        return WebClient(token=self.token, base_url=self.base_url, timeout=self.timeout_seconds, retry_handlers=[])
+
+
+class AlertingResource(dg.ConfigurableResource):
+    """Destinations and policy for pages. Any combination of destinations may be configured; with none,
+    incidents are still tracked and logged by the sensors."""
+
+    webserver_base_url: str = Field(
+        default=DEFAULT_WEBSERVER_BASE_URL,
+        description="Base URL of the Dagster UI, for the run link in every page (LOYALTY_WEBSERVER_BASE_URL).",
+    )
+    pagerduty_routing_key: Optional[str] = Field(
+        default=None, description="PagerDuty Events API v2 integration/routing key (LOYALTY_PAGERDUTY_ROUTING_KEY)."
+    )
+    pagerduty_events_url: str = Field(
+        default=DEFAULT_PAGERDUTY_EVENTS_URL,
+        description="Events API v2 endpoint, https:// ending in /v2/enqueue (LOYALTY_PAGERDUTY_EVENTS_URL).",
+    )
+    pagerduty_ca_bundle: Optional[str] = Field(
+        default=None, description="CA bundle file for the PagerDuty endpoint, e.g. behind a TLS proxy "
+        "(LOYALTY_PAGERDUTY_CA_BUNDLE). Empty uses the system's trust store."
+    )
+    slack: Optional[AlertSlack] = Field(default=None, description="Slack destination (LOYALTY_SLACK_TOKEN ...).")
+    webhook_url: Optional[str] = Field(
+        default=None, description="URL that receives every trigger/resolve as JSON (LOYALTY_ALERT_WEBHOOK_URL)."
+    )
+    delivery_attempts: int = Field(
+        default=3, description="Tries per message and tick before it is left queued for the next tick."
+    )
+    retry_backoff_seconds: float = Field(
+        default=2.0, description="Pause before the second try; doubles for each further try."
+    )
+    timeout_seconds: float = Field(default=10.0, description="HTTP timeout of one delivery.")
+    backup_max_age_hours: float = Field(
+        default=26.0, description="Page when the newest successful backup is older (LOYALTY_BACKUP_MAX_AGE_HOURS)."
+    )
+    max_undelivered_age_hours: float = Field(
+        default=24.0, description="Give up (with an error in the sensor log) on a message undelivered this long."
+    )
+
+    def secret_values(self, extra: Iterable[Optional[str]] = ()) -> list[str]:
+        """Every secret this process knows, for scrubbing payloads: this resource's, the environment's
+        (PGPASSWORD, AWS_SECRET_ACCESS_KEY, *_TOKEN, LOYALTY_DATABASE_URL, ...) and ``extra``."""
+        own = [self.pagerduty_routing_key, self.webhook_url, self.slack.token if self.slack else None]
+        return secret_values(os.environ, [*own, *extra])
+
+    def destination_names(self) -> list[str]:
+        names = []
+        if self.pagerduty_routing_key:
+            names.append(PagerDutyNotifier.name)
+        if self.slack is not None:
+            names.append(SlackNotifier.name)
+        if self.webhook_url:
+            names.append(WebhookNotifier.name)
+        return names
+
+    def notifiers(self, secrets: Iterable[str]) -> list[Notifier]:
+        secrets = tuple(secrets)
+        out: list[Notifier] = []
+        if self.pagerduty_routing_key:
+            out.append(
+                PagerDutyNotifier(
+                    self.pagerduty_routing_key,
+                    self.pagerduty_events_url,
+                    ca_bundle=self.pagerduty_ca_bundle,
+                    timeout_s=self.timeout_seconds,
+                    secrets=secrets,
+                )
+            )
+        if self.slack is not None:
+            out.append(SlackNotifier(self.slack.get_client(), self.slack.channel, secrets=secrets))
+        if self.webhook_url:
+            out.append(WebhookNotifier(self.webhook_url, timeout_s=self.timeout_seconds, secrets=secrets))
+        return out

@@ -1,0 +1,273 @@
+"""Sensors that page on-call: failed runs of any job, the success that resolves them, a stale backup,
+failed checks, and the retry of messages an endpoint did not accept.
+
+All of them are on by default. None raises because a destination is down: the message stays queued in
+the ledger (see ``dispatch``), ``retry_undelivered_alerts`` keeps trying it, and the run-status sensors'
+cursors (kept by Dagster) move on without losing it.
+"""
+
+import json
+import time
+from typing import Optional
+
+import dagster as dg
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from loyalty_ops.defs.alerting.dispatch import apply, load_ledger
+from loyalty_ops.defs.alerting.resources import AlertingResource
+from loyalty_ops.defs.backups.history import last_verified_backup
+from loyalty_ops.defs.resources import PostgresTarget
+from loyalty_ops.lib.alerting.alerts import (
+    CheckFacts,
+    RunFailureFacts,
+    backup_fresh_alert,
+    backup_freshness,
+    backup_freshness_dedup_key,
+    backup_stale_alert,
+    check_failed_alert,
+    check_pager_severity,
+    check_passed_alert,
+    run_dedup_key,
+    run_database,
+    run_failure_alert,
+    run_recovery_alert,
+)
+
+RUN_SENSOR_INTERVAL_S = 30
+CHECK_SENSOR_INTERVAL_S = 60
+FRESHNESS_SENSOR_INTERVAL_S = 300
+RETRY_SENSOR_INTERVAL_S = 60
+CHECK_HISTORY_DEPTH = 5
+
+
+def _default_database(postgres: PostgresTarget) -> Optional[str]:
+    try:
+        return postgres.database_name
+    except Exception:  # a malformed LOYALTY_DATABASE_URL must not stop paging
+        return None
+
+
+def _secrets(alerting: AlertingResource, postgres: PostgresTarget) -> list[str]:
+    return alerting.secret_values([postgres.password, postgres.database_url])
+
+
+def _error_text(error) -> str:
+    """The useful message of a SerializableErrorInfo: Dagster wraps user exceptions in "Error occurred
+    while executing op ..."; the cause is what on-call needs."""
+    if error is None:
+        return ""
+    if error.cause is not None and error.message.startswith("dagster._core.errors.DagsterExecution"):
+        return error.cause.message
+    return error.message
+
+
+def _run_end_time(instance: dg.DagsterInstance, run_id: str) -> float:
+    record = instance.get_run_record_by_id(run_id)
+    return (record.end_time if record and record.end_time else None) or time.time()
+
+
+@dg.run_failure_sensor(
+    name="page_on_run_failure",
+    monitor_all_code_locations=True,
+    minimum_interval_seconds=RUN_SENSOR_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def page_on_run_failure(
+    context: dg.RunFailureSensorContext, alerting: AlertingResource, postgres: PostgresTarget
+) -> None:
+    """Pages on-call when any run of any job fails (including runs that run monitoring marks failed because
+    they never started or their worker died). One incident per job and database: repeats while it is open
+    do not page again. The page names the failing step and its error and links to the run."""
+    run = context.dagster_run
+    step_failures = context.get_step_failure_events()
+    if step_failures:
+        first = step_failures[0]
+        step: Optional[str] = first.step_key
+        error = _error_text(first.step_failure_data.error) or first.message or ""
+    else:
+        step = None
+        error = context.failure_event.message or ""
+    facts = RunFailureFacts(
+        job_name=run.job_name,
+        run_id=run.run_id,
+        tags=dict(run.tags),
+        failed_at=_run_end_time(context.instance, run.run_id),
+        failing_step=step,
+        error=error,
+        default_database=_default_database(postgres),
+    )
+    secrets = _secrets(alerting, postgres)
+    alert = run_failure_alert(facts, alerting.webserver_base_url, secrets)
+    report = apply(context.instance, context.log, alerting, secrets, problems=[alert])
+    context.log.info(report.describe())
+    # Returning None lets Dagster go on to the next failed run in the same tick.
+
+
+@dg.run_status_sensor(
+    name="resolve_on_run_success",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitor_all_code_locations=True,
+    minimum_interval_seconds=RUN_SENSOR_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def resolve_on_run_success(
+    context: dg.RunStatusSensorContext, alerting: AlertingResource, postgres: PostgresTarget
+) -> None:
+    """Resolves a job's open incident when a later run of the same job (on the same database) succeeds."""
+    run = context.dagster_run
+    default_database = _default_database(postgres)
+    key = run_dedup_key(run.job_name, run_database(run.tags, default_database))
+    if not load_ledger(context.instance).is_open(key):
+        return None  # the common case: nothing was open, send nothing
+    recovery = run_recovery_alert(
+        run.job_name, run.run_id, dict(run.tags), _run_end_time(context.instance, run.run_id),
+        alerting.webserver_base_url, default_database,
+    )
+    report = apply(context.instance, context.log, alerting, _secrets(alerting, postgres), recoveries=[recovery])
+    context.log.info(report.describe())
+
+
+def _load_cursor(cursor: Optional[str]) -> dict:
+    try:
+        value = json.loads(cursor) if cursor else {}
+    except json.JSONDecodeError:
+        value = {}
+    return value if isinstance(value, dict) else {}
+
+
+@dg.sensor(
+    name="page_on_stale_backup",
+    minimum_interval_seconds=FRESHNESS_SENSOR_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def page_on_stale_backup(
+    context: dg.SensorEvaluationContext, alerting: AlertingResource, postgres: PostgresTarget
+) -> dg.SkipReason:
+    """Pages (critical) when there has been no successful, verified backup for `backup_max_age_hours`
+    (LOYALTY_BACKUP_MAX_AGE_HOURS, default 26, matching the freshness policy of `database_backup`). This
+    catches the nightly schedule never running at all, which no run-failure sensor can see. Resolves when a
+    verified backup appears. Cursor: when the sensor started watching, and the last verdict."""
+    cursor = _load_cursor(context.cursor)
+    now = time.time()
+    watched_since = float(cursor.get("watched_since") or now)
+    latest = last_verified_backup(context.instance)
+    freshness = backup_freshness(latest.timestamp if latest else None, now, alerting.backup_max_age_hours, watched_since)
+    database = _default_database(postgres) or (latest.metadata.get("database") if latest else None) or "unknown"
+    secrets = _secrets(alerting, postgres)
+    if freshness.stale:
+        alert = backup_stale_alert(
+            freshness, database, now, alerting.webserver_base_url,
+            last_backup_run_id=latest.run_id if latest else None,
+            last_backup_file=latest.metadata.get("filename") if latest else None,
+        )
+        report = apply(context.instance, context.log, alerting, secrets, problems=[alert], now=now)
+    else:
+        recoveries = []
+        if load_ledger(context.instance).is_open(backup_freshness_dedup_key(database)):
+            recoveries.append(backup_fresh_alert(freshness, database, now, alerting.webserver_base_url,
+                                                 latest.run_id if latest else None))
+        report = apply(context.instance, context.log, alerting, secrets, recoveries=recoveries, now=now)
+    context.update_cursor(
+        json.dumps(
+            {
+                "watched_since": watched_since,
+                "stale": freshness.stale,
+                "last_backup_run_id": latest.run_id if latest else None,
+                "checked_at": now,
+            },
+            sort_keys=True,
+        )
+    )
+    return dg.SkipReason(f"{'STALE' if freshness.stale else 'fresh'}: {freshness.reason}; {report.describe()}")
+
+
+_TERMINAL_CHECK_STATUSES = (AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED)
+
+
+@dg.sensor(
+    name="page_on_failed_checks",
+    minimum_interval_seconds=CHECK_SENSOR_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def page_on_failed_checks(
+    context: dg.SensorEvaluationContext, alerting: AlertingResource, postgres: PostgresTarget
+) -> dg.SkipReason:
+    """Pages when an asset check fails that is blocking, has ERROR severity, or carries an explicit
+    `loyalty_ops/severity` in its result (health-check threshold breaches, paged at that severity). The
+    next passing evaluation of the same check resolves it. Cursor: the last evaluation seen per check."""
+    cursor = _load_cursor(context.cursor)
+    seen: dict = dict(cursor.get("checks") or {})
+    repository = context.repository_def
+    if repository is None:
+        return dg.SkipReason("no repository is loaded; there are no checks to watch")
+    default_database = _default_database(postgres)
+    secrets = _secrets(alerting, postgres)
+    open_keys = set(load_ledger(context.instance).incidents)
+    problems, recoveries = [], []
+    storage = context.instance.event_log_storage
+    for check_key in sorted(repository.asset_graph.asset_check_keys, key=lambda k: k.to_user_string()):
+        name = check_key.to_user_string()
+        records = storage.get_asset_check_execution_history(check_key, limit=CHECK_HISTORY_DEPTH)
+        finished = [
+            r for r in records
+            if r.status in _TERMINAL_CHECK_STATUSES and r.event is not None and r.event.asset_check_evaluation is not None
+        ]
+        if not finished:
+            continue
+        latest = max(finished, key=lambda r: r.id)
+        if latest.id <= int(seen.get(name, 0)):
+            continue
+        seen[name] = latest.id
+        evaluation = latest.event.asset_check_evaluation
+        run = context.instance.get_run_by_id(latest.run_id)
+        facts = CheckFacts(
+            asset_key=check_key.asset_key.to_user_string(),
+            check_name=check_key.name,
+            passed=bool(evaluation.passed),
+            check_severity=evaluation.severity.value,
+            blocking=bool(evaluation.blocking),
+            run_id=latest.run_id,
+            evaluated_at=latest.event.timestamp,
+            description=evaluation.description,
+            run_tags=dict(run.tags) if run else {},
+            metadata={k: getattr(v, "value", v) for k, v in evaluation.metadata.items()},
+            default_database=default_database,
+        )
+        if facts.passed:
+            alert = check_passed_alert(facts, alerting.webserver_base_url)
+            if alert.dedup_key in open_keys:
+                recoveries.append(alert)
+            continue
+        severity = check_pager_severity(facts)
+        if severity is None:
+            context.log.info(f"check {name} failed with {facts.check_severity} severity; not paging (not blocking)")
+            continue
+        problems.append(check_failed_alert(facts, severity, alerting.webserver_base_url, secrets))
+    report = apply(context.instance, context.log, alerting, secrets, problems=problems, recoveries=recoveries)
+    context.update_cursor(json.dumps({"checks": seen}, sort_keys=True))
+    return dg.SkipReason(f"checked {len(seen)} check(s); {report.describe()}")
+
+
+@dg.sensor(
+    name="retry_undelivered_alerts",
+    minimum_interval_seconds=RETRY_SENSOR_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def retry_undelivered_alerts(
+    context: dg.SensorEvaluationContext, alerting: AlertingResource, postgres: PostgresTarget
+) -> dg.SkipReason:
+    """Delivers messages that a destination did not accept earlier (endpoint down, timeout, HTTP 5xx),
+    in order, until they are delivered or `max_undelivered_age_hours` old."""
+    if not load_ledger(context.instance).outbox:
+        return dg.SkipReason("nothing queued")
+    report = apply(context.instance, context.log, alerting, _secrets(alerting, postgres))
+    return dg.SkipReason(report.describe())
+
+
+ALERTING_SENSORS = [
+    page_on_run_failure,
+    resolve_on_run_success,
+    page_on_stale_backup,
+    page_on_failed_checks,
+    retry_undelivered_alerts,
+]
