@@ -1,0 +1,1 @@
+"""Reports: bloat estimation, sizes, database and application health, thresholds and markdown (no Dagster)."""
