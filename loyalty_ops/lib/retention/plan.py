@@ -62,6 +62,9 @@ class RetentionPolicy:
     multipart_max_age_hours: float = 24
     log_keep_days: float = 30
     max_backup_age_hours: float = 48  # 0 disables the staleness gate
+    # Once restore drills exist: True = the newest backup itself must have passed one (drills after every
+    # backup); False = the most recent drill must have passed (drills every N backups).
+    drill_required_for_newest: bool = True
 
     def validate(self) -> None:
         problems = []
@@ -88,6 +91,8 @@ class RetentionPolicy:
             parts.append("GFS " + ", ".join(gfs))
         parts.append(f"logs {self.log_keep_days:g} days")
         parts.append(f"abort multipart uploads older than {self.multipart_max_age_hours:g} h")
+        if not self.drill_required_for_newest:
+            parts.append("the most recent restore drill must have passed")
         if self.max_backup_age_hours:
             parts.append(f"newest backup at most {self.max_backup_age_hours:g} h old")
         return "; ".join(parts)
@@ -287,6 +292,13 @@ def classify_key(key: str, prefix: str, database: str) -> tuple[Optional[BackupN
     return parsed, suffix, ""
 
 
+def _last_drill_passed(drills: Mapping[str, bool]) -> bool:
+    dated = [(parsed.taken_at, fn) for fn in drills if (parsed := _parse_strict(fn)) is not None]
+    if not dated:
+        return True
+    return drills[max(dated)[1]] is True
+
+
 def _age(now: datetime, then: datetime) -> timedelta:
     return now - then
 
@@ -388,9 +400,11 @@ def plan_retention(
         unit = units.get(fn)
         if result is None or not result.passed:
             blocked = f"the newest backup {fn} has not passed its integrity checks ({status_of(fn)})"
-        elif drills_exist and evidence.drills.get(fn) is not True:
+        elif drills_exist and policy.drill_required_for_newest and evidence.drills.get(fn) is not True:
             outcome = "failed" if evidence.drills.get(fn) is False else "not had"
             blocked = f"the newest backup {fn} has {outcome} a restore drill, and drills are in use"
+        elif drills_exist and not policy.drill_required_for_newest and not _last_drill_passed(evidence.drills):
+            blocked = "the most recent restore drill failed"
         elif unit is None or not unit.exists:
             blocked = f"the newest backup {fn} is in the history but is missing from disk and S3"
         elif policy.max_backup_age_hours and _age(now, newest.taken_at) > timedelta(hours=policy.max_backup_age_hours):

@@ -1,0 +1,235 @@
+"""``retention_plan`` (what would be kept and deleted, and why, as markdown) and ``retention_cleanup``
+(carries the plan out). The cleanup re-lists everything and deletes only what both the shown plan and a
+fresh plan delete, so a plan made earlier can never remove something the present state would keep."""
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+from pydantic import Field
+
+from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
+from loyalty_ops.defs.retention.evidence import gather_evidence
+from loyalty_ops.defs.retention.settings import RetentionSettings
+from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
+from loyalty_ops.lib.backup.offsite import OffsiteError
+from loyalty_ops.lib.pg.connection import ConnectionConfigError
+from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.retention.cleanup import carry_out
+from loyalty_ops.lib.retention.inventory import list_multipart_uploads, list_objects, resolve_log_dir, scan_backup_dir, scan_log_dir
+from loyalty_ops.lib.retention.plan import Inventory, PolicyError, RetentionPlan, RetentionPolicy, plan_summary, plan_retention, restrict_to
+
+OWNERS = ["team:platform"]
+GROUP = "retention"
+
+
+class RetentionPlanConfig(dg.Config):
+    """Launchpad overrides of the retention policy for this run; empty fields use the LOYALTY_RETENTION_* settings."""
+
+    keep_days: Optional[float] = Field(default=None, description="Keep every backup younger than this many days (default 30).")
+    min_keep: Optional[int] = Field(default=None, description="The floor: always keep the newest N verified backups (>= 1, default 3).")
+    gfs_daily: Optional[int] = Field(default=None, description="GFS: keep the newest verified backup of each of the last N days (0 = off).")
+    gfs_weekly: Optional[int] = Field(default=None, description="GFS: ... of each of the last N ISO weeks (0 = off).")
+    gfs_monthly: Optional[int] = Field(default=None, description="GFS: ... of each of the last N months (0 = off).")
+
+
+class RetentionCleanupConfig(dg.Config):
+    """Launchpad options for carrying out the plan."""
+
+    dry_run: Optional[bool] = Field(
+        default=None,
+        description="true: report what would be deleted and delete nothing. Empty uses LOYALTY_RETENTION_DRY_RUN (default false).",
+    )
+
+
+class _Context:
+    """What listing found, kept for the cleanup step (client, bucket, directories)."""
+
+    def __init__(self, plan: RetentionPlan, backup_dir: Path, client: Any, bucket: Optional[str], log_dir: Optional[Path], stats: dict):
+        self.plan, self.backup_dir, self.client, self.bucket, self.log_dir, self.stats = plan, backup_dir, client, bucket, log_dir, stats
+
+
+def make_plan(
+    context: dg.AssetExecutionContext,
+    settings: RetentionSettings,
+    backup_storage: BackupStorage,
+    offsite: OffsiteStorage,
+    postgres: PostgresTarget,
+    policy: RetentionPolicy,
+) -> _Context:
+    """List everything, read the history, and plan. Fails (touching nothing) on bad settings or listing errors."""
+    if settings.invalid_env:
+        raise dg.Failure(f"retention settings are invalid: {settings.invalid_env}")
+    try:
+        policy.validate()
+    except PolicyError as exc:
+        raise dg.Failure(f"retention policy is invalid: {exc}") from None
+    try:
+        database = postgres.database_name
+    except ConnectionConfigError as exc:
+        raise dg.Failure(str(exc)) from None
+    backup_dir = backup_storage.path
+    try:
+        local = scan_backup_dir(backup_dir)
+    except FileNotFoundError as exc:
+        raise dg.Failure(str(exc)) from None
+    client = bucket = None
+    remote = None
+    multipart: tuple = ()
+    prefix = offsite.prefix
+    list_started = time.monotonic()
+    if offsite.configured:
+        try:
+            target = offsite.target()
+            target.validate()
+        except (OffsiteError, dg.Failure) as exc:
+            raise dg.Failure(f"offsite settings are invalid: {exc}") from None
+        bucket, prefix, client = target.bucket, target.prefix, offsite.client()
+        try:
+            remote = list_objects(client, bucket, prefix)
+            multipart = list_multipart_uploads(client, bucket, prefix)
+        except Exception as exc:
+            raise dg.Failure(
+                f"listing s3://{bucket}/{prefix} failed ({exc}); nothing was planned or deleted. Check AWS_ENDPOINT_URL, "
+                "the credentials and LOYALTY_S3_BUCKET"
+            ) from None
+    list_s = time.monotonic() - list_started
+    log_dir = resolve_log_dir(settings.log_dir)
+    logs = None
+    if log_dir is not None:
+        try:
+            logs = scan_log_dir(log_dir)
+        except FileNotFoundError as exc:
+            raise dg.Failure(str(exc)) from None
+    evidence = gather_evidence(context.instance, settings.history_limit)
+    inventory = Inventory(database, local, remote, prefix, multipart, logs)
+    started = time.monotonic()
+    plan = plan_retention(inventory, evidence, policy, datetime.now(timezone.utc), tz=ZoneInfo(PLATFORM_TIMEZONE))
+    stats = {
+        "planning_s": round(time.monotonic() - started, 4),
+        "listing_s": round(list_s, 3),
+        "local_files_listed": len(local),
+        "s3_objects_listed": len(remote or ()),
+        "multipart_uploads_listed": len(multipart),
+        "log_files_listed": len(logs or ()),
+    }
+    return _Context(plan, backup_dir, client, bucket, log_dir, stats)
+
+
+@dg.asset(group_name=GROUP, kinds={"python", "s3"}, owners=OWNERS, tags={"loyalty_ops/criticality": "warning"})
+def retention_plan(
+    context: dg.AssetExecutionContext,
+    config: RetentionPlanConfig,
+    retention_settings: RetentionSettings,
+    backup_storage: BackupStorage,
+    offsite: OffsiteStorage,
+    postgres: PostgresTarget,
+) -> dg.Output[RetentionPlan]:
+    """What retention would keep and delete, with the reason for every backup, local file, S3 object,
+    stale multipart upload and log file: the newest verified backups (the floor) are always kept, nothing
+    younger than keep_days is deleted, a local backup without a confirmed offsite copy is kept, and if the
+    newest backup is not verified the plan is BLOCKED and nothing is deleted. Read the `plan` metadata
+    before the cleanup runs."""
+    policy = retention_settings.policy(
+        keep_days=config.keep_days, min_keep=config.min_keep,
+        gfs_daily=config.gfs_daily, gfs_weekly=config.gfs_weekly, gfs_monthly=config.gfs_monthly,
+    )
+    found = make_plan(context, retention_settings, backup_storage, offsite, postgres, policy)
+    plan = found.plan
+    summary = plan_summary(plan)
+    if plan.blocked:
+        context.log.error(f"retention is BLOCKED: {plan.blocked}")
+    else:
+        context.log.info(
+            f"retention plan: delete {len(plan.deletions)} items ({human_bytes(plan.bytes_to_free)}), "
+            f"{summary['kept_not_offsite']} local backups kept for lack of a confirmed offsite copy"
+        )
+    return dg.Output(
+        plan,
+        metadata={
+            "plan": dg.MetadataValue.md(plan.markdown()),
+            "blocked": bool(plan.blocked),
+            "blocked_reason": plan.blocked or "",
+            "policy": plan.policy.describe(),
+            "database": plan.database,
+            "backup_dir": dg.MetadataValue.path(str(found.backup_dir)),
+            "s3_prefix": f"s3://{found.bucket}/{plan.prefix}" if found.bucket else "not configured",
+            **summary,
+            **found.stats,
+        },
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"python", "s3"}, owners=OWNERS, tags={"loyalty_ops/criticality": "warning"})
+def retention_cleanup(
+    context: dg.AssetExecutionContext,
+    config: RetentionCleanupConfig,
+    retention_plan: RetentionPlan,
+    retention_settings: RetentionSettings,
+    backup_storage: BackupStorage,
+    offsite: OffsiteStorage,
+    postgres: PostgresTarget,
+) -> dg.MaterializeResult:
+    """Carries out `retention_plan`: S3 objects first (DeleteObjects, 1000 keys a request, per-key errors
+    checked), then stale multipart uploads, then local backups and sidecars (each only once its offsite
+    status is known), then old logs. It re-lists everything first and deletes only what the shown plan and
+    a fresh plan both delete. Fails, deleting nothing, when the plan is blocked; fails after the safe part
+    of the work when S3 reports errors. `dry_run` reports without deleting."""
+    dry_run = retention_settings.dry_run if config.dry_run is None else config.dry_run
+    if retention_plan.blocked:
+        raise dg.Failure(
+            description=f"retention is blocked, nothing was deleted: {retention_plan.blocked}",
+            metadata={"blocked_reason": retention_plan.blocked},
+        )
+    found = make_plan(context, retention_settings, backup_storage, offsite, postgres, retention_plan.policy)
+    if found.plan.database != retention_plan.database or found.plan.prefix != retention_plan.prefix:
+        raise dg.Failure(
+            f"the plan was made for database {retention_plan.database!r} / prefix {retention_plan.prefix!r}, but the "
+            f"settings now say {found.plan.database!r} / {found.plan.prefix!r}; re-run retention_plan"
+        )
+    plan = restrict_to(found.plan, retention_plan)
+    if plan.blocked:
+        raise dg.Failure(
+            description=f"retention is blocked, nothing was deleted: {plan.blocked}",
+            metadata={"blocked_reason": plan.blocked, "plan": dg.MetadataValue.md(plan.markdown())},
+        )
+    started = time.monotonic()
+    outcome = carry_out(
+        plan,
+        backup_dir=found.backup_dir,
+        client=found.client,
+        bucket=found.bucket,
+        log_dir=found.log_dir,
+        dry_run=dry_run,
+        log=context.log.info,
+    )
+    skipped_md = "\n".join(f"- {i.location} `{i.name}`: {why}" for i, why in outcome.skipped[:200]) or "None."
+    errors_md = "\n".join(f"- {e}" for e in outcome.errors[:200]) or "None."
+    metadata = {
+        "dry_run": dry_run,
+        "deleted_local_backups": outcome.count("local", "backup"),
+        "deleted_local_sidecars": outcome.count("local", "sidecar"),
+        "deleted_s3_objects": outcome.count("s3", "backup") + outcome.count("s3", "sidecar"),
+        "aborted_multipart_uploads": outcome.count("s3", "multipart"),
+        "deleted_logs": outcome.count("logs"),
+        "bytes_freed": outcome.bytes_freed,
+        "skipped": len(outcome.skipped),
+        "errors": len(outcome.errors),
+        "s3_requests": outcome.s3_requests,
+        "duration_s": round(time.monotonic() - started, 3),
+        "skipped_items": dg.MetadataValue.md(skipped_md),
+        "error_details": dg.MetadataValue.md(errors_md),
+        "plan": dg.MetadataValue.md(plan.markdown()),
+    }
+    verb = "would free" if dry_run else "freed"
+    context.log.info(f"retention cleanup {verb} {human_bytes(outcome.bytes_freed)} ({len(outcome.deleted)} items)")
+    if outcome.errors:
+        raise dg.Failure(
+            description=f"retention cleanup hit {len(outcome.errors)} errors; local copies whose offsite status was "
+            f"unknown were kept. First: {outcome.errors[0]}",
+            metadata=metadata,
+        )
+    return dg.MaterializeResult(metadata=metadata)
