@@ -20,6 +20,7 @@ ENV_VARS = {
     "LOYALTY_BACKUP_MAX_AGE_HOURS": "backup_max_age_hours",
     "LOYALTY_ALERT_DELIVERY_ATTEMPTS": "delivery_attempts",
     "LOYALTY_ALERT_RETRY_BACKOFF_SECONDS": "retry_backoff_seconds",
+    "LOYALTY_ALERT_PAGE_WARN_CHECKS": "page_warn_checks",
 }
 
 
@@ -45,6 +46,17 @@ def _number(name: str, environ: Mapping[str, str], kind: type) -> Any:
     return number
 
 
+def _flag(name: str, environ: Mapping[str, str]) -> Optional[bool]:
+    value = _plain(name, environ)
+    if value is None:
+        return None
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def alerting_resource(environ: Mapping[str, str] = os.environ) -> AlertingResource:
     slack = None
     if environ.get("LOYALTY_SLACK_TOKEN"):
@@ -63,5 +75,6 @@ def alerting_resource(environ: Mapping[str, str] = os.environ) -> AlertingResour
         "backup_max_age_hours": _number("LOYALTY_BACKUP_MAX_AGE_HOURS", environ, float),
         "delivery_attempts": _number("LOYALTY_ALERT_DELIVERY_ATTEMPTS", environ, int),
         "retry_backoff_seconds": _number("LOYALTY_ALERT_RETRY_BACKOFF_SECONDS", environ, float),
+        "page_warn_checks": _flag("LOYALTY_ALERT_PAGE_WARN_CHECKS", environ),
     }
     return AlertingResource(**{k: v for k, v in fields.items() if v is not None})

@@ -70,6 +70,9 @@ class AlertingResource(dg.ConfigurableResource):
     backup_max_age_hours: float = Field(
         default=26.0, description="Page when the newest successful backup is older (LOYALTY_BACKUP_MAX_AGE_HOURS)."
     )
+    page_warn_checks: bool = Field(
+        default=True, description="Page (at warning) on failed WARN-severity checks too (LOYALTY_ALERT_PAGE_WARN_CHECKS)."
+    )
     max_undelivered_age_hours: float = Field(
         default=24.0, description="Give up (with an error in the sensor log) on a message undelivered this long."
     )

@@ -192,9 +192,11 @@ _TERMINAL_CHECK_STATUSES = (AssetCheckExecutionRecordStatus.SUCCEEDED, AssetChec
 def page_on_failed_checks(
     context: dg.SensorEvaluationContext, alerting: AlertingResource, postgres: PostgresTarget
 ) -> dg.SkipReason:
-    """Pages when an asset check fails that is blocking, has ERROR severity, or carries an explicit
-    `loyalty_ops/severity` in its result (health-check threshold breaches, paged at that severity). The
-    next passing evaluation of the same check resolves it. Cursor: the last evaluation seen per check."""
+    """Pages when an asset check fails: the backup's blocking integrity checks, the restore drill's check,
+    the health checks' threshold breaches. Severity: an explicit `loyalty_ops/severity` in the result, else
+    ERROR -> error (critical for runs tagged critical), WARN -> warning (LOYALTY_ALERT_PAGE_WARN_CHECKS=false
+    turns WARN pages off). One incident per check and database; the next passing evaluation resolves it.
+    Cursor: the last evaluation seen per check."""
     cursor = _load_cursor(context.cursor)
     seen: dict = dict(cursor.get("checks") or {})
     repository = context.repository_def
@@ -238,9 +240,9 @@ def page_on_failed_checks(
             if alert.dedup_key in open_keys:
                 recoveries.append(alert)
             continue
-        severity = check_pager_severity(facts)
+        severity = check_pager_severity(facts, page_warn=alerting.page_warn_checks)
         if severity is None:
-            context.log.info(f"check {name} failed with {facts.check_severity} severity; not paging (not blocking)")
+            context.log.info(f"check {name} failed with WARN severity; not paging (page_warn_checks is off)")
             continue
         problems.append(check_failed_alert(facts, severity, alerting.webserver_base_url, secrets))
     report = apply(context.instance, context.log, alerting, secrets, problems=problems, recoveries=recoveries)

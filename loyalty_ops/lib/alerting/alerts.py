@@ -284,21 +284,22 @@ class CheckFacts:
     default_database: Optional[str] = None
 
 
-def check_pager_severity(facts: CheckFacts) -> Optional[str]:
+def check_pager_severity(facts: CheckFacts, *, page_warn: bool = True) -> Optional[str]:
     """The pager severity of a failed check, or None when it should not page.
 
-    A check pages when it is blocking, when its severity is ERROR, or when its result carries an explicit
-    ``loyalty_ops/severity`` (the health checks' configured severity for a threshold breach). The level is
-    that explicit value, else the run's ``loyalty_ops/severity`` tag, else error (ERROR) / warning (WARN)."""
+    An explicit ``loyalty_ops/severity`` in the check's result wins (a health check's configured severity
+    for a threshold breach). Otherwise an ERROR check pages at ``error``, or ``critical`` when its run is
+    tagged critical (the backup's blocking integrity checks); a WARN check pages at ``warning`` unless
+    ``page_warn`` is off, in which case only blocking WARN checks page."""
     explicit = str(facts.metadata.get(SEVERITY_TAG) or "").strip().lower()
     if explicit in SEVERITIES:
         return explicit
-    if not (facts.blocking or facts.check_severity.upper() == "ERROR"):
-        return None
-    tagged = (facts.run_tags.get(SEVERITY_TAG) or "").strip().lower()
-    if tagged in SEVERITIES:
-        return tagged
-    return "error" if facts.check_severity.upper() == "ERROR" else "warning"
+    run_severity = (facts.run_tags.get(SEVERITY_TAG) or "").strip().lower()
+    if facts.check_severity.upper() == "ERROR":
+        return "critical" if run_severity == "critical" else "error"
+    if page_warn or facts.blocking:
+        return "warning"
+    return None
 
 
 def check_database(facts: CheckFacts) -> str:

@@ -31,7 +31,7 @@ _KEY_VALUE = re.compile(
     r"(?P<key>[\w.\-]*(?:" + _SECRET_WORDS + r")[\w.\-]*)(?P<sep>['\"]?\s*[=:]\s*['\"]?)(?P<secret>[^\s'\",;&}\]]+)",
     re.IGNORECASE,
 )
-_BEARER = re.compile(r"\b(?P<scheme>Bearer|Basic|Token)\s+(?P<secret>[A-Za-z0-9._~+/=\-]{8,})", re.IGNORECASE)
+_BEARER = re.compile(r"\b(?P<scheme>Bearer|Basic)\s+(?P<secret>[^\s'\",;]{6,})", re.IGNORECASE)
 _AWS_ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 _SLACK_TOKEN = re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{8,}")
 _SLACK_WEBHOOK = re.compile(r"https://hooks\.slack\.com/services/[A-Za-z0-9/_\-]+")
