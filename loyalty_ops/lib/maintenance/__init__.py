@@ -1,0 +1,1 @@
+"""Weekly database maintenance: plan by need (plan.py, stats.py), act without blocking (execute.py)."""

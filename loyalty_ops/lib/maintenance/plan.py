@@ -1,0 +1,488 @@
+"""Deciding what weekly maintenance should touch: pure functions over statistics already read.
+
+The statistics come from ``pg_stat_user_tables``, ``pg_stat_user_indexes``, ``pg_class`` and ``pg_stats``
+(see :mod:`loyalty_ops.lib.maintenance.stats`); nothing here talks to a database, so every rule is
+unit-testable and the plan a run acts on is exactly the plan it shows.
+
+Tables are picked when any rule fires (dead-tuple ratio, dead tuples, modifications since the last
+ANALYZE, time since the last VACUUM/ANALYZE of a table that changed). Indexes are picked when their
+statistics-based bloat estimate is over a threshold, when they are invalid, or - dropped rather than
+rebuilt - when they are the invalid ``_ccnew``/``_ccold`` leftovers of a failed ``REINDEX CONCURRENTLY``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Iterable, Optional, Sequence
+
+BLOCK_SIZE = 8192
+
+# A failed REINDEX CONCURRENTLY leaves "<index>_ccnew" (the half-built copy) or "<index>_ccold" (the old
+# index after the swap); more failures append digits: _ccnew1, _ccnew2, ...
+LEFTOVER_INDEX_RE = re.compile(r"_cc(new|old)[0-9]*$")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a table or index needs work. The defaults suit a weekly run next to autovacuum."""
+
+    dead_ratio: float = 0.10  # dead / (live + dead)
+    min_dead_tuples: int = 1_000  # the ratio rule ignores tables with fewer dead tuples than this
+    dead_tuples: int = 100_000  # absolute: this many dead tuples is worth a VACUUM whatever the ratio
+    modified_ratio: float = 0.20  # modifications since ANALYZE / live rows (at least min_dead_tuples)
+    max_days_since_maintenance: float = 7.0  # a table that changed but was not vacuumed/analyzed for this long
+    index_bloat_ratio: float = 0.30  # estimated wasted share of an index
+    min_index_bloat_bytes: int = 1024 * 1024  # ... and at least this many wasted bytes
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when a threshold makes no sense."""
+        for name in ("dead_ratio", "modified_ratio", "index_bloat_ratio"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must be a fraction in (0, 1], got {value}: e.g. {name}=0.2 for 20%")
+        for name in ("min_dead_tuples", "dead_tuples", "min_index_bloat_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_days_since_maintenance <= 0:
+            raise ValueError(
+                f"max_days_since_maintenance must be > 0, got {self.max_days_since_maintenance}: e.g. 7 for a week"
+            )
+
+
+@dataclass(frozen=True)
+class TableStats:
+    oid: int
+    schema: str
+    name: str
+    live_tuples: int
+    dead_tuples: int
+    mods_since_analyze: int
+    last_vacuum: Optional[datetime] = None  # latest of manual and auto
+    last_analyze: Optional[datetime] = None  # latest of manual and auto
+    est_bytes: int = 0  # pg_class.relpages * block size (lock-free; exact after VACUUM/ANALYZE)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def dead_ratio(self) -> float:
+        total = self.live_tuples + self.dead_tuples
+        return self.dead_tuples / total if total else 0.0
+
+    @property
+    def last_maintenance(self) -> Optional[datetime]:
+        stamps = [t for t in (self.last_vacuum, self.last_analyze) if t is not None]
+        return max(stamps) if stamps else None
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    oid: int
+    schema: str
+    table: str
+    name: str
+    access_method: str
+    valid: bool
+    relpages: int
+    reltuples: float  # -1: never analyzed/vacuumed
+    fillfactor: int = 90
+    columns: int = 1
+    columns_with_stats: int = 0
+    data_width: float = 0.0  # sum over columns of (1 - null_frac) * avg_width, from pg_stats
+    max_null_frac: float = 0.0
+    is_exclusion: bool = False
+    table_live_tuples: Optional[int] = None  # pg_stat's live rows of the table: newer than reltuples after deletes
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def est_bytes(self) -> int:
+        return self.relpages * BLOCK_SIZE
+
+    @property
+    def is_leftover(self) -> bool:
+        return not self.valid and bool(LEFTOVER_INDEX_RE.search(self.name))
+
+
+@dataclass(frozen=True)
+class BloatEstimate:
+    expected_pages: int
+    bloat_bytes: int
+    bloat_ratio: float
+
+
+def _align(n: float, maxalign: int) -> float:
+    rem = n % maxalign
+    return n if rem == 0 else n + maxalign - rem
+
+
+def estimate_btree_bloat(index: IndexStats, *, block_size: int = BLOCK_SIZE, maxalign: int = 8) -> Optional[BloatEstimate]:
+    """Statistics-based B-tree bloat estimate (the widely used ioguix formula): the pages the index would
+    need for ``reltuples`` entries of the average width in ``pg_stats`` at its fillfactor, against the pages
+    it has. ``None`` when it cannot be estimated (not a B-tree, no ANALYZE yet, empty)."""
+    if index.access_method != "btree" or index.relpages <= 0 or index.reltuples < 0:
+        return None
+    if index.columns_with_stats < index.columns:
+        return None
+    # Entries of deleted rows only leave the index when VACUUM runs, and VACUUM never shrinks it: count
+    # the rows the table still has (pg_stat is current; reltuples dates from the last VACUUM/ANALYZE).
+    tuples = index.reltuples
+    if index.table_live_tuples is not None:
+        tuples = min(tuples, float(index.table_live_tuples))
+    page_header, btree_opaque, item_id = 24, 16, 4
+    tuple_header = 8 if index.max_null_frac == 0 else 8 + (32 + 8 - 1) // 8  # + null bitmap
+    entry = _align(tuple_header, maxalign) + _align(index.data_width, maxalign)
+    per_page = math.floor((block_size - btree_opaque - page_header) * index.fillfactor / (100 * (item_id + entry)))
+    if per_page <= 0:
+        return None
+    expected = 1 + math.ceil(tuples / per_page)
+    wasted_pages = max(index.relpages - expected, 0)
+    return BloatEstimate(expected, wasted_pages * block_size, wasted_pages / index.relpages)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a table or index was picked: the rule's name and the numbers that tripped it."""
+
+    rule: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    kind: str  # "table" | "index"
+    action: str  # "vacuum" | "reindex" | "drop"
+    oid: int
+    schema: str
+    name: str
+    reasons: tuple[Reason, ...]
+    table: Optional[str] = None  # the index's table
+    dead_tuples: Optional[int] = None
+    dead_ratio: Optional[float] = None
+    mods_since_analyze: Optional[int] = None
+    last_maintenance: Optional[datetime] = None
+    est_bytes: Optional[int] = None
+    bloat_bytes: Optional[int] = None
+    bloat_ratio: Optional[float] = None
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def rules(self) -> list[str]:
+        return [r.rule for r in self.reasons]
+
+
+@dataclass
+class MaintenancePlan:
+    mode: str  # "smart" | "manual" | "full"
+    items: list[PlanItem] = field(default_factory=list)
+    tables_considered: int = 0
+    indexes_considered: int = 0
+    thresholds: Optional[Thresholds] = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tables(self) -> list[PlanItem]:
+        return [i for i in self.items if i.kind == "table"]
+
+    @property
+    def reindexes(self) -> list[PlanItem]:
+        return [i for i in self.items if i.kind == "index" and i.action == "reindex"]
+
+    @property
+    def drops(self) -> list[PlanItem]:
+        return [i for i in self.items if i.kind == "index" and i.action == "drop"]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def table_reasons(table: TableStats, t: Thresholds, now: datetime) -> list[Reason]:
+    """Every rule that picks this table (empty: leave it alone)."""
+    reasons = []
+    if table.dead_tuples >= max(t.min_dead_tuples, 1) and table.dead_ratio >= t.dead_ratio:
+        reasons.append(
+            Reason("dead_ratio", f"{_pct(table.dead_ratio)} dead ({table.dead_tuples:,} tuples) >= {_pct(t.dead_ratio)}")
+        )
+    if table.dead_tuples >= max(t.dead_tuples, 1):
+        reasons.append(Reason("dead_tuples", f"{table.dead_tuples:,} dead tuples >= {t.dead_tuples:,}"))
+    mods_threshold = max(t.min_dead_tuples, 1, math.ceil(t.modified_ratio * table.live_tuples))
+    if table.mods_since_analyze >= mods_threshold:
+        reasons.append(
+            Reason(
+                "modified_since_analyze",
+                f"{table.mods_since_analyze:,} rows changed since ANALYZE >= {mods_threshold:,} "
+                f"({_pct(t.modified_ratio)} of {table.live_tuples:,} live)",
+            )
+        )
+    changed = table.mods_since_analyze > 0 or table.dead_tuples > 0
+    last = table.last_maintenance
+    if changed:
+        if last is None:
+            reasons.append(Reason("never_maintained", "changed rows and never vacuumed or analyzed"))
+        elif now - last >= timedelta(days=t.max_days_since_maintenance):
+            days = (now - last).total_seconds() / 86400
+            reasons.append(
+                Reason(
+                    "stale_maintenance",
+                    f"changed rows, last vacuum/analyze {days:.1f} days ago >= {t.max_days_since_maintenance:g}",
+                )
+            )
+    return reasons
+
+
+def index_reasons(index: IndexStats, t: Thresholds) -> tuple[list[Reason], Optional[BloatEstimate]]:
+    if index.is_leftover:
+        return [Reason("leftover", "invalid index left by a failed REINDEX CONCURRENTLY: drop it")], None
+    if not index.valid:
+        return [Reason("invalid", "index is invalid (a failed CREATE/REINDEX CONCURRENTLY): rebuild it")], None
+    estimate = estimate_btree_bloat(index)
+    if estimate and estimate.bloat_ratio >= t.index_bloat_ratio and estimate.bloat_bytes >= t.min_index_bloat_bytes:
+        return [
+            Reason(
+                "index_bloat",
+                f"~{_pct(estimate.bloat_ratio)} bloat ({estimate.bloat_bytes:,} of {index.est_bytes:,} bytes) "
+                f">= {_pct(t.index_bloat_ratio)}",
+            )
+        ], estimate
+    return [], estimate
+
+
+def plan_maintenance(
+    tables: Sequence[TableStats], indexes: Sequence[IndexStats], thresholds: Thresholds, now: datetime
+) -> MaintenancePlan:
+    """The smart plan: tables any rule picks, then indexes to drop (leftovers) and to rebuild."""
+    thresholds.validate()
+    plan = MaintenancePlan(
+        mode="smart", tables_considered=len(tables), indexes_considered=len(indexes), thresholds=thresholds
+    )
+    for table in sorted(tables, key=lambda x: (x.schema, x.name)):
+        reasons = table_reasons(table, thresholds, now)
+        if reasons:
+            plan.items.append(table_item(table, reasons))
+    drops, rebuilds = [], []
+    for index in sorted(indexes, key=lambda x: (x.schema, x.table, x.name)):
+        reasons, estimate = index_reasons(index, thresholds)
+        if reasons:
+            item = index_item(index, reasons, estimate)
+            (drops if item.action == "drop" else rebuilds).append(item)
+    plan.items += drops + rebuilds
+    return plan
+
+
+def table_item(table: TableStats, reasons: Iterable[Reason]) -> PlanItem:
+    return PlanItem(
+        kind="table",
+        action="vacuum",
+        oid=table.oid,
+        schema=table.schema,
+        name=table.name,
+        reasons=tuple(reasons),
+        dead_tuples=table.dead_tuples,
+        dead_ratio=table.dead_ratio,
+        mods_since_analyze=table.mods_since_analyze,
+        last_maintenance=table.last_maintenance,
+        est_bytes=table.est_bytes,
+    )
+
+
+def index_item(index: IndexStats, reasons: Iterable[Reason], estimate: Optional[BloatEstimate] = None) -> PlanItem:
+    reasons = tuple(reasons)
+    return PlanItem(
+        kind="index",
+        action="drop" if any(r.rule == "leftover" for r in reasons) else "reindex",
+        oid=index.oid,
+        schema=index.schema,
+        name=index.name,
+        table=index.table,
+        reasons=reasons,
+        est_bytes=index.est_bytes,
+        bloat_bytes=estimate.bloat_bytes if estimate else None,
+        bloat_ratio=estimate.bloat_ratio if estimate else None,
+    )
+
+
+# --- Manual launches: names the operator typed, resolved against the catalog -----------------------
+
+
+class UnknownTargetError(ValueError):
+    """A requested table or index does not exist (or is ambiguous); the message names it."""
+
+
+def parse_qualified_name(text: str) -> list[str]:
+    """Split a possibly SQL-quoted name (``"My Schema"."Mixed Case"`` or ``public.events``) into parts,
+    folding unquoted parts to lower case as PostgreSQL does; a doubled quote inside quotes is one quote."""
+    parts, buf, i, quoted_part = [], [], 0, False
+    text = text.strip()
+    while i < len(text):
+        ch = text[i]
+        if ch == '"':
+            quoted_part = True
+            i += 1
+            while i < len(text):
+                if text[i] == '"':
+                    if i + 1 < len(text) and text[i + 1] == '"':
+                        buf.append('"')
+                        i += 2
+                        continue
+                    break
+                buf.append(text[i])
+                i += 1
+            else:
+                raise ValueError(f"unterminated quote in {text!r}")
+            i += 1
+        elif ch == ".":
+            parts.append("".join(buf) if quoted_part else "".join(buf).lower())
+            buf, quoted_part = [], False
+            i += 1
+        else:
+            buf.append(ch)
+            i += 1
+    parts.append("".join(buf) if quoted_part else "".join(buf).lower())
+    return parts
+
+
+def resolve_names(requested: Sequence[str], available: Sequence[tuple[str, str]], kind: str) -> list[tuple[str, str]]:
+    """Match each requested name to one ``(schema, name)``: exactly as typed (``schema.name`` or a bare name
+    unique across schemas), else as a SQL identifier (quotes, case folding). Raises UnknownTargetError
+    listing every name that matches nothing or more than one object, with close matches."""
+    by_qualified = {f"{s}.{n}": (s, n) for s, n in available}
+    by_name: dict[str, list[tuple[str, str]]] = {}
+    for s, n in available:
+        by_name.setdefault(n, []).append((s, n))
+    resolved, problems = [], []
+    for raw in requested:
+        candidates: list[tuple[str, str]] = []
+        if raw in by_qualified:
+            candidates = [by_qualified[raw]]
+        elif raw in by_name:
+            candidates = by_name[raw]
+        else:
+            try:
+                parts = parse_qualified_name(raw)
+            except ValueError:
+                parts = []
+            if len(parts) == 2 and tuple(parts) in set(available):
+                candidates = [(parts[0], parts[1])]
+            elif len(parts) == 1:
+                candidates = by_name.get(parts[0], [])
+        if len(candidates) == 1:
+            if candidates[0] not in resolved:
+                resolved.append(candidates[0])
+        elif len(candidates) > 1:
+            options = ", ".join(f"{s}.{n}" for s, n in candidates)
+            problems.append(f"{kind} {raw!r} is ambiguous ({options}): write it as schema.name")
+        else:
+            close = difflib.get_close_matches(raw, list(by_qualified) + list(by_name), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            problems.append(f"{kind} {raw!r} does not exist in the database{hint}")
+    if problems:
+        raise UnknownTargetError("; ".join(problems))
+    return resolved
+
+
+def manual_plan(
+    tables: Sequence[TableStats],
+    indexes: Sequence[IndexStats],
+    table_names: Sequence[str],
+    index_names: Sequence[str],
+) -> MaintenancePlan:
+    """The plan for a hand-picked list: every named table is vacuumed and every named index rebuilt
+    (a named leftover ``_ccnew``/``_ccold`` index is dropped). Unknown names fail before anything runs."""
+    table_map = {(t.schema, t.name): t for t in tables}
+    index_map = {(i.schema, i.name): i for i in indexes}
+    problems = []
+    chosen_tables: list[tuple[str, str]] = []
+    chosen_indexes: list[tuple[str, str]] = []
+    for names, available, kind, out in (
+        (table_names, list(table_map), "table", chosen_tables),
+        (index_names, list(index_map), "index", chosen_indexes),
+    ):
+        try:
+            out.extend(resolve_names(names, available, kind))
+        except UnknownTargetError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UnknownTargetError(
+            "; ".join(problems) + ". Fix the run config 'tables'/'indexes' (schema.name; quote odd names "
+            'like "Odd Schema"."Mixed Case") and relaunch - nothing was changed.'
+        )
+    plan = MaintenancePlan(mode="manual", tables_considered=len(tables), indexes_considered=len(indexes))
+    for key in chosen_tables:
+        plan.items.append(table_item(table_map[key], [Reason("chosen", "named in the run config")]))
+    for key in chosen_indexes:
+        index = index_map[key]
+        reasons = [Reason("chosen", "named in the run config")]
+        if index.is_leftover:
+            reasons = [Reason("leftover", "invalid index left by a failed REINDEX CONCURRENTLY: drop it")]
+        plan.items.append(index_item(index, reasons, estimate_btree_bloat(index)))
+    return plan
+
+
+# --- Rendering -----------------------------------------------------------------------------------
+
+
+def _md(text: str) -> str:
+    """Escape a value for a markdown table cell (identifiers may contain | and backticks)."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'").replace("\n", " ")
+
+
+def human_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return ""
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.1f} TB"
+
+
+def plan_markdown(plan: MaintenancePlan, now: Optional[datetime] = None) -> str:
+    """The plan as a markdown table: what, which action, which rule chose it, and the numbers."""
+    head = (
+        f"**{plan.mode} plan**: {len(plan.tables)} of {plan.tables_considered} tables to VACUUM (ANALYZE), "
+        f"{len(plan.reindexes)} indexes to REINDEX CONCURRENTLY, {len(plan.drops)} leftover indexes to drop "
+        f"(of {plan.indexes_considered} indexes)."
+    )
+    lines = [head, ""]
+    if not plan.items:
+        lines.append("Nothing is over a threshold: nothing to do.")
+    else:
+        lines += [
+            "| action | object | chosen by | dead tuples | dead % | changed since analyze | last vacuum/analyze | size | est. bloat |",
+            "|---|---|---|---:|---:|---:|---|---:|---:|",
+        ]
+        for item in plan.items:
+            obj = f"`{_md(item.qualified)}`" + (f" on `{_md(item.table)}`" if item.table else "")
+            rules = "<br>".join(_md(str(r)) for r in item.reasons)
+            last = ""
+            if item.kind == "table":
+                last = item.last_maintenance.strftime("%Y-%m-%d %H:%M") if item.last_maintenance else "never"
+            bloat = ""
+            if item.bloat_bytes is not None:
+                bloat = f"{human_bytes(item.bloat_bytes)} ({100 * (item.bloat_ratio or 0):.0f}%)"
+            lines.append(
+                f"| {item.action} | {obj} | {rules} | "
+                f"{'' if item.dead_tuples is None else f'{item.dead_tuples:,}'} | "
+                f"{'' if item.dead_ratio is None else f'{100 * item.dead_ratio:.0f}%'} | "
+                f"{'' if item.mods_since_analyze is None else f'{item.mods_since_analyze:,}'} | "
+                f"{last} | {human_bytes(item.est_bytes)} | {bloat} |"
+            )
+    for note in plan.notes:
+        lines += ["", f"- {_md(note)}"]
+    return "\n".join(lines)
