@@ -52,10 +52,14 @@ def _chunks(items: list, size: int):
         yield items[start : start + size]
 
 
-def delete_objects(client: Any, bucket: str, keys: list[str], outcome: CleanupOutcome, log: Callable[[str], None]) -> tuple[set[str], bool]:
+def delete_objects(
+    client: Any, bucket: str, keys: list[str], outcome: CleanupOutcome, log: Callable[[str], None], batch_size: int = BATCH_SIZE
+) -> tuple[set[str], bool]:
     """Batched DeleteObjects. Returns (keys S3 confirmed deleted, whether every batch got an answer)."""
+    if not 1 <= batch_size <= BATCH_SIZE:
+        raise ValueError(f"batch_size must be 1..{BATCH_SIZE} (the DeleteObjects limit), got {batch_size}")
     confirmed: set[str] = set()
-    batches = list(_chunks(keys, BATCH_SIZE))
+    batches = list(_chunks(keys, batch_size))
     for number, batch in enumerate(batches, start=1):
         try:
             outcome.s3_requests += 1
@@ -108,6 +112,7 @@ def carry_out(
     log_dir: Optional[Path] = None,
     dry_run: bool = False,
     log: Callable[[str], None] = lambda _m: None,
+    batch_size: int = BATCH_SIZE,
 ) -> CleanupOutcome:
     """Carry out ``plan``'s deletions. Raises RetentionBlocked for a blocked plan (nothing is touched)."""
     if plan.blocked:
@@ -129,7 +134,7 @@ def carry_out(
     if s3_items:
         # Sidecars after their backups, so an interrupted run leaves backups with sidecars, not the reverse.
         ordered = [i for i in s3_items if i.kind == "backup"] + [i for i in s3_items if i.kind == "sidecar"]
-        confirmed, s3_healthy = delete_objects(client, bucket, [i.name for i in ordered], outcome, log)
+        confirmed, s3_healthy = delete_objects(client, bucket, [i.name for i in ordered], outcome, log, batch_size)
         for item in ordered:
             if item.name in confirmed:
                 outcome.deleted.append(item)
