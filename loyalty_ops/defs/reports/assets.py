@@ -46,7 +46,14 @@ def to_check_result(asset_key: dg.AssetKey, name: str, verdict: th.Verdict, **me
         passed=verdict.passed,
         severity=dg.AssetCheckSeverity.ERROR if verdict.level == th.ERROR else dg.AssetCheckSeverity.WARN,
         description=verdict.message,
-        metadata={"level": verdict.level, "measured": verdict.measured, **metadata},
+        metadata={
+            "level": verdict.level,
+            "measured": verdict.measured,
+            # A check that could not be measured (its source is down, and another check says so) fails at
+            # WARN in the UI but asks the pager for "info" only, so one outage is one page.
+            **({"loyalty_ops/severity": "info"} if not verdict.measured and not verdict.passed else {}),
+            **metadata,
+        },
     )
 
 
@@ -303,7 +310,9 @@ def database_health(
         metadata["host_memory_percent"] = float(health.memory.percent)
     return dg.MaterializeResult(
         metadata=metadata,
-        check_results=[to_check_result(DATABASE_HEALTH_KEY, name, v) for name, v in verdicts.items()],
+        check_results=[
+            to_check_result(DATABASE_HEALTH_KEY, name, v, database=spec.dbname) for name, v in verdicts.items()
+        ],
     )
 
 
