@@ -280,8 +280,9 @@ class MaintenanceExecutor:
         self.settings = settings
         self.log = log
         self.spec = spec
-        self._notices: list[psycopg.errors.Diagnostic] = []
-        conn.add_notice_handler(self._notices.append)
+        # (sqlstate, message) pairs: a Diagnostic is only readable inside the callback.
+        self._notices: list[tuple[str, str]] = []
+        conn.add_notice_handler(lambda d: self._notices.append((d.sqlstate or "", d.message_primary or "")))
         self.database = pgstats.current_database(conn)
         self.backend_pid = conn.info.backend_pid
 
@@ -322,7 +323,10 @@ class MaintenanceExecutor:
             except psycopg.Error:
                 holders = []
         held = f" - held by {'; '.join(holders)}" if holders else ""
-        return f"{what} not available within lock_timeout {self.settings.lock_timeout_s:g} s (waited {waited:.2f} s){held}"
+        return f"{what} (waited {waited:.2f} s){held}"
+
+    def _timeout_text(self, what: str) -> str:
+        return f"{what} not available within lock_timeout {self.settings.lock_timeout_s:g} s"
 
     # -- one attempt per object ------------------------------------------------------------------
 
@@ -333,7 +337,9 @@ class MaintenanceExecutor:
         except RETRYABLE:
             waited = time.monotonic() - started
             result.longest_wait_s = max(result.longest_wait_s, waited)
-            result.reason = self._locked_reason(item.oid, "table lock (ACCESS SHARE for the size probe)", waited)
+            result.reason = self._locked_reason(
+                item.oid, self._timeout_text("table lock (ACCESS SHARE for the size probe)"), waited
+            )
             return RETRY
         if size is None:
             result.reason = "table no longer exists"
@@ -349,13 +355,13 @@ class MaintenanceExecutor:
         except RETRYABLE as exc:
             waited = time.monotonic() - run_started
             result.longest_wait_s = max(result.longest_wait_s, waited)
-            result.reason = self._locked_reason(item.oid, f"lock ({_first_line(exc)})", waited)
+            result.reason = self._locked_reason(item.oid, self._timeout_text(f"lock ({_first_line(exc)})"), waited)
             return RETRY
-        skipped = [n for n in notices if n.sqlstate == "55P03" or "lock not available" in (n.message_primary or "")]
+        skipped = [msg for state, msg in notices if state == "55P03" or "lock not available" in msg]
         if skipped:
             waited = time.monotonic() - run_started
             result.longest_wait_s = max(result.longest_wait_s, waited)
-            result.reason = self._locked_reason(item.oid, f"SKIP_LOCKED: {skipped[0].message_primary}", waited)
+            result.reason = self._locked_reason(item.oid, f"SKIP_LOCKED: {skipped[0]}", waited)
             return RETRY
         result.reason = ""
         try:
@@ -393,7 +399,9 @@ class MaintenanceExecutor:
         except RETRYABLE:
             waited = time.monotonic() - started
             result.longest_wait_s = max(result.longest_wait_s, waited)
-            result.reason = self._locked_reason(oid, "index lock (ACCESS SHARE for the size probe)", waited)
+            result.reason = self._locked_reason(
+                oid, self._timeout_text("index lock (ACCESS SHARE for the size probe)"), waited
+            )
             return RETRY
         if result.bytes_before is None:
             result.bytes_before = size
@@ -410,7 +418,7 @@ class MaintenanceExecutor:
             if timed_out:
                 result.reason = f"statement_timeout {self.settings.statement_timeout_s:g} s reached; leftover dropped"
                 return FAILED
-            result.reason = self._locked_reason(oid, f"lock ({_first_line(exc)})", waited)
+            result.reason = self._locked_reason(oid, self._timeout_text(f"lock ({_first_line(exc)})"), waited)
             return RETRY
         new_oid = pgstats.index_oid(self.conn, item.schema, item.name)
         result.reason = ""
@@ -432,7 +440,7 @@ class MaintenanceExecutor:
         except RETRYABLE as exc:
             waited = time.monotonic() - started
             result.longest_wait_s = max(result.longest_wait_s, waited)
-            result.reason = self._locked_reason(oid, f"lock ({_first_line(exc)})", waited)
+            result.reason = self._locked_reason(oid, self._timeout_text(f"lock ({_first_line(exc)})"), waited)
             return RETRY
         result.bytes_after = 0
         result.reason = ""
@@ -572,9 +580,8 @@ class MaintenanceExecutor:
         notices = self._database_statement(sql.SQL("VACUUM (ANALYZE, SKIP_LOCKED)"), "VACUUM (ANALYZE, SKIP_LOCKED) database-wide")
         report.statements.append(("VACUUM (ANALYZE, SKIP_LOCKED)", time.monotonic() - vacuum_started))
         skipped_names = {}
-        for n in notices:
-            text = n.message_primary or ""
-            if n.sqlstate == "55P03" or "lock not available" in text:
+        for state, text in notices:
+            if state == "55P03" or "lock not available" in text:
                 parts = text.split('"')
                 if len(parts) >= 2:
                     skipped_names[parts[1]] = text
