@@ -267,7 +267,7 @@ def evaluate_redis(health: RedisHealth) -> dict[str, Verdict]:
     rate_text = f"hit rate {rate:.1f}%" if rate is not None else "no lookups yet"
     verdicts = {
         "redis_reachable": Verdict(
-            th.OK, f"PING in {health.latency_ms:.0f} ms, Redis {health.version}, {rate_text} "
+            th.OK, f"PING in {health.latency_ms or 0:.0f} ms, Redis {health.version}, {rate_text} "
             f"({health.keyspace_hits} hits, {health.keyspace_misses} misses), {health.evicted_keys} evicted"
         )
     }
