@@ -43,7 +43,7 @@ _MIN_SECRET_LENGTH = 6  # shorter "secrets" (e.g. a test password "pw") would re
 
 def _key_value(match: re.Match) -> str:
     secret = match.group("secret")
-    if secret == REDACTED or secret.startswith(REDACTED):
+    if secret == REDACTED:
         return match.group(0)
     return f"{match.group('key')}{match.group('sep')}{REDACTED}"
 

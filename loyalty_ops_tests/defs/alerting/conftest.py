@@ -1,1 +1,32 @@
 from loyalty_ops_tests.lib.alerting.fixtures import pagerduty_server, slack_server, tls_cert, webhook_server  # noqa: F401
+
+from typing import Iterator
+
+import dagster as dg
+import pytest
+
+from loyalty_ops.defs.alerting.dispatch import LEDGER_KEY
+
+
+@pytest.fixture(scope="module")
+def shared_instance(tmp_path_factory) -> Iterator[dg.DagsterInstance]:
+    """One real (SQLite) Dagster instance per module, with a consolidated event log like the production
+    PostgreSQL storage (storage ids are global, not per run). Creating an instance costs seconds here."""
+    base = tmp_path_factory.mktemp("alerting-dagster-home")
+    overrides = {
+        "event_log_storage": {
+            "module": "dagster.core.storage.event_log",
+            "class": "ConsolidatedSqliteEventLogStorage",
+            "config": {"base_dir": str(base / "events")},
+        }
+    }
+    with dg.instance_for_test(temp_dir=str(base), overrides=overrides) as instance:
+        yield instance
+
+
+@pytest.fixture
+def dagster_instance(shared_instance) -> dg.DagsterInstance:
+    """The module's instance, emptied: no runs, no events, no incident ledger."""
+    shared_instance.wipe()
+    shared_instance.run_storage.set_cursor_values({LEDGER_KEY: ""})
+    return shared_instance

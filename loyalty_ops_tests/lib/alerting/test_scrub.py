@@ -74,14 +74,14 @@ _password = st.text(alphabet=string.ascii_letters + string.digits + "!#$%^*()-_+
 @settings(max_examples=60, deadline=None)
 @given(password=_password)
 def test_no_password_survives_in_any_usual_form(password):
-    forms = [
-        f"postgresql://loyalty:{password}@db:5432/loyalty",
-        f"password={password}",
-        f"PGPASSWORD={password} pg_dump",
-        json.dumps({"password": password}),
-        f"Authorization: Bearer {password}",
+    templates = [
+        "postgresql://loyalty:{}@db:5432/loyalty",
+        "password={}",
+        "PGPASSWORD={} pg_dump",
+        '{{"password": "{}"}}',
+        "Authorization: Bearer {}",
     ]
-    for form in forms:
-        scrubbed = scrub_text(form)
-        assert password not in scrubbed, (form, scrubbed)
-    assert password not in json.dumps(scrub_payload({"a": [{"b": f"x {password} y"}]}, [password]))
+    for template in templates:
+        assert scrub_text(template.format(password)) == template.format(REDACTED)
+    scrubbed = scrub_payload({"a": [{"b": f"x {password} y"}]}, [password])
+    assert scrubbed == {"a": [{"b": f"x {REDACTED} y"}]}
