@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Optional
+
+from isal import isal_zlib
 
 from loyalty_ops.lib.pg.catalog import TableRef
 
@@ -43,21 +44,21 @@ def iter_decompressed(path: Path, compression: Optional[str] = None) -> Iterator
     compression = compression or compression_of(path)
     with open(path, "rb") as handle:
         if compression == "gzip":
-            decomp = zlib.decompressobj(31)
+            decomp = isal_zlib.decompressobj(31)
             for block in iter(lambda: handle.read(READ_BYTES), b""):
                 try:
                     out = decomp.decompress(block)
-                except zlib.error as exc:
+                except isal_zlib.error as exc:
                     raise ValueError(f"gzip stream is corrupt: {exc}") from None
                 if out:
                     yield out
                 if decomp.eof and decomp.unused_data:
                     # A second gzip member follows (as `cat a.gz b.gz` makes); decode it too.
                     rest = decomp.unused_data
-                    decomp = zlib.decompressobj(31)
+                    decomp = isal_zlib.decompressobj(31)
                     try:
                         out = decomp.decompress(rest)
-                    except zlib.error as exc:
+                    except isal_zlib.error as exc:
                         raise ValueError(f"gzip stream is corrupt: {exc}") from None
                     if out:
                         yield out
