@@ -52,6 +52,57 @@ _WRAPPER = (
 )
 
 
+# pg_restore options whose value is the next argument (so that argument is not the archive).
+_PG_RESTORE_VALUE_OPTIONS = {
+    "-d", "--dbname", "-f", "--file", "-F", "--format", "-I", "--index", "-j", "--jobs", "-L", "--use-list",
+    "-n", "--schema", "-N", "--exclude-schema", "-P", "--function", "-S", "--superuser", "-t", "--table",
+    "-T", "--trigger", "-h", "--host", "-p", "--port", "-U", "--username", "--role",
+}
+
+
+def host_archive_argument(args: Sequence[str]) -> tuple[Optional[str], list[str]]:
+    """``pg_restore [options] FILE`` where FILE is on this host: the container cannot open it, so it is
+    streamed to pg_restore's stdin instead. ``--jobs`` is dropped: pg_restore -j refuses standard input.
+    Returns (host file or None, arguments to run)."""
+    args = list(args)
+    if not args:
+        return None, args
+    candidate = args[-1]
+    if candidate.startswith("-") or (len(args) > 1 and args[-2] in _PG_RESTORE_VALUE_OPTIONS):
+        return None, args
+    if not os.path.isfile(candidate):
+        return None, args
+    kept: list[str] = []
+    skip_next = False
+    for arg in args[:-1]:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in ("-j", "--jobs"):
+            skip_next = True
+            continue
+        if arg.startswith("--jobs=") or (arg.startswith("-j") and arg[2:].isdigit()):
+            continue
+        kept.append(arg)
+    return candidate, kept
+
+
+def _feed_file(path: str, sink: "_ExecStdin") -> threading.Thread:
+    def _run() -> None:
+        try:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1024 * 1024), b""):
+                    sink.write(block)
+        except OSError:
+            pass  # the tool stopped reading or was killed; its exit code says why
+        finally:
+            sink.close()
+
+    thread = threading.Thread(target=_run, name="exec-stdin-feeder", daemon=True)
+    thread.start()
+    return thread
+
+
 class ContainerError(ToolError):
     """The container or the engine is not usable (not found, not running, engine unreachable)."""
 
@@ -140,12 +191,26 @@ class ExecStream:
         self._exit_code: Optional[int] = None
         self.stdout = _ExecStdout(self)
         self.stdin = _ExecStdin(self._sock) if want_stdin else None
+        self.feeder: Optional[threading.Thread] = None  # streams a host file into stdin (pg_restore FILE)
 
     # -- reading frames --------------------------------------------------------------------------
+    def _read(self, n: int) -> bytes:
+        try:
+            return self._reader.read(n)
+        except ConnectionResetError:
+            # The engine closed the connection while our stdin still had unread bytes (the tool stopped
+            # reading early, e.g. pg_restore --list). Queued output was delivered first; the exit code
+            # from exec_inspect tells whether the tool succeeded.
+            return b""
+        except (OSError, ValueError):
+            if self._closed:  # kill() closed the connection under a reader
+                return b""
+            raise
+
     def _read_exact(self, n: int) -> bytes:
         buf = bytearray()
         while len(buf) < n:
-            chunk = self._reader.read(n - len(buf))
+            chunk = self._read(n - len(buf))
             if not chunk:
                 break
             buf += chunk
@@ -163,7 +228,7 @@ class ExecStream:
 
     def _consume_stderr_frame(self) -> None:
         while self._frame_left:
-            chunk = self._reader.read(min(self._frame_left, 65536))
+            chunk = self._read(min(self._frame_left, 65536))
             if not chunk:
                 self._eof = True
                 self._frame_left = 0
@@ -189,7 +254,7 @@ class ExecStream:
                     self._consume_stderr_frame()
                     continue
                 want = self._frame_left if limit is None else min(self._frame_left, limit - len(out))
-                chunk = self._reader.read(want) if want > 0 else b""
+                chunk = self._read(want) if want > 0 else b""
                 if not chunk:
                     self._eof = True
                     break
@@ -210,9 +275,9 @@ class ExecStream:
     def wait(self, timeout: Optional[float] = None) -> int:
         if self._exit_code is not None:
             return self._exit_code
-        if self.stdin is not None and not self.stdin.closed:
-            self.stdin.close()
-        self.drain()
+        self.drain()  # like a host process: the caller closes stdin (a feeder may still be writing)
+        if self.feeder is not None:
+            self.feeder.join()
         self._close_connection()
         deadline = time.monotonic() + (timeout if timeout is not None else EXIT_CODE_WAIT_S)
         while True:
@@ -248,7 +313,14 @@ class ExecStream:
 
 
 class DockerExecToolRunner:
-    """Starts PostgreSQL tools with ``exec`` in a running container (the guide's ``docker exec``)."""
+    """Starts PostgreSQL tools with ``exec`` in a running container (the guide's ``docker exec``).
+
+    File paths in a tool's arguments name files *inside the container*. The one host file callers pass,
+    ``pg_restore [--jobs=N] FILE``, is streamed through stdin instead (single-process restore: pg_restore
+    -j cannot read stdin); callers that care can test ``host_paths_visible``.
+    """
+
+    host_paths_visible = False
 
     def __init__(
         self,
@@ -332,6 +404,16 @@ class DockerExecToolRunner:
     def start(self, tool, args: Sequence[str], *, database=None, stdin=False, stdout=True) -> ExecStream:
         if tool not in KNOWN_TOOLS:
             raise ToolError(f"unknown PostgreSQL tool {tool!r}; expected one of {', '.join(KNOWN_TOOLS)}", tool=tool)
+        host_file = None
+        if tool == "pg_restore" and not stdin:
+            host_file, args = host_archive_argument(args)
+        stream = self._start_exec(tool, args, database=database, stdin=stdin or host_file is not None, stdout=stdout)
+        if host_file is not None:
+            stream.feeder = _feed_file(host_file, stream.stdin)  # type: ignore[arg-type]
+            stream.stdin = None
+        return stream
+
+    def _start_exec(self, tool, args: Sequence[str], *, database=None, stdin=False, stdout=True) -> ExecStream:
         import docker.errors
         import requests
 

@@ -1,0 +1,1 @@
+"""Containers domain: the container_health asset (group reports) and its checks."""

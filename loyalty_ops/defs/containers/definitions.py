@@ -1,0 +1,28 @@
+"""Containers domain definitions. ``container_health`` (group reports) and ``container_health_job`` exist
+only when a compose project (LOYALTY_COMPOSE_PROJECT) or container list (LOYALTY_CONTAINERS) is
+configured; without one there is nothing to check and no asset to show."""
+
+import dagster as dg
+
+from loyalty_ops.defs.containers.assets import container_health
+from loyalty_ops.defs.containers.resources import container_engine, containers_configured
+
+container_health_job = dg.define_asset_job(
+    name="container_health_job",
+    selection=dg.AssetSelection.assets(container_health),
+    description="The guide's morning container checks: docker-compose ps and docker stats --no-stream.",
+    tags={"loyalty_ops/severity": "warning"},
+)
+
+
+def build_defs() -> dg.Definitions:
+    if not containers_configured():
+        return dg.Definitions()
+    return dg.Definitions(
+        assets=[container_health],
+        jobs=[container_health_job],
+        resources={"container_engine": container_engine()},
+    )
+
+
+defs = build_defs()
