@@ -27,8 +27,10 @@ _SECRET_WORDS = (
 # scheme://user:password@host -> scheme://user:***@host
 _URL_USERINFO = re.compile(r"(?P<prefix>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]*):(?P<secret>[^\s@/'\"]+)@")
 # password=..., "password": "...", PGPASSWORD=..., aws_secret_access_key = ...
+# The value ends at whitespace, a quote or a closing bracket, so "(password=x)" keeps its parenthesis; a
+# configured password containing one is still caught whole by the literal pass.
 _KEY_VALUE = re.compile(
-    r"(?P<key>[\w.\-]*(?:" + _SECRET_WORDS + r")[\w.\-]*)(?P<sep>['\"]?\s*[=:]\s*['\"]?)(?P<secret>[^\s'\",;&}\]]+)",
+    r"(?P<key>[\w.\-]*(?:" + _SECRET_WORDS + r")[\w.\-]*)(?P<sep>['\"]?\s*[=:]\s*['\"]?)(?P<secret>[^\s'\",;&)}\]]+)",
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"\b(?P<scheme>Bearer|Basic)\s+(?P<secret>[^\s'\",;]{6,})", re.IGNORECASE)
