@@ -383,3 +383,30 @@ def test_property_planning_twice_gives_the_same_plan(w, rnd):
     second = plan_retention(shuffled, ev, policy, NOW)
     assert first == second
     assert first.markdown() == second.markdown()
+
+
+stamp_like = st.builds(
+    lambda db, digits, sep, suffix: f"{db}_{digits[:8]}{sep}{digits[8:]}{suffix}",
+    st.sampled_from(["loyalty", "other", "loyalty_x", "a-b", ""]),
+    st.text(alphabet="0123456789", min_size=14, max_size=14),
+    st.sampled_from(["_", "-"]),
+    st.sampled_from([".dump.gz", ".dump.zst", ".dump", ".dump.gz.sha256"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(stamp_like, st.builds(lambda d: backup_name(DB, d).filename, st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(timezone.utc)))))
+def test_property_fast_parser_equals_parse_backup_name(filename):
+    from loyalty_ops.lib.backup.naming import parse_backup_name
+    from loyalty_ops.lib.retention.plan import _parse_strict
+
+    try:
+        reference = parse_backup_name(filename)
+    except ValueError:
+        reference = None
+    if reference is not None and reference.filename != filename:
+        reference = None
+    assert _parse_strict(filename) == reference
+    if reference is not None:
+        for prefix in ("backups/", "", "a/b"):
+            assert classify_key(reference.s3_key(prefix), prefix, reference.database)[0] == reference
