@@ -6,6 +6,7 @@ in), so it lives in the instance's PostgreSQL database in production and survive
 of this domain calls :func:`apply` once per tick: load, decide, deliver (with retries), save.
 """
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -18,6 +19,9 @@ from loyalty_ops.lib.alerting.incidents import IncidentLedger
 from loyalty_ops.lib.alerting.notifiers import FlushReport, Logger, flush_outbox
 
 LEDGER_KEY = "loyalty_ops/alerting/incident_ledger"
+# Sensors of one code location are evaluated in one process, in parallel threads when the daemon's
+# `sensors.use_threads` is on: the load-decide-save of the ledger must not interleave.
+_LEDGER_LOCK = threading.Lock()
 
 
 def load_ledger(instance: dg.DagsterInstance) -> IncidentLedger:
@@ -61,6 +65,11 @@ def apply(
 ) -> ApplyReport:
     """Record problems (trigger new incidents) and recoveries (resolve open ones), then deliver everything
     queued. Never raises for an unreachable destination: undelivered messages stay in the ledger."""
+    with _LEDGER_LOCK:
+        return _apply(instance, log, alerting, secrets, problems, recoveries, now, sleep)
+
+
+def _apply(instance, log, alerting, secrets, problems, recoveries, now, sleep) -> ApplyReport:
     now = time.time() if now is None else now
     report = ApplyReport()
     ledger = load_ledger(instance)

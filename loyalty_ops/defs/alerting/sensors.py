@@ -11,6 +11,7 @@ import time
 from typing import Optional
 
 import dagster as dg
+from dagster._core.events import DagsterEventType
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from loyalty_ops.defs.alerting.dispatch import apply, load_ledger
@@ -61,6 +62,22 @@ def _error_text(error) -> str:
     return error.message
 
 
+def _job_label(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """The job's name; for an ad-hoc materialization (Dagster's hidden ``__ASSET_JOB``) the assets it
+    materializes, so unrelated ad-hoc runs do not share one incident."""
+    if not run.job_name.startswith("__"):
+        return run.job_name
+    keys = set(run.asset_selection or ())
+    if not keys:
+        planned = instance.get_records_for_run(
+            run_id=run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=50
+        ).records
+        keys = {r.event_log_entry.dagster_event.asset_key for r in planned if r.event_log_entry.dagster_event}
+    if not keys:
+        return run.job_name
+    return ("assets:" + ",".join(sorted(key.to_user_string() for key in keys if key)))[:120]
+
+
 def _run_end_time(instance: dg.DagsterInstance, run_id: str) -> float:
     record = instance.get_run_record_by_id(run_id)
     return (record.end_time if record and record.end_time else None) or time.time()
@@ -88,7 +105,7 @@ def page_on_run_failure(
         step = None
         error = context.failure_event.message or ""
     facts = RunFailureFacts(
-        job_name=run.job_name,
+        job_name=_job_label(context.instance, run),
         run_id=run.run_id,
         tags=dict(run.tags),
         failed_at=_run_end_time(context.instance, run.run_id),
@@ -116,11 +133,12 @@ def resolve_on_run_success(
     """Resolves a job's open incident when a later run of the same job (on the same database) succeeds."""
     run = context.dagster_run
     default_database = _default_database(postgres)
-    key = run_dedup_key(run.job_name, run_database(run.tags, default_database))
+    job = _job_label(context.instance, run)
+    key = run_dedup_key(job, run_database(run.tags, default_database))
     if not load_ledger(context.instance).is_open(key):
         return None  # the common case: nothing was open, send nothing
     recovery = run_recovery_alert(
-        run.job_name, run.run_id, dict(run.tags), _run_end_time(context.instance, run.run_id),
+        job, run.run_id, dict(run.tags), _run_end_time(context.instance, run.run_id),
         alerting.webserver_base_url, default_database,
     )
     report = apply(context.instance, context.log, alerting, _secrets(alerting, postgres), recoveries=[recovery])

@@ -398,3 +398,25 @@ def test_warn_checks_can_be_kept_off_the_pager(dagster_instance, pagerduty_serve
     tick(page_on_failed_checks, dagster_instance, quiet, None, definitions)
     paged = sorted(e["dedup_key"].split("/")[3] for e in pagerduty_server.bodies())
     assert paged == ["archive_readable", "disk_below_limit", "replication_lag_ok"]
+
+
+@dg.asset
+def adhoc_restore_probe():
+    raise RuntimeError("restore probe could not reach the scratch database")
+
+
+def test_an_ad_hoc_materialization_gets_its_own_incident_named_after_its_assets(dagster_instance, resources, pagerduty_server):
+    result = dg.materialize([adhoc_restore_probe], instance=dagster_instance, raise_on_error=False)
+    run = dagster_instance.get_run_by_id(result.run_id)
+    with dg.build_run_status_sensor_context(
+        sensor_name="page_on_run_failure", dagster_event=result.get_run_failure_event(),
+        dagster_instance=dagster_instance, dagster_run=run, resources=resources,
+    ) as context:
+        page_on_run_failure(context)
+    (event,) = pagerduty_server.bodies()
+    assert event["dedup_key"] == "loyalty_ops/run/assets:adhoc_restore_probe/loyalty"
+    assert event["payload"]["severity"] == "critical"  # untagged, but it restores
+    assert event["payload"]["summary"] == (
+        "assets:adhoc_restore_probe failed on loyalty at step adhoc_restore_probe: "
+        "RuntimeError: restore probe could not reach the scratch database"
+    )
