@@ -73,7 +73,7 @@ class BackupWorld:
     names: dict[int, BackupName] = field(default_factory=dict)
 
     def add(self, days_ago: int, *, passed: bool = True, local: bool = True, offsite: bool = True, size: int = 2048) -> BackupName:
-        name = backup_name(DB, self.now - timedelta(days=days_ago, hours=-0.0))
+        name = backup_name(DB, self.now - timedelta(days=days_ago))
         body = os.urandom(size)
         path = self.backup_dir / name.filename
         if local:

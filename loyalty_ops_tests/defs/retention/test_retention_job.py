@@ -163,7 +163,7 @@ def test_local_backup_without_confirmed_offsite_copy_is_kept(world, s3_server):
 
 def test_invalid_policy_override_fails_before_touching_anything(world, s3_server):
     for d in range(0, 35):
-        world.add(d)
+        world.add(d, offsite=False)
     world.record(range(0, 35))
     before = world.local_names()
     result = run_retention(world, s3_server, plan_config={"min_keep": 0})
@@ -180,3 +180,26 @@ def test_definitions_wiring():
     assert job.tags["loyalty_ops/severity"] == "warning"
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"retention_plan", "retention_cleanup"} <= keys
+
+
+def test_unreachable_s3_fails_before_deleting_anything(world, s3_server):
+    from loyalty_ops.defs.resources import OffsiteStorage
+    from loyalty_ops.devstack.postgres_cluster import free_port
+    from dagster_aws.s3 import S3Resource
+
+    for d in range(0, 35):
+        world.add(d, offsite=False)
+    world.record(range(0, 35))
+    before = world.local_names()
+    resources = retention_resources(world, s3_server)
+    dead = S3Resource(
+        endpoint_url=f"http://127.0.0.1:{free_port()}", region_name="us-east-1",
+        aws_access_key_id="x", aws_secret_access_key="y", max_attempts=1,
+    )
+    resources["offsite"] = OffsiteStorage(s3=dead, bucket=world.bucket, prefix=PREFIX)
+    job = defs.resolve_job_def("retention_job")
+    result = job.execute_in_process(resources=resources, instance=world.instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "nothing was planned or deleted" in failure.step_failure_data.error.message
+    assert world.local_names() == before
