@@ -97,7 +97,7 @@ def _apply(instance, log, alerting, secrets, problems, recoveries, now, sleep) -
         log.error(f"gave up on {expired.destination} {expired.action} for {expired.alert.get('dedup_key')} after "
                   f"{expired.attempts} attempt(s) over {alerting.max_undelivered_age_hours:g} h: {expired.last_error}")
     if ledger.outbox:
-        notifiers = alerting.notifiers(secrets)
+        notifiers = alerting.notifiers(secrets, on_error=log.error)
         try:
             report.flush = flush_outbox(
                 ledger,

@@ -5,7 +5,7 @@ Secrets (routing key, Slack token, webhook URL) arrive as ``dg.EnvVar`` from
 """
 
 import os
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import dagster as dg
 from dagster_slack import SlackResource
@@ -19,7 +19,7 @@ from loyalty_ops.lib.alerting.notifiers import (
     SlackNotifier,
     WebhookNotifier,
 )
-from loyalty_ops.lib.alerting.scrub import secret_values
+from loyalty_ops.lib.alerting.scrub import scrub_text, secret_values
 
 DEFAULT_WEBSERVER_BASE_URL = "http://localhost:3000"
 
@@ -93,21 +93,37 @@ class AlertingResource(dg.ConfigurableResource):
             names.append(WebhookNotifier.name)
         return names
 
-    def notifiers(self, secrets: Iterable[str]) -> list[Notifier]:
+    def notifiers(self, secrets: Iterable[str], on_error: Optional[Callable[[str], None]] = None) -> list[Notifier]:
+        """The configured destinations' clients. One that cannot be built (a malformed URL, a missing
+        package) is reported through ``on_error`` and left out: its messages stay queued and the other
+        destinations still get theirs."""
         secrets = tuple(secrets)
-        out: list[Notifier] = []
+        factories: list[tuple[str, Callable[[], Notifier]]] = []
         if self.pagerduty_routing_key:
-            out.append(
-                PagerDutyNotifier(
+            factories.append((
+                PagerDutyNotifier.name,
+                lambda: PagerDutyNotifier(
                     self.pagerduty_routing_key,
                     self.pagerduty_events_url,
                     ca_bundle=self.pagerduty_ca_bundle,
                     timeout_s=self.timeout_seconds,
                     secrets=secrets,
-                )
-            )
+                ),
+            ))
         if self.slack is not None:
-            out.append(SlackNotifier(self.slack.get_client(), self.slack.channel, secrets=secrets))
+            slack = self.slack
+            factories.append((SlackNotifier.name, lambda: SlackNotifier(slack.get_client(), slack.channel, secrets=secrets)))
         if self.webhook_url:
-            out.append(WebhookNotifier(self.webhook_url, timeout_s=self.timeout_seconds, secrets=secrets))
+            factories.append((
+                WebhookNotifier.name,
+                lambda: WebhookNotifier(self.webhook_url, timeout_s=self.timeout_seconds, secrets=secrets),
+            ))
+        out: list[Notifier] = []
+        for name, factory in factories:
+            try:
+                out.append(factory())
+            except Exception as exc:
+                message = scrub_text(f"{name}: cannot set up this destination: {type(exc).__name__}: {exc}", secrets)
+                if on_error is not None:
+                    on_error(message)
         return out

@@ -420,3 +420,19 @@ def test_an_ad_hoc_materialization_gets_its_own_incident_named_after_its_assets(
         "assets:adhoc_restore_probe failed on loyalty at step adhoc_restore_probe: "
         "RuntimeError: restore probe could not reach the scratch database"
     )
+
+
+def test_a_misconfigured_destination_is_logged_and_does_not_block_the_others(dagster_instance, slack_server, tls_cert, capfd):
+    misconfigured = {"alerting": alerting_for("http://127.0.0.1:1", tls_cert, slack_server, None), "postgres": POSTGRES}
+    result = run_backup(dagster_instance, fail=True)
+    capfd.readouterr()
+    with dg.build_run_status_sensor_context(
+        sensor_name="page_on_run_failure", dagster_event=result.get_run_failure_event(),
+        dagster_instance=dagster_instance, dagster_run=dagster_instance.get_run_by_id(result.run_id),
+        resources=misconfigured,
+    ) as context:
+        page_on_run_failure(context)
+    err = capfd.readouterr().err
+    assert "pagerduty: cannot set up this destination: ValueError: LOYALTY_PAGERDUTY_EVENTS_URL must be an https:// URL" in err
+    assert len(slack_server.requests) == 1
+    assert [(p.destination, p.action) for p in load_ledger(dagster_instance).outbox] == [("pagerduty", "trigger")]
