@@ -15,6 +15,7 @@ from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTa
 from loyalty_ops.defs.retention.evidence import gather_evidence
 from loyalty_ops.defs.retention.settings import RetentionSettings
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
+from loyalty_ops.lib.backup.naming import normalize_prefix
 from loyalty_ops.lib.backup.offsite import OffsiteError
 from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.progress import human_bytes
@@ -52,6 +53,26 @@ class _Context:
         self.plan, self.backup_dir, self.client, self.bucket, self.log_dir, self.stats = plan, backup_dir, client, bucket, log_dir, stats
 
 
+def _where(settings: RetentionSettings, backup_storage: BackupStorage, offsite: OffsiteStorage, postgres: PostgresTarget) -> dict:
+    """The database, directories, bucket and client, checked before anything is listed."""
+    if settings.invalid_env:
+        raise dg.Failure(f"retention settings are invalid: {settings.invalid_env}")
+    try:
+        database = postgres.database_name
+    except ConnectionConfigError as exc:
+        raise dg.Failure(str(exc)) from None
+    where = {"database": database, "backup_dir": backup_storage.path, "client": None, "bucket": None, "prefix": offsite.prefix}
+    if offsite.configured:
+        try:
+            target = offsite.target()
+            target.validate()
+        except (OffsiteError, dg.Failure) as exc:
+            raise dg.Failure(f"offsite settings are invalid: {exc}") from None
+        where.update(bucket=target.bucket, prefix=target.prefix, client=offsite.client())
+    where["log_dir"] = resolve_log_dir(settings.log_dir)
+    return where
+
+
 def make_plan(
     context: dg.AssetExecutionContext,
     settings: RetentionSettings,
@@ -61,33 +82,20 @@ def make_plan(
     policy: RetentionPolicy,
 ) -> _Context:
     """List everything, read the history, and plan. Fails (touching nothing) on bad settings or listing errors."""
-    if settings.invalid_env:
-        raise dg.Failure(f"retention settings are invalid: {settings.invalid_env}")
     try:
         policy.validate()
     except PolicyError as exc:
         raise dg.Failure(f"retention policy is invalid: {exc}") from None
-    try:
-        database = postgres.database_name
-    except ConnectionConfigError as exc:
-        raise dg.Failure(str(exc)) from None
-    backup_dir = backup_storage.path
+    where = _where(settings, backup_storage, offsite, postgres)
+    client, bucket, prefix, log_dir, backup_dir = where["client"], where["bucket"], where["prefix"], where["log_dir"], where["backup_dir"]
     try:
         local = scan_backup_dir(backup_dir)
     except FileNotFoundError as exc:
         raise dg.Failure(str(exc)) from None
-    client = bucket = None
     remote = None
     multipart: tuple = ()
-    prefix = offsite.prefix
     list_started = time.monotonic()
-    if offsite.configured:
-        try:
-            target = offsite.target()
-            target.validate()
-        except (OffsiteError, dg.Failure) as exc:
-            raise dg.Failure(f"offsite settings are invalid: {exc}") from None
-        bucket, prefix, client = target.bucket, target.prefix, offsite.client()
+    if bucket:
         try:
             remote = list_objects(client, bucket, prefix)
             multipart = list_multipart_uploads(client, bucket, prefix)
@@ -97,7 +105,6 @@ def make_plan(
                 "the credentials and LOYALTY_S3_BUCKET"
             ) from None
     list_s = time.monotonic() - list_started
-    log_dir = resolve_log_dir(settings.log_dir)
     logs = None
     if log_dir is not None:
         try:
@@ -105,7 +112,7 @@ def make_plan(
         except FileNotFoundError as exc:
             raise dg.Failure(str(exc)) from None
     evidence = gather_evidence(context.instance, settings.history_limit)
-    inventory = Inventory(database, local, remote, prefix, multipart, logs)
+    inventory = Inventory(where["database"], local, remote, prefix, multipart, logs)
     started = time.monotonic()
     plan = plan_retention(inventory, evidence, policy, datetime.now(timezone.utc), tz=ZoneInfo(PLATFORM_TIMEZONE))
     stats = {
@@ -175,8 +182,8 @@ def retention_cleanup(
 ) -> dg.MaterializeResult:
     """Carries out `retention_plan`: S3 objects first (DeleteObjects, 1000 keys a request, per-key errors
     checked), then stale multipart uploads, then local backups and sidecars (each only once its offsite
-    status is known), then old logs. It re-lists everything first and deletes only what the shown plan and
-    a fresh plan both delete. Fails, deleting nothing, when the plan is blocked; fails after the safe part
+    status is known), then old logs. Given a plan from an earlier run, it re-lists everything and deletes
+    only what that plan and a fresh plan both delete. Fails, deleting nothing, when the plan is blocked; fails after the safe part
     of the work when S3 reports errors. `dry_run` reports without deleting."""
     dry_run = retention_settings.dry_run if config.dry_run is None else config.dry_run
     if retention_plan.blocked:
@@ -184,13 +191,27 @@ def retention_cleanup(
             description=f"retention is blocked, nothing was deleted: {retention_plan.blocked}",
             metadata={"blocked_reason": retention_plan.blocked},
         )
-    found = make_plan(context, retention_settings, backup_storage, offsite, postgres, retention_plan.policy)
-    if found.plan.database != retention_plan.database or found.plan.prefix != retention_plan.prefix:
+    where = _where(retention_settings, backup_storage, offsite, postgres)
+    planned_prefix = retention_plan.prefix if retention_plan.offsite_configured else None
+    current_prefix = normalize_prefix(where["prefix"]) if where["bucket"] else None
+    if where["database"] != retention_plan.database or planned_prefix != current_prefix:
         raise dg.Failure(
-            f"the plan was made for database {retention_plan.database!r} / prefix {retention_plan.prefix!r}, but the "
-            f"settings now say {found.plan.database!r} / {found.plan.prefix!r}; re-run retention_plan"
+            f"the plan was made for database {retention_plan.database!r}, S3 prefix {planned_prefix!r}, but the settings "
+            f"now say {where['database']!r}, {current_prefix!r} (PGDATABASE / LOYALTY_S3_BUCKET / LOYALTY_S3_PREFIX changed); "
+            "re-run retention_plan"
         )
-    plan = restrict_to(found.plan, retention_plan)
+    latest = context.instance.get_latest_materialization_event(dg.AssetKey("retention_plan"))
+    same_run = latest is not None and latest.run_id == context.run_id
+    if same_run:
+        # Planned moments ago in this run, under the same database lock: no second listing of the bucket
+        # (that would double the list requests). carry_out still re-checks each local file, and each local
+        # backup's offsite copy, right before deleting it.
+        found = _Context(retention_plan, where["backup_dir"], where["client"], where["bucket"], where["log_dir"], {})
+        plan = retention_plan
+    else:
+        # A plan from an earlier run: re-list and re-plan, and carry out only what both plans delete.
+        found = make_plan(context, retention_settings, backup_storage, offsite, postgres, retention_plan.policy)
+        plan = restrict_to(found.plan, retention_plan)
     if plan.blocked:
         raise dg.Failure(
             description=f"retention is blocked, nothing was deleted: {plan.blocked}",
@@ -210,6 +231,7 @@ def retention_cleanup(
     errors_md = "\n".join(f"- {e}" for e in outcome.errors[:200]) or "None."
     metadata = {
         "dry_run": dry_run,
+        "replanned": not same_run,
         "deleted_local_backups": outcome.count("local", "backup"),
         "deleted_local_sidecars": outcome.count("local", "sidecar"),
         "deleted_s3_objects": outcome.count("s3", "backup") + outcome.count("s3", "sidecar"),

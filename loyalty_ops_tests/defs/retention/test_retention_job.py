@@ -203,3 +203,25 @@ def test_unreachable_s3_fails_before_deleting_anything(world, s3_server):
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
     assert "nothing was planned or deleted" in failure.step_failure_data.error.message
     assert world.local_names() == before
+
+
+def test_cleanup_of_an_older_plan_replans_and_deletes_only_the_intersection(world, s3_server):
+    for d in range(0, 34):
+        world.add(d)
+    world.record(range(0, 34))
+    from loyalty_ops.defs.retention.assets import retention_cleanup, retention_plan
+
+    resources = retention_resources(world, s3_server)
+    plan_run = dg.materialize([retention_plan], resources=resources, instance=world.instance)
+    assert materialization_metadata(plan_run, "retention_plan")["local_delete"] == 4 * 3
+    # Since the plan was made, backup 32's offsite copy vanished: the fresh plan keeps it locally.
+    world.client.delete_object(Bucket=world.bucket, Key=world.names[32].s3_key(PREFIX))
+    cleanup_run = dg.materialize(
+        [retention_plan, retention_cleanup], selection=[retention_cleanup], resources=resources, instance=world.instance
+    )
+    assert cleanup_run.success
+    meta = materialization_metadata(cleanup_run, "retention_cleanup")
+    assert meta["replanned"] is True and meta["deleted_local_backups"] == 3
+    local = world.local_names()
+    assert world.names[32].filename in local
+    assert all(world.names[d].filename not in local for d in (30, 31, 33))
