@@ -78,6 +78,23 @@ def _job_label(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
     return ("assets:" + ",".join(sorted(key.to_user_string() for key in keys if key)))[:120]
 
 
+def _failed_checks(instance: dg.DagsterInstance, run_id: str) -> tuple[str, ...]:
+    """The checks that failed in the run, with their descriptions (a blocking check's failure only names
+    the check in the step error)."""
+    records = instance.get_records_for_run(
+        run_id=run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION, limit=100
+    ).records
+    out = []
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        evaluation = event.event_specific_data if event else None
+        if evaluation is None or getattr(evaluation, "passed", True):
+            continue
+        name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+        out.append(f"{name}: {evaluation.description}" if evaluation.description else name)
+    return tuple(out)
+
+
 def _run_end_time(instance: dg.DagsterInstance, run_id: str) -> float:
     record = instance.get_run_record_by_id(run_id)
     return (record.end_time if record and record.end_time else None) or time.time()
@@ -112,6 +129,7 @@ def page_on_run_failure(
         failing_step=step,
         error=error,
         default_database=_default_database(postgres),
+        failed_checks=_failed_checks(context.instance, run.run_id),
     )
     secrets = _secrets(alerting, postgres)
     alert = run_failure_alert(facts, alerting.webserver_base_url, secrets)

@@ -103,6 +103,17 @@ def _first_line(text: str) -> str:
     return ""
 
 
+def _headline(text: str) -> str:
+    """The first line of an error; when it announces a list ("... failed with ERROR severity:"), with the
+    list's first line too."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
+
+
 def clean_error(message: str) -> str:
     """A Dagster error message without the exception class prefix Dagster adds
     (``dagster._core.definitions.events.Failure: ...``)."""
@@ -129,6 +140,7 @@ class RunFailureFacts:
     failing_step: Optional[str]  # None when the run failed outside a step (never started, worker died)
     error: str  # the step's error message, or the run failure's message
     default_database: Optional[str] = None
+    failed_checks: tuple[str, ...] = ()  # "asset:check: description" of checks that failed in the run
 
 
 def run_failure_alert(facts: RunFailureFacts, webserver_base_url: str, secrets: Iterable[str] = ()) -> Alert:
@@ -137,7 +149,7 @@ def run_failure_alert(facts: RunFailureFacts, webserver_base_url: str, secrets: 
     severity = job_severity(facts.tags, facts.job_name)
     error = _truncate(scrub_text(clean_error(facts.error), secrets), ERROR_MAX) or "no error message was recorded"
     where = f"step {facts.failing_step}" if facts.failing_step else "run (no step failed)"
-    summary = _truncate(f"{facts.job_name} failed on {database} at {where}: {_first_line(error)}", SUMMARY_MAX)
+    summary = _truncate(f"{facts.job_name} failed on {database} at {where}: {_headline(error)}", SUMMARY_MAX)
     link = run_url(webserver_base_url, facts.run_id)
     details = {
         "job": facts.job_name,
@@ -149,6 +161,8 @@ def run_failure_alert(facts: RunFailureFacts, webserver_base_url: str, secrets: 
         "severity": severity,
         "failed_at": iso_utc(facts.failed_at),
     }
+    if facts.failed_checks:
+        details["failed_checks"] = [_truncate(c, 500) for c in facts.failed_checks[:20]]
     return Alert(
         dedup_key=run_dedup_key(facts.job_name, database),
         kind=KIND_RUN_FAILURE,

@@ -436,3 +436,25 @@ def test_a_misconfigured_destination_is_logged_and_does_not_block_the_others(dag
     assert "pagerduty: cannot set up this destination: ValueError: LOYALTY_PAGERDUTY_EVENTS_URL must be an https:// URL" in err
     assert len(slack_server.requests) == 1
     assert [(p.destination, p.action) for p in load_ledger(dagster_instance).outbox] == [("pagerduty", "trigger")]
+
+
+def test_a_run_stopped_by_a_blocking_check_names_the_checks_and_their_findings(dagster_instance, resources, pagerduty_server):
+    result = materialize_health(dagster_instance, healthy=False)
+    assert not result.success
+    with dg.build_run_status_sensor_context(
+        sensor_name="page_on_run_failure", dagster_event=result.get_run_failure_event(),
+        dagster_instance=dagster_instance, dagster_run=dagster_instance.get_run_by_id(result.run_id), resources=resources,
+    ) as context:
+        page_on_run_failure(context)
+    (event,) = pagerduty_server.bodies()
+    assert event["payload"]["summary"] == (
+        "assets:database_health failed on loyalty at step database_health: "
+        "1 blocking asset check failed with ERROR severity: database_health: archive_readable"
+    )
+    assert event["payload"]["severity"] == "warning"  # the run's tag
+    assert sorted(event["payload"]["custom_details"]["failed_checks"]) == [
+        "database_health:archive_readable: archive is truncated",
+        "database_health:connections_below_limit: connections at 85% of max_connections (warn at 80%)",
+        "database_health:disk_below_limit: disk 93% full on postgresql://loyalty:***@db.internal/loyalty",
+        "database_health:replication_lag_ok: replica 400 s behind",
+    ]
