@@ -1,0 +1,1 @@
+"""Restores: the guarded ``restore_job`` launched from the UI, and the automatic ``restore_drill``."""

@@ -1,0 +1,129 @@
+"""``restore_drill``: after a nightly backup, prove it restores. Restores the newest backup into a scratch
+database, compares every table's row count and the catalog counts with the manifest, records the RTO,
+and always drops the scratch database. Its check ``restore_drill_matches_source`` fails (and the run with
+it, so it pages) when any step or table does not match."""
+
+from typing import Iterator, Optional
+
+import dagster as dg
+from pydantic import Field
+
+from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, metadata_values, recent_backups
+from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
+from loyalty_ops.defs.restore.common import restore_environment
+from loyalty_ops.defs.restore.resources import RestoreSettings
+from loyalty_ops.lib.restore.plan import BackupRef, drill_due
+from loyalty_ops.lib.restore.run import run_drill
+from loyalty_ops.lib.restore.verify import row_count_table
+
+DRILL_ASSET_KEY = dg.AssetKey("restore_drill")
+DRILL_CHECK_NAME = "restore_drill_matches_source"
+
+
+class DrillConfig(dg.Config):
+    """Launchpad options for a restore drill."""
+
+    force: bool = Field(default=False, description="Drill now even if LOYALTY_DRILL_EVERY_N_BACKUPS says to skip this backup.")
+    jobs: Optional[int] = Field(default=None, description="pg_restore -j for this drill; empty uses LOYALTY_DRILL_JOBS (2).")
+    progress_interval_seconds: float = Field(default=10.0, description="How often the run log reports progress (<= 10 s).")
+
+
+def backups_since_last_drill(instance: dg.DagsterInstance, newest_filename: Optional[str]) -> Optional[int]:
+    """How many backups are newer than the one the last drill restored (this one included); None if never drilled."""
+    last = instance.get_latest_materialization_event(DRILL_ASSET_KEY)
+    if last is None:
+        return None
+    drilled = metadata_values(last).get("backup_filename")
+    count = 0
+    for record in recent_backups(instance, limit=100):
+        if record.metadata.get("filename") == drilled:
+            return count
+        count += 1
+    return count if count else None
+
+
+@dg.asset(
+    key=DRILL_ASSET_KEY,
+    deps=[BACKUP_ASSET_KEY],
+    group_name="backups",
+    kinds={"postgres"},
+    owners=["team:platform"],
+    output_required=False,
+    tags={"loyalty_ops/criticality": "critical"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            DRILL_CHECK_NAME,
+            asset=DRILL_ASSET_KEY,
+            blocking=True,
+            description="The drill restored the newest backup and every table's row count and the catalog counts "
+            "equal the manifest's. A failure names the step or the table.",
+        )
+    ],
+)
+def restore_drill(
+    context: dg.AssetExecutionContext,
+    config: DrillConfig,
+    postgres: PostgresTarget,
+    backup_storage: BackupStorage,
+    offsite: OffsiteStorage,
+    restore_settings: RestoreSettings,
+) -> Iterator[dg.MaterializeResult]:
+    """A restore drill of the newest backup into `loyalty_drill_<timestamp>`: pg_restore -j, exact row counts
+    per table and catalog counts against the manifest, measured RTO and restored size; the scratch database
+    is always dropped. Runs every LOYALTY_DRILL_EVERY_N_BACKUPS backups (default every one)."""
+    backups = recent_backups(context.instance, limit=1)
+    newest = backups[0] if backups else None
+    newest_name = newest.metadata.get("filename") if newest else None
+    every_n = restore_settings.every_n()
+    due, reason = drill_due(every_n, backups_since_last_drill(context.instance, newest_name))
+    if not due and not config.force:
+        context.log.info(f"restore drill skipped: {reason}")
+        return
+    context.log.info(f"restore drill: {reason if due else 'forced from the launchpad'}")
+    if newest is not None and newest.path:
+        ref = BackupRef("file", str(newest.path))
+    else:
+        ref = BackupRef("latest")
+    env = restore_environment(
+        context,
+        postgres,
+        backup_storage,
+        offsite,
+        work_dir=restore_settings.work_dir,
+        progress_interval_s=min(max(config.progress_interval_seconds, 0.5), 10.0),
+    )
+    jobs = config.jobs or restore_settings.drill_jobs
+    result = run_drill(env, ref, jobs=jobs)
+    (context.log.info if result.passed else context.log.error)(result.message)
+    metadata = {
+        "backup_filename": result.backup_filename,
+        "passed": result.passed,
+        "rto_s": round(float(result.rto_s), 3),
+        "restored_bytes": int(result.restored_bytes),
+        "archive_bytes": int(result.archive_bytes),
+        "scratch_database": result.scratch_database,
+        "scratch_dropped": result.scratch_dropped,
+        "failed_step": result.failed_step or "",
+        "message": result.message,
+        "pg_restore_jobs": jobs,
+        "tables_compared": len(result.expected_rows),
+        "rows_compared": sum(result.expected_rows.values()),
+        "row_counts": dg.MetadataValue.md(row_count_table(result.expected_rows, result.actual_rows)),
+        "catalog_counts": dg.MetadataValue.json(result.actual_catalog),
+        "timings": dg.MetadataValue.json({k: round(v, 3) for k, v in result.timings.items()}),
+    }
+    check = dg.AssetCheckResult(
+        check_name=DRILL_CHECK_NAME,
+        passed=result.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=result.message,
+        metadata={
+            "backup_filename": result.backup_filename,
+            "failed_step": result.failed_step or "",
+            "rto_s": round(float(result.rto_s), 3),
+            "mismatches": dg.MetadataValue.json(
+                [m.message() for m in result.comparison.mismatches] if result.comparison else []
+            ),
+        },
+    )
+    yield dg.MaterializeResult(metadata=metadata, check_results=[check])

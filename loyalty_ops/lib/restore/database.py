@@ -1,0 +1,122 @@
+"""Database-level operations of a restore: exists, create, drop, block and terminate connections, rename.
+
+They run on a maintenance connection (database ``postgres``, else ``template1``) in autocommit, because
+CREATE/DROP/ALTER DATABASE cannot run inside a transaction. Names always go through ``sql.Identifier``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import psycopg
+from psycopg import sql
+
+from loyalty_ops.lib.pg.connection import ConnectionSpec
+
+MAINTENANCE_DATABASES = ("postgres", "template1")
+
+
+def admin_connection(spec: ConnectionSpec) -> psycopg.Connection:
+    """An autocommit connection to a maintenance database of the same server."""
+    last: Optional[Exception] = None
+    for name in MAINTENANCE_DATABASES:
+        try:
+            return psycopg.connect(**spec.with_database(name).psycopg_kwargs(), autocommit=True)  # type: ignore[arg-type]
+        except psycopg.OperationalError as exc:
+            last = exc
+    detail = str(last).strip().splitlines()[-1] if last and str(last).strip() else "connection refused"
+    raise ConnectionError(
+        f"cannot connect to {spec.with_database('postgres').redacted()} (or template1): {detail}. Check PGHOST/PGPORT/"
+        "PGUSER/PGPASSWORD or LOYALTY_DATABASE_URL"
+    )
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    name: str
+    owner: str
+    encoding: str
+    collate: str
+    ctype: str
+    size_bytes: int
+    connections: int
+
+
+def database_info(conn: psycopg.Connection, name: str) -> Optional[DatabaseInfo]:
+    row = conn.execute(
+        """
+        SELECT d.datname, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
+               CASE WHEN d.datallowconn THEN pg_database_size(d.oid) ELSE 0 END,
+               (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname AND a.pid <> pg_backend_pid())
+        FROM pg_database d WHERE d.datname = %s
+        """,
+        (name,),
+    ).fetchone()
+    return DatabaseInfo(*row[:5], int(row[5]), int(row[6])) if row else None
+
+
+def database_exists(conn: psycopg.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def database_size(conn: psycopg.Connection, name: str) -> int:
+    row = conn.execute("SELECT pg_database_size(%s)", (name,)).fetchone()
+    return int(row[0])
+
+
+def can_create_databases(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
+def create_database(conn: psycopg.Connection, name: str, *, like: Optional[DatabaseInfo] = None) -> None:
+    """An empty database from template0 (so nothing of template1 leaks in); with ``like``, the same owner,
+    encoding and locale as the database it replaces."""
+    query = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+    if like is not None:
+        query = sql.SQL("{} OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            query, sql.Identifier(like.owner), sql.Literal(like.encoding), sql.Literal(like.collate), sql.Literal(like.ctype)
+        )
+    conn.execute(query)
+
+
+def drop_database(conn: psycopg.Connection, name: str) -> None:
+    """Drop ``name`` if it exists, terminating its sessions (PostgreSQL 13+ ``WITH (FORCE)``)."""
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def block_connections(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+
+
+def allow_connections(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
+
+
+def terminate_connections(conn: psycopg.Connection, name: str) -> int:
+    """Terminate every other session on ``name``; returns how many were terminated."""
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    ).fetchall()
+    return sum(1 for (ok,) in rows if ok)
+
+
+def rename_database(conn: psycopg.Connection, old: str, new: str) -> None:
+    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+
+
+def list_databases(conn: psycopg.Connection, like_prefix: str) -> list[tuple[str, int]]:
+    """Databases whose name starts with ``like_prefix``, with their number of sessions."""
+    pattern = like_prefix.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%"
+    return [
+        (name, int(sessions))
+        for name, sessions in conn.execute(
+            """
+            SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname)
+            FROM pg_database d WHERE d.datname LIKE %s ORDER BY 1
+            """,
+            (pattern,),
+        ).fetchall()
+    ]

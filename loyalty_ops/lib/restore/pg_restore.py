@@ -1,0 +1,174 @@
+"""Running ``pg_restore -j N --exit-on-error`` through a :class:`PgToolRunner`, with progress.
+
+pg_restore prints nothing about progress, so a monitor thread watches the server instead: it polls
+``pg_stat_progress_copy`` for the bytes each COPY has loaded (a COPY that ends counts with the last bytes
+seen) and ``pg_stat_progress_create_index`` for index builds, and reports loaded bytes against the
+archive's size, percent and ETA at most every ``interval_s`` seconds. Connection settings reach
+pg_restore through the runner's environment; only the database name and the archive path are in argv.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import psycopg
+
+from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.pg.tools import PgToolRunner, ToolError
+from loyalty_ops.lib.progress import ProgressSnapshot, human_bytes
+
+POLL_S = 1.0
+
+
+def pg_restore_args(archive: Path, database: str, jobs: int, *, no_owner: bool = False) -> list[str]:
+    args = ["--exit-on-error", f"--jobs={jobs}", "--no-password", f"--dbname={database}"]
+    if no_owner:
+        args.append("--no-owner")
+    return [*args, str(archive)]
+
+
+@dataclass
+class RestoreProgress:
+    loaded_bytes: int = 0
+    copies: int = 0
+    index_builds: int = 0
+    monitor_error: Optional[str] = None
+
+
+class RestoreMonitor:
+    """Polls the target database's progress views; emits a message at most every ``interval_s``."""
+
+    def __init__(
+        self,
+        spec: ConnectionSpec,
+        database: str,
+        expected_bytes: Optional[int],
+        emit: Optional[Callable[[str], None]],
+        interval_s: float = 10.0,
+    ):
+        self._spec = spec.with_database(database)
+        self._database = database
+        self._expected = expected_bytes
+        self._emit = emit
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pg_restore-monitor", daemon=True)
+        self._done_copies: int = 0
+        self._live: dict[tuple[int, int], int] = {}
+        self.progress = RestoreProgress()
+        self._started = time.monotonic()
+
+    def start(self) -> "RestoreMonitor":
+        self._thread.start()
+        return self
+
+    def stop(self) -> RestoreProgress:
+        self._stop.set()
+        self._thread.join(5)
+        return self.progress
+
+    def _poll(self, conn: psycopg.Connection) -> None:
+        rows = conn.execute(
+            "SELECT pid, relid::bigint, bytes_processed FROM pg_stat_progress_copy WHERE datname = current_database()"
+        ).fetchall()
+        builds = conn.execute(
+            "SELECT count(*) FROM pg_stat_progress_create_index WHERE datname = current_database()"
+        ).fetchone()[0]
+        live = {(int(pid), int(relid or 0)): int(done or 0) for pid, relid, done in rows}
+        for key, last in self._live.items():
+            if key not in live:
+                self._done_copies += last
+        self._live = live
+        self.progress.loaded_bytes = self._done_copies + sum(live.values())
+        self.progress.copies = len(live)
+        self.progress.index_builds = int(builds)
+
+    def message(self) -> str:
+        snap = ProgressSnapshot("pg_restore", self.progress.loaded_bytes, self._expected, time.monotonic() - self._started)
+        text = snap.message().replace("pg_restore: ", "pg_restore: loaded ", 1)
+        phase = []
+        if self.progress.copies:
+            phase.append(f"{self.progress.copies} table(s) loading")
+        if self.progress.index_builds:
+            phase.append(f"{self.progress.index_builds} index build(s) running")
+        if phase:
+            text += f" [{'; '.join(phase)}]"
+        if self.progress.monitor_error:
+            text += f" (progress views unavailable: {self.progress.monitor_error})"
+        return text
+
+    def _run(self) -> None:
+        conn: Optional[psycopg.Connection] = None
+        last_emit = time.monotonic()
+        while not self._stop.wait(min(POLL_S, self._interval)):
+            try:
+                if conn is None:
+                    conn = psycopg.connect(**self._spec.psycopg_kwargs(), autocommit=True)  # type: ignore[arg-type]
+                self._poll(conn)
+            except Exception as exc:  # the restore goes on; the log still says it is alive
+                self.progress.monitor_error = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+                    conn = None
+            now = time.monotonic()
+            if self._emit and now - last_emit >= self._interval:
+                last_emit = now
+                self._emit(self.message())
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+@dataclass(frozen=True)
+class PgRestoreResult:
+    duration_s: float
+    loaded_bytes: int
+    stderr: str
+
+
+def run_pg_restore(
+    runner: PgToolRunner,
+    spec: ConnectionSpec,
+    archive: Path,
+    database: str,
+    *,
+    jobs: int,
+    no_owner: bool = False,
+    expected_bytes: Optional[int] = None,
+    log: Optional[Callable[[str], None]] = None,
+    progress_interval_s: float = 10.0,
+) -> PgRestoreResult:
+    """Restore ``archive`` into the existing, empty ``database``; raise :class:`ToolError` on any error."""
+    started = time.monotonic()
+    monitor = RestoreMonitor(spec, database, expected_bytes, log, progress_interval_s).start()
+    proc = runner.start(
+        "pg_restore", pg_restore_args(archive, database, jobs, no_owner=no_owner), database=database, stdout=False
+    )
+    try:
+        code = proc.wait()
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        progress = monitor.stop()
+    stderr = proc.stderr_text()
+    if code != 0:
+        raise ToolError(
+            f"pg_restore exited with code {code}: {stderr.strip()[-2000:] or 'no error output'}",
+            tool="pg_restore",
+            returncode=code,
+            stderr=stderr,
+        )
+    duration = time.monotonic() - started
+    if log:
+        log(f"pg_restore finished in {duration:.1f} s ({human_bytes(progress.loaded_bytes)} of table data seen loading)")
+    return PgRestoreResult(duration, progress.loaded_bytes, stderr)

@@ -1,0 +1,367 @@
+"""Finding a backup (on this machine or on S3), downloading it, and turning it into a checked archive.
+
+:func:`locate_backup` resolves ``latest``, a file name or an S3 key to one backup and the SHA-256 it must
+have (from its ``.sha256`` sidecar, its manifest, or the S3 object's metadata; they must agree).
+:func:`fetch_backup` downloads it when it is not local. :func:`prepare_archive` reads the compressed file
+once: it hashes it, decompresses it into a private temporary file (mode 0600; ``pg_restore -j`` cannot
+read standard input) and compares the hash before anyone restores from it. A mismatch or a corrupt
+stream removes the temporary file and refuses the restore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from loyalty_ops.lib.backup.integrity import CUSTOM_FORMAT_MAGIC, compression_of, read_sidecar
+from loyalty_ops.lib.backup.manifest import BackupManifest, read_manifest
+from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, PARTIAL_MARKER, SIDECAR_SUFFIX, normalize_prefix, parse_backup_name
+from loyalty_ops.lib.backup.stream import remove_stale_partials
+from loyalty_ops.lib.progress import ProgressMeter, ProgressSnapshot
+from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, RestoreRefused
+from loyalty_ops.lib.restore.plan import BackupRef
+
+READ_BYTES = 4 * 1024 * 1024
+ProgressFn = Optional[Callable[[ProgressSnapshot], None]]
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where offsite copies live: a boto3 client, the bucket and the key prefix."""
+
+    client: Any
+    bucket: str
+    prefix: str = "backups/"
+
+
+@dataclass
+class LocatedBackup:
+    filename: str
+    expected_sha256: str
+    local_path: Optional[Path] = None
+    s3_key: Optional[str] = None
+    bucket: Optional[str] = None
+    size: Optional[int] = None
+    manifest: Optional[BackupManifest] = None
+    checksum_sources: list[str] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        if self.local_path is not None:
+            return str(self.local_path)
+        return f"s3://{self.bucket}/{self.s3_key}"
+
+
+def _local_candidates(backup_dir: Path, database: Optional[str]) -> list[tuple[Any, Path]]:
+    found = []
+    if backup_dir.is_dir():
+        for path in backup_dir.iterdir():
+            name = parse_backup_name(path.name)
+            if name and (database is None or name.database == database) and path.is_file():
+                found.append((name, path))
+    return found
+
+
+def _s3_candidates(s3: S3Location, database: Optional[str]) -> list[tuple[Any, str]]:
+    found = []
+    paginator = s3.client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=s3.bucket, Prefix=normalize_prefix(s3.prefix)):
+        for obj in page.get("Contents", []):
+            name = parse_backup_name(obj["Key"].rsplit("/", 1)[-1])
+            if name and (database is None or name.database == database):
+                found.append((name, obj["Key"]))
+    return found
+
+
+def _s3_text(s3: S3Location, key: str) -> Optional[str]:
+    from botocore.exceptions import ClientError
+
+    try:
+        return s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read().decode("utf-8")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+
+
+def _expected_sha(filename: str, sources: dict[str, Optional[str]]) -> tuple[str, list[str]]:
+    known = {where: value.lower() for where, value in sources.items() if value}
+    if not known:
+        raise ChecksumMismatch(
+            "verify checksum",
+            f"{filename} has no recorded SHA-256 (no {filename}{SIDECAR_SUFFIX} sidecar, no manifest): "
+            "it cannot be verified, so it will not be restored",
+        )
+    values = set(known.values())
+    if len(values) > 1:
+        listed = "; ".join(f"{where} says {value}" for where, value in known.items())
+        raise ChecksumMismatch("verify checksum", f"the recorded SHA-256 values of {filename} disagree: {listed}")
+    return values.pop(), sorted(known)
+
+
+def _local_backup(path: Path) -> LocatedBackup:
+    manifest = read_manifest(path)
+    sha, sources = _expected_sha(
+        path.name, {"sidecar": read_sidecar(path), "manifest": manifest.sha256 if manifest else None}
+    )
+    return LocatedBackup(path.name, sha, local_path=path, size=path.stat().st_size, manifest=manifest, checksum_sources=sources)
+
+
+def _s3_backup(s3: S3Location, key: str) -> LocatedBackup:
+    from botocore.exceptions import ClientError
+
+    filename = key.rsplit("/", 1)[-1]
+    try:
+        head = s3.client.head_object(Bucket=s3.bucket, Key=key)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise BackupNotFound("find backup", f"s3://{s3.bucket}/{key} does not exist") from None
+        raise RestoreRefused("find backup", f"S3 refused HEAD of s3://{s3.bucket}/{key} ({code})") from None
+    sidecar_text = _s3_text(s3, key + SIDECAR_SUFFIX)
+    manifest_text = _s3_text(s3, key + MANIFEST_SUFFIX)
+    manifest = BackupManifest.from_json(manifest_text) if manifest_text else None
+    sidecar = sidecar_text.split()[0] if sidecar_text and sidecar_text.strip() else None
+    sha, sources = _expected_sha(
+        filename,
+        {
+            "sidecar": sidecar,
+            "manifest": manifest.sha256 if manifest else None,
+            "object metadata": head.get("Metadata", {}).get("sha256"),
+        },
+    )
+    return LocatedBackup(
+        filename, sha, s3_key=key, bucket=s3.bucket, size=int(head["ContentLength"]), manifest=manifest,
+        checksum_sources=sources,
+    )
+
+
+def locate_backup(
+    ref: BackupRef, backup_dir: Path, *, database: Optional[str] = None, s3: Optional[S3Location] = None
+) -> LocatedBackup:
+    """The backup ``ref`` names, with its expected SHA-256. Raises :class:`BackupNotFound` (nothing touched)."""
+    backup_dir = Path(backup_dir)
+    if ref.kind == "latest":
+        local = _local_candidates(backup_dir, database)
+        remote = _s3_candidates(s3, database) if s3 is not None else []
+        if not local and not remote:
+            where = f"{backup_dir}" + (f" or s3://{s3.bucket}/{normalize_prefix(s3.prefix)}" if s3 else "")
+            raise BackupNotFound("find backup", f"there is no backup of {database or 'any database'} in {where}")
+        newest_local = max(local, key=lambda item: item[0]) if local else None
+        newest_remote = max(remote, key=lambda item: item[0]) if remote else None
+        if newest_local and (not newest_remote or newest_local[0] >= newest_remote[0]):
+            return _local_backup(newest_local[1])
+        assert newest_remote is not None and s3 is not None
+        return _s3_backup(s3, newest_remote[1])
+    if ref.kind == "file":
+        path = Path(ref.value) if Path(ref.value).is_absolute() else backup_dir / ref.value
+        if path.is_file():
+            return _local_backup(path)
+        name = parse_backup_name(path.name)
+        if s3 is not None and name is not None:
+            try:
+                return _s3_backup(s3, name.s3_key(s3.prefix))
+            except BackupNotFound:
+                pass
+        where = f"{path}" + (f" nor at s3://{s3.bucket}/{name.s3_key(s3.prefix)}" if s3 and name else "")
+        raise BackupNotFound("find backup", f"backup {ref.value} not found: not at {where}")
+    if s3 is None:
+        raise BackupNotFound(
+            "find backup", f"backup {ref.value} is an S3 key but no offsite bucket is configured (LOYALTY_S3_BUCKET)"
+        )
+    return _s3_backup(s3, ref.value)
+
+
+def work_file(work_dir: Path, filename: str, role: str) -> Path:
+    """A private temporary file name that the backup code's stale-file cleanup recognises."""
+    return Path(work_dir) / f".{filename}.{role}{PARTIAL_MARKER}{os.getpid()}"
+
+
+def fetch_backup(
+    located: LocatedBackup,
+    work_dir: Path,
+    s3: Optional[S3Location],
+    *,
+    on_progress: ProgressFn = None,
+    progress_interval_s: float = 10.0,
+) -> tuple[Path, bool]:
+    """A local path to the compressed backup, downloading it when needed. Returns (path, downloaded)."""
+    if located.local_path is not None:
+        return located.local_path, False
+    assert s3 is not None and located.s3_key is not None
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(work_dir)
+    target = work_file(work_dir, located.filename, "download")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)
+    meter = ProgressMeter("download", on_progress, expected_bytes=located.size, interval_s=progress_interval_s)
+    try:
+        s3.client.download_file(s3.bucket, located.s3_key, str(target), Callback=meter.add)
+        os.chmod(target, 0o600)
+    except BaseException as exc:
+        target.unlink(missing_ok=True)
+        if isinstance(exc, Exception):
+            raise RestoreRefused("download", f"downloading s3://{s3.bucket}/{located.s3_key} failed: {exc}") from None
+        raise
+    meter.finish()
+    return target, True
+
+
+@dataclass(frozen=True)
+class PreparedArchive:
+    path: Path  # the decompressed custom-format archive, mode 0600
+    raw_bytes: int
+    compressed_bytes: int
+    sha256: str
+    duration_s: float
+
+
+class _Decompressor:
+    """gzip (including concatenated members) or zstd (including several frames), chunk by chunk."""
+
+    def __init__(self, compression: str):
+        self.compression = compression
+        self._new()
+
+    def _new(self) -> None:
+        if self.compression == "gzip":
+            self._obj = zlib.decompressobj(31)
+        else:
+            import zstandard
+
+            self._obj = zstandard.ZstdDecompressor().decompressobj()
+
+    def decompress(self, data: bytes) -> bytes:
+        out = self._obj.decompress(data)
+        while self._obj.eof and self._obj.unused_data:
+            rest = self._obj.unused_data
+            self._new()
+            out += self._obj.decompress(rest)
+        return out
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._obj.eof)
+
+
+def prepare_archive(
+    compressed: Path,
+    expected_sha256: str,
+    work_dir: Path,
+    *,
+    filename: Optional[str] = None,
+    on_progress: ProgressFn = None,
+    progress_interval_s: float = 10.0,
+) -> PreparedArchive:
+    """Hash and decompress ``compressed`` in one pass into a 0600 temporary file; refuse on any mismatch.
+
+    A reader thread reads and hashes while this thread decompresses and writes (zlib, zstd and hashlib
+    release the GIL, so the two overlap). The checksum is judged first: a corrupted file is refused for
+    its checksum even when the corruption also breaks decompression.
+    """
+    started = time.monotonic()
+    compressed = Path(compressed)
+    name = filename or compressed.name
+    try:
+        compression = compression_of(Path(name))
+    except ValueError as exc:
+        raise RestoreRefused("verify checksum", str(exc)) from None
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(work_dir)
+    out_path = work_file(work_dir, name, "archive")
+    size = compressed.stat().st_size
+    meter = ProgressMeter("verify + decompress", on_progress, expected_bytes=size, interval_s=progress_interval_s)
+    digest = hashlib.sha256()
+    chunks: "queue.Queue[object]" = queue.Queue(maxsize=4)
+    stop = threading.Event()
+    eof = object()
+
+    def _read() -> None:
+        try:
+            with open(compressed, "rb") as handle:
+                for block in iter(lambda: handle.read(READ_BYTES), b""):
+                    digest.update(block)
+                    if stop.is_set():
+                        continue  # keep hashing: the verdict on the checksum comes first
+                    chunks.put(block)
+            chunks.put(eof)
+        except BaseException as exc:
+            chunks.put(exc)
+
+    reader = threading.Thread(target=_read, name="archive-reader", daemon=True)
+    decomp = _Decompressor(compression)
+    stream_error: Optional[str] = None
+    raw = 0
+    head = b""
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            reader.start()
+            while True:
+                item = chunks.get()
+                if item is eof:
+                    break
+                if isinstance(item, BaseException):
+                    raise RestoreRefused("verify checksum", f"reading {name} failed: {item}")
+                meter.add(len(item))  # type: ignore[arg-type]
+                if stream_error:
+                    continue
+                try:
+                    block = decomp.decompress(item)  # type: ignore[arg-type]
+                except Exception as exc:
+                    stream_error = f"{compression} stream is corrupt: {exc}"
+                    stop.set()  # the reader only hashes from now on; keep taking chunks until its EOF
+                    continue
+                if block:
+                    if len(head) < len(CUSTOM_FORMAT_MAGIC):
+                        head += block[: len(CUSTOM_FORMAT_MAGIC)]
+                    out.write(block)
+                    raw += len(block)
+        reader.join()
+        actual = digest.hexdigest()
+        if actual != expected_sha256:
+            extra = f" (and {stream_error})" if stream_error else ""
+            raise ChecksumMismatch(
+                "verify checksum",
+                f"{name} hashes to {actual} but its recorded SHA-256 is {expected_sha256}: the file is "
+                f"corrupt or was changed{extra}; it will not be restored",
+            )
+        if stream_error is None and not decomp.complete:
+            stream_error = f"{compression} stream ends early: the file is truncated"
+        if stream_error:
+            raise RestoreRefused(
+                "decompress",
+                f"{name}: {stream_error} after {raw} decompressed bytes (its checksum matches, so it was "
+                "written this way); it cannot be restored",
+            )
+        if not head.startswith(CUSTOM_FORMAT_MAGIC):
+            raise RestoreRefused("decompress", f"{name} is not a pg_dump custom-format archive")
+    except BaseException:
+        stop.set()
+        _drain(chunks)
+        out_path.unlink(missing_ok=True)
+        raise
+    meter.finish()
+    return PreparedArchive(out_path, raw, size, actual, time.monotonic() - started)
+
+
+def _drain(chunks: "queue.Queue[object]") -> None:
+    try:
+        while True:
+            chunks.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def manifest_json(manifest: Optional[BackupManifest]) -> Optional[dict]:
+    return json.loads(manifest.to_json()) if manifest else None

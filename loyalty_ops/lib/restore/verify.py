@@ -1,0 +1,91 @@
+"""Comparing a restored database with what its backup's manifest recorded at dump time (pure logic).
+
+Row counts must match exactly, table by table, and the catalog counts (tables, indexes, constraints,
+sequences, views, functions) must match kind by kind. Every problem names the table or the kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    what: str  # "table public.events" or "catalog indexes"
+    expected: object
+    actual: object
+    detail: str
+
+    def message(self) -> str:
+        return f"{self.what}: {self.detail}"
+
+
+@dataclass
+class Comparison:
+    mismatches: list[Mismatch] = field(default_factory=list)
+    tables_compared: int = 0
+    rows_compared: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return not self.mismatches
+
+    def summary(self, limit: int = 10) -> str:
+        if self.passed:
+            return f"{self.tables_compared} tables and {self.rows_compared:,} rows match the manifest exactly"
+        shown = "; ".join(m.message() for m in self.mismatches[:limit])
+        more = f" (and {len(self.mismatches) - limit} more)" if len(self.mismatches) > limit else ""
+        return f"{len(self.mismatches)} difference(s) from the manifest: {shown}{more}"
+
+
+def compare_row_counts(expected: Mapping[str, int], actual: Mapping[str, int]) -> list[Mismatch]:
+    out = []
+    for table in sorted(set(expected) | set(actual)):
+        if table not in actual:
+            out.append(Mismatch(f"table {table}", expected[table], None, f"missing after restore (had {expected[table]:,} rows)"))
+        elif table not in expected:
+            out.append(Mismatch(f"table {table}", None, actual[table], "restored but not in the manifest"))
+        elif int(expected[table]) != int(actual[table]):
+            diff = int(actual[table]) - int(expected[table])
+            out.append(
+                Mismatch(
+                    f"table {table}", expected[table], actual[table],
+                    f"{actual[table]:,} rows restored, {expected[table]:,} at dump time ({diff:+,})",
+                )
+            )
+    return out
+
+
+def compare_catalog_counts(expected: Mapping[str, int], actual: Mapping[str, int]) -> list[Mismatch]:
+    out = []
+    for kind in sorted(expected):
+        got = actual.get(kind)
+        if got is None or int(got) != int(expected[kind]):
+            out.append(
+                Mismatch(f"catalog {kind}", expected[kind], got, f"{got if got is not None else 'no'} {kind} restored, {expected[kind]} at dump time")
+            )
+    return out
+
+
+def compare_with_manifest(
+    expected_rows: Mapping[str, int],
+    expected_catalog: Mapping[str, int],
+    actual_rows: Mapping[str, int],
+    actual_catalog: Mapping[str, int],
+) -> Comparison:
+    result = Comparison(tables_compared=len(expected_rows), rows_compared=sum(int(v) for v in expected_rows.values()))
+    result.mismatches += compare_row_counts(expected_rows, actual_rows)
+    result.mismatches += compare_catalog_counts(expected_catalog, actual_catalog)
+    return result
+
+
+def row_count_table(expected: Mapping[str, int], actual: Mapping[str, int]) -> str:
+    """A markdown table of expected vs restored rows, for the UI."""
+    lines = ["| table | at dump | restored | |", "|---|---:|---:|---|"]
+    for table in sorted(set(expected) | set(actual)):
+        e, a = expected.get(table), actual.get(table)
+        ok = "ok" if e is not None and a is not None and int(e) == int(a) else "MISMATCH"
+        fmt = lambda v: f"{int(v):,}" if v is not None else "-"  # noqa: E731
+        lines.append(f"| `{table}` | {fmt(e)} | {fmt(a)} | {ok} |")
+    return "\n".join(lines)
