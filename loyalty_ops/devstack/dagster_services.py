@@ -2,8 +2,10 @@
 
 Two modes:
 - ``"dev"`` (default): one ``dagster dev`` process, which runs the webserver, the daemon and a code server.
-- ``"production"``: the two processes a deployment runs (docs/deploy.md), ``dagster-daemon run`` and
-  ``dagster-webserver``, each loading ``workspace.yaml`` against the instance in ``DAGSTER_HOME``.
+- ``"production"``: the processes a deployment runs (docs/deploy.md): a code server
+  (``dagster code-server start``) serving the ``loyalty_ops`` code location over gRPC, and
+  ``dagster-webserver`` and ``dagster-daemon run`` with a workspace that points at it. The code is loaded
+  once, by the code server, which also launches the run workers.
 
 Each process leads a new process group that its code servers and run workers join, so ``stop()`` ends
 everything they started and nothing is left running.
@@ -11,6 +13,7 @@ everything they started and nothing is left running.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -37,6 +40,9 @@ class DagsterServices:
     workspace: Path = REPO_ROOT / "workspace.yaml"
     log_path: Optional[Path] = None
     mode: str = "dev"
+    code_module: str = "loyalty_ops.definitions"
+    location_name: str = "loyalty_ops"
+    code_server_port: int = 0
     _proc: Optional[subprocess.Popen] = None
     _others: list = field(default_factory=list)
     _log: Optional[object] = None
@@ -56,8 +62,24 @@ class DagsterServices:
         server = [str(bin_dir / "dagster"), "dev", *workspace, "-h", self.host, "-p", str(self.port)]
         others: list[list[str]] = []
         if self.mode == "production":
+            from loyalty_ops.devstack.postgres_cluster import free_port
+
+            self.code_server_port = self.code_server_port or free_port()
+            grpc_workspace = self.dagster_home / "workspace.yaml"
+            grpc_workspace.write_text(
+                "load_from:\n  - grpc_server:\n"
+                f"      host: {self.host}\n      port: {self.code_server_port}\n"
+                f"      location_name: {self.location_name}\n"
+            )
+            workspace = ["-w", str(grpc_workspace)]
             server = [str(bin_dir / "dagster-webserver"), *workspace, "-h", self.host, "-p", str(self.port)]
-            others = [[str(bin_dir / "dagster-daemon"), "run", *workspace]]
+            others = [
+                [
+                    str(bin_dir / "dagster"), "code-server", "start", "-m", self.code_module,
+                    "--location-name", self.location_name, "-h", self.host, "-p", str(self.code_server_port),
+                ],
+                [str(bin_dir / "dagster-daemon"), "run", *workspace],
+            ]
         elif self.mode != "dev":
             raise ValueError(f"mode must be 'dev' or 'production', got {self.mode!r}")
         # A parent started in the background may ignore SIGINT, and children inherit that: they would then
@@ -78,11 +100,64 @@ class DagsterServices:
             try:
                 with urllib.request.urlopen(f"{self.url}/server_info", timeout=2) as response:
                     if response.status == 200:
-                        return self
+                        break
             except OSError:
                 time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"the Dagster webserver did not answer on {self.url} within {timeout_s:.0f} s")
+        else:
+            self.stop()
+            raise TimeoutError(f"the Dagster webserver did not answer on {self.url} within {timeout_s:.0f} s")
+        if self.mode == "production":
+            try:
+                self.wait_for_code_location(max(deadline - time.monotonic(), 1.0))
+            except Exception:
+                self.stop()
+                raise
+        return self
+
+    def code_location_status(self) -> tuple[str, Optional[str]]:
+        """(load status, error message or None) of ``location_name`` as the webserver sees it."""
+        data = self._graphql(
+            "{ workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus "
+            "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+        )["workspaceOrError"]
+        for entry in data.get("locationEntries", []):
+            if entry["name"] == self.location_name:
+                loaded = entry.get("locationOrLoadError") or {}
+                error = loaded.get("message") if loaded.get("__typename") == "PythonError" else None
+                return entry["loadStatus"], error
+        return "MISSING", None
+
+    def _graphql(self, query: str, variables: Optional[dict] = None) -> dict:
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)["data"]
+
+    def wait_for_code_location(self, timeout_s: float = 120.0) -> None:
+        """Wait until the code location is loaded; raise with Dagster's message if it failed to load.
+
+        A code server that is still starting shows as unreachable: ask the webserver to reload it."""
+        deadline = time.monotonic() + timeout_s
+        status, error = "MISSING", None
+        while time.monotonic() < deadline:
+            status, error = self.code_location_status()
+            if status == "LOADED" and not error:
+                return
+            if status == "LOADED" and "Unreachable" not in error:
+                raise RuntimeError(f"code location {self.location_name} failed to load: {error}")
+            if status == "LOADED":
+                time.sleep(0.5)
+                self._graphql(
+                    "mutation($name: String!) { reloadRepositoryLocation(repositoryLocationName: $name) "
+                    "{ __typename } }",
+                    {"name": self.location_name},
+                )
+            else:
+                time.sleep(0.5)
+        raise TimeoutError(f"code location {self.location_name} not loaded within {timeout_s:.0f} s (status {status})")
 
     def stop(self, grace_s: float = 20.0) -> None:
         proc, self._proc = self._proc, None
