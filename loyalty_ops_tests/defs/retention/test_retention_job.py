@@ -64,9 +64,9 @@ def _odd_files(world):
 
 
 def test_dry_run_then_cleanup_keeps_floor_and_recent_and_leaves_odd_files_alone(world, s3_server, tmp_path):
-    for d in range(0, 40):
+    for d in range(0, 11):
         world.add(d)
-    world.record(range(0, 40))
+    world.record(range(0, 11))
     odd_keys = _odd_files(world)
     log_dir = tmp_path / "logs"
     (log_dir / "nested").mkdir(parents=True)
@@ -78,29 +78,29 @@ def test_dry_run_then_cleanup_keeps_floor_and_recent_and_leaves_odd_files_alone(
     stale = world.client.create_multipart_upload(Bucket=world.bucket, Key=world.names[0].s3_key(PREFIX))["UploadId"]
 
     local_before, keys_before = world.local_names(), world.keys()
-    result = run_retention(world, s3_server, dry_run=True, log_dir=log_dir, multipart_max_age_hours=0)
+    result = run_retention(world, s3_server, dry_run=True, log_dir=log_dir, multipart_max_age_hours=0, keep_days=7)
     assert result.success
     plan_meta = materialization_metadata(result, "retention_plan")
     assert plan_meta["blocked"] is False
-    assert plan_meta["local_delete"] == 10 * 3 and plan_meta["s3_delete"] == 10 * 2
+    assert plan_meta["local_delete"] == 4 * 3 and plan_meta["s3_delete"] == 4 * 2
     assert plan_meta["logs_delete"] == 2 and plan_meta["multipart_abort"] == 1
     assert plan_meta["bytes_to_free"] > 0 and isinstance(plan_meta["planning_s"], float)
-    assert "# Retention plan for `loyalty`" in plan_meta["plan"] and "younger than 30 days" in plan_meta["plan"]
+    assert "# Retention plan for `loyalty`" in plan_meta["plan"] and "younger than 7 days" in plan_meta["plan"]
     cleanup_meta = materialization_metadata(result, "retention_cleanup")
-    assert cleanup_meta["dry_run"] is True and cleanup_meta["deleted_local_backups"] == 10
+    assert cleanup_meta["dry_run"] is True and cleanup_meta["deleted_local_backups"] == 4
     assert world.local_names() == local_before and world.keys() == keys_before
 
-    result = run_retention(world, s3_server, log_dir=log_dir, multipart_max_age_hours=0)
+    result = run_retention(world, s3_server, log_dir=log_dir, multipart_max_age_hours=0, keep_days=7)
     assert result.success
     meta = materialization_metadata(result, "retention_cleanup")
-    assert meta["deleted_local_backups"] == 10 and meta["deleted_s3_objects"] == 20
+    assert meta["deleted_local_backups"] == 4 and meta["deleted_s3_objects"] == 8 and meta["replanned"] is False
     assert meta["aborted_multipart_uploads"] == 1 and meta["deleted_logs"] == 2 and meta["errors"] == 0
     local_after, keys_after = world.local_names(), world.keys()
-    for d in range(0, 40):
+    for d in range(0, 11):
         name = world.names[d]
-        assert (name.filename in local_after) == (d < 30), d
-        assert (name.filename + ".sha256" in local_after) == (d < 30), d
-        assert (name.s3_key(PREFIX) in keys_after) == (d < 30), d
+        assert (name.filename in local_after) == (d < 7), d
+        assert (name.filename + ".sha256" in local_after) == (d < 7), d
+        assert (name.s3_key(PREFIX) in keys_after) == (d < 7), d
     for odd in ODD_LOCAL:
         assert odd in local_after
     assert (world.backup_dir / "subdir" / "loyalty_20200101_000000.dump.gz").exists()
@@ -111,9 +111,9 @@ def test_dry_run_then_cleanup_keeps_floor_and_recent_and_leaves_odd_files_alone(
 
 
 def test_a_month_of_failed_backups_deletes_nothing_and_fails(world, s3_server):
-    for d in range(0, 60):
+    for d in range(0, 40):
         world.add(d)
-    world.record(range(0, 60), failed=range(0, 31))  # every backup of the last month failed its checks
+    world.record(range(0, 40), failed=range(0, 31))  # every backup of the last month failed its checks
     local_before, keys_before = world.local_names(), world.keys()
     result = run_retention(world, s3_server)
     assert not result.success
@@ -125,9 +125,9 @@ def test_a_month_of_failed_backups_deletes_nothing_and_fails(world, s3_server):
 
 
 def test_month_without_any_backup_deletes_nothing_and_fails(world, s3_server):
-    for d in range(31, 60):
-        world.add(d)
-    world.record(range(31, 60))
+    for d in range(31, 40):
+        world.add(d, offsite=False)
+    world.record(range(31, 40))
     local_before = world.local_names()
     result = run_retention(world, s3_server)
     assert not result.success
@@ -136,35 +136,36 @@ def test_month_without_any_backup_deletes_nothing_and_fails(world, s3_server):
 
 
 def test_newest_backup_without_a_passed_drill_blocks_once_drills_exist(world, s3_server):
-    for d in range(0, 35):
+    for d in range(0, 9):
         world.add(d)
-    world.record(range(0, 35))
+    world.record(range(0, 9))
     record_drill(world.instance, world.names[1].filename, True)
     record_drill(world.instance, world.names[0].filename, False)
-    result = run_retention(world, s3_server)
+    result = run_retention(world, s3_server, keep_days=7)
     assert not result.success
     assert "restore drill" in materialization_metadata(result, "retention_plan")["blocked_reason"]
+    assert world.names[8].filename in world.local_names()
     record_drill(world.instance, world.names[0].filename, True)
-    assert run_retention(world, s3_server).success
-    assert world.names[34].filename not in world.local_names()
+    assert run_retention(world, s3_server, keep_days=7).success
+    assert world.names[8].filename not in world.local_names()
 
 
 def test_local_backup_without_confirmed_offsite_copy_is_kept(world, s3_server):
-    for d in range(0, 35):
-        world.add(d, offsite=d != 33)
-    world.record(range(0, 35))
-    result = run_retention(world, s3_server)
+    for d in range(0, 10):
+        world.add(d, offsite=d != 8)
+    world.record(range(0, 10))
+    result = run_retention(world, s3_server, keep_days=7)
     assert result.success
     local = world.local_names()
-    assert world.names[33].filename in local and world.names[33].filename + ".sha256" in local
-    assert world.names[32].filename not in local
+    assert world.names[8].filename in local and world.names[8].filename + ".sha256" in local
+    assert world.names[7].filename not in local and world.names[9].filename not in local
     assert "no confirmed offsite copy" in materialization_metadata(result, "retention_plan")["plan"]
 
 
 def test_invalid_policy_override_fails_before_touching_anything(world, s3_server):
-    for d in range(0, 35):
+    for d in range(0, 35, 5):
         world.add(d, offsite=False)
-    world.record(range(0, 35))
+    world.record(range(0, 35, 5))
     before = world.local_names()
     result = run_retention(world, s3_server, plan_config={"min_keep": 0})
     assert not result.success
@@ -187,9 +188,9 @@ def test_unreachable_s3_fails_before_deleting_anything(world, s3_server):
     from loyalty_ops.devstack.postgres_cluster import free_port
     from dagster_aws.s3 import S3Resource
 
-    for d in range(0, 35):
+    for d in range(0, 35, 5):
         world.add(d, offsite=False)
-    world.record(range(0, 35))
+    world.record(range(0, 35, 5))
     before = world.local_names()
     resources = retention_resources(world, s3_server)
     dead = S3Resource(
@@ -206,16 +207,16 @@ def test_unreachable_s3_fails_before_deleting_anything(world, s3_server):
 
 
 def test_cleanup_of_an_older_plan_replans_and_deletes_only_the_intersection(world, s3_server):
-    for d in range(0, 34):
+    for d in range(0, 11):
         world.add(d)
-    world.record(range(0, 34))
+    world.record(range(0, 11))
     from loyalty_ops.defs.retention.assets import retention_cleanup, retention_plan
 
-    resources = retention_resources(world, s3_server)
+    resources = retention_resources(world, s3_server, keep_days=7)
     plan_run = dg.materialize([retention_plan], resources=resources, instance=world.instance)
     assert materialization_metadata(plan_run, "retention_plan")["local_delete"] == 4 * 3
-    # Since the plan was made, backup 32's offsite copy vanished: the fresh plan keeps it locally.
-    world.client.delete_object(Bucket=world.bucket, Key=world.names[32].s3_key(PREFIX))
+    # Since the plan was made, backup 9's offsite copy vanished: the fresh plan keeps it locally.
+    world.client.delete_object(Bucket=world.bucket, Key=world.names[9].s3_key(PREFIX))
     cleanup_run = dg.materialize(
         [retention_plan, retention_cleanup], selection=[retention_cleanup], resources=resources, instance=world.instance
     )
@@ -223,5 +224,5 @@ def test_cleanup_of_an_older_plan_replans_and_deletes_only_the_intersection(worl
     meta = materialization_metadata(cleanup_run, "retention_cleanup")
     assert meta["replanned"] is True and meta["deleted_local_backups"] == 3
     local = world.local_names()
-    assert world.names[32].filename in local
-    assert all(world.names[d].filename not in local for d in (30, 31, 33))
+    assert world.names[9].filename in local
+    assert all(world.names[d].filename not in local for d in (7, 8, 10))

@@ -327,7 +327,7 @@ def _verified(ev: Evidence, filename: str) -> bool:
     return r is not None and r.passed and ev.drills.get(filename) is not False
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_property_floor_always_holds(w):
     inv, ev, policy = w
@@ -356,7 +356,7 @@ def test_property_floor_always_holds(w):
         assert plan.deletions == ()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_property_nothing_outside_the_pattern_is_touched(w):
     inv, ev, policy = w
@@ -370,7 +370,7 @@ def test_property_nothing_outside_the_pattern_is_touched(w):
     assert {i.name for i in plan.items if i.location == "local"} == in_scope_local
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds(), st.randoms(use_true_random=False))
 def test_property_planning_twice_gives_the_same_plan(w, rnd):
     inv, ev, policy = w
@@ -394,7 +394,7 @@ stamp_like = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.one_of(stamp_like, st.builds(lambda d: backup_name(DB, d).filename, st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(timezone.utc)))))
 def test_property_fast_parser_equals_parse_backup_name(filename):
     from loyalty_ops.lib.backup.naming import parse_backup_name
