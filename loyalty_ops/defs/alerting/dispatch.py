@@ -73,6 +73,7 @@ def _apply(instance, log, alerting, secrets, problems, recoveries, now, sleep) -
     now = time.time() if now is None else now
     report = ApplyReport()
     ledger = load_ledger(instance)
+    before = ledger.to_json()
     destinations = alerting.destination_names()
     for alert in problems:
         decision = ledger.problem(alert, now)
@@ -110,7 +111,8 @@ def _apply(instance, log, alerting, secrets, problems, recoveries, now, sleep) -
         finally:
             for notifier in notifiers:
                 notifier.close()
-    save_ledger(instance, ledger)
+    if ledger.to_json() != before:  # most ticks change nothing: no write
+        save_ledger(instance, ledger)
     return report
 
 

@@ -149,3 +149,13 @@ def test_check_alert_wording():
     assert alert.summary == "check connections_below_limit on database_health failed for loyalty: connections at 85% of max_connections"
     assert alert.dedup_key == "loyalty_ops/check/database_health/connections_below_limit/loyalty"
     assert alert.details["metadata"] == {"level": "warn", "measured": 85.0}
+
+
+def test_a_blocking_check_failure_summary_names_the_check():
+    error = "dagster._core.errors.DagsterAssetCheckFailedError: 1 blocking asset check failed with ERROR severity:\ndatabase_backup: backup_checksum_matches\n"
+    alert = run_failure_alert(_failure(error=error, failed_checks=("database_backup:backup_checksum_matches: sha256 differs",)), "http://d")
+    assert alert.summary == (
+        "nightly_backup_job failed on loyalty at step database_backup: 1 blocking asset check failed with ERROR "
+        "severity: database_backup: backup_checksum_matches"
+    )
+    assert alert.details["failed_checks"] == ["database_backup:backup_checksum_matches: sha256 differs"]
