@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from loyalty_ops.lib.retention.plan import DELETE, LOCAL, LOGS, S3, PlanItem, RetentionPlan
+from loyalty_ops.lib.retention.plan import LOCAL, LOGS, S3, PlanItem, RetentionPlan
 
 BATCH_SIZE = 1000
 

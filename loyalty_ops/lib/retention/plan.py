@@ -31,7 +31,7 @@ import gc
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Iterable, Mapping, NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 from loyalty_ops.lib.backup.naming import (  # _NAME_RE: the one definition of the backup name pattern
     _NAME_RE,
@@ -39,7 +39,6 @@ from loyalty_ops.lib.backup.naming import (  # _NAME_RE: the one definition of t
     SIDECAR_SUFFIX,
     BackupName,
     normalize_prefix,
-    parse_backup_name,  # noqa: F401  (the reference _parse_strict is tested against)
 )
 
 KEEP = "keep"
@@ -515,7 +514,7 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
                 local=unit.local_main is not None,
                 offsite=offsite,
                 action=action,
-                reasons=tuple(reasons) if reasons else (reason,),
+                reasons=tuple(reasons) if reasons and not blocked else (reason,),
                 local_action=local_action if (unit.local_main or unit.local_sidecars) else None,
                 s3_action=action if (unit.remote_main or unit.remote_sidecars) else None,
             )
@@ -682,7 +681,3 @@ def plan_summary(plan: RetentionPlan) -> dict[str, int]:
             1 for i in plan.items if i.location == LOCAL and i.kind == "backup" and "no confirmed offsite copy" in i.reason
         ),
     }
-
-
-def iter_names(items: Iterable[PlanItem]) -> list[str]:
-    return [i.name for i in items]
