@@ -50,15 +50,6 @@ def backups_since_last_drill(instance: dg.DagsterInstance, newest_filename: Opti
     owners=["team:platform"],
     output_required=False,
     tags={"loyalty_ops/criticality": "critical"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            DRILL_CHECK_NAME,
-            asset=DRILL_ASSET_KEY,
-            blocking=True,
-            description="The drill restored the newest backup and every table's row count and the catalog counts "
-            "equal the manifest's. A failure names the step or the table.",
-        )
-    ],
 )
 def restore_drill(
     context: dg.AssetExecutionContext,
@@ -112,18 +103,37 @@ def restore_drill(
         "catalog_counts": dg.MetadataValue.json(result.actual_catalog),
         "timings": dg.MetadataValue.json({k: round(v, 3) for k, v in result.timings.items()}),
     }
-    check = dg.AssetCheckResult(
-        check_name=DRILL_CHECK_NAME,
-        passed=result.passed,
+    metadata["mismatches"] = dg.MetadataValue.json(
+        [m.message() for m in result.comparison.mismatches] if result.comparison else []
+    )
+    yield dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(
+    asset=DRILL_ASSET_KEY,
+    name=DRILL_CHECK_NAME,
+    blocking=True,
+    description="The drill restored the newest backup and every table's row count and the catalog counts equal "
+    "the manifest's. A failure names the step or the table, and fails the run so it pages.",
+)
+def restore_drill_matches_source(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """Judges the drill materialized just before it (runs only when the drill ran)."""
+    entry = context.instance.get_latest_materialization_event(DRILL_ASSET_KEY)
+    if entry is None:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.ERROR, description="restore_drill has never run"
+        )
+    meta = metadata_values(entry)
+    return dg.AssetCheckResult(
+        passed=bool(meta.get("passed")),
         severity=dg.AssetCheckSeverity.ERROR,
-        description=result.message,
+        description=meta.get("message") or "",
         metadata={
-            "backup_filename": result.backup_filename,
-            "failed_step": result.failed_step or "",
-            "rto_s": round(float(result.rto_s), 3),
-            "mismatches": dg.MetadataValue.json(
-                [m.message() for m in result.comparison.mismatches] if result.comparison else []
-            ),
+            "backup_filename": meta.get("backup_filename", ""),
+            "failed_step": meta.get("failed_step", ""),
+            "rto_s": float(meta.get("rto_s") or 0.0),
+            "restored_bytes": int(meta.get("restored_bytes") or 0),
+            "mismatches": dg.MetadataValue.json(meta.get("mismatches") or []),
+            "drill_run_id": entry.run_id,
         },
     )
-    yield dg.MaterializeResult(metadata=metadata, check_results=[check])

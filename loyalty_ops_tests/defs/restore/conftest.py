@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from loyalty_ops.definitions import defs
-from loyalty_ops.defs.restore.drill import restore_drill
+from loyalty_ops.defs.restore.drill import restore_drill, restore_drill_matches_source
 from loyalty_ops.defs.restore.resources import RestoreSettings
 from loyalty_ops.lib.pg.tools import HostToolRunner
 from loyalty_ops.lib.restore.run import RestoreEnvironment, take_safety_backup
@@ -59,7 +59,7 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
 
 def materialize_drill(resources: dict, instance, **config) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [restore_drill],
+        [restore_drill, restore_drill_matches_source],
         resources=resources,
         instance=instance,
         raise_on_error=False,
