@@ -657,7 +657,7 @@ def render_markdown(plan: RetentionPlan, row_limit: int = MARKDOWN_ROW_LIMIT) ->
         lines += ["", "## Other items kept", ""]
         lines += _limited([f"- {i.location} {i.kind} `{i.name}`: {_cell(i.reason)}" for i in other], row_limit, "items")
     ignored = [f"- local `{n}`" for n in plan.ignored_local] + [f"- s3 `{n}`" for n in plan.ignored_remote]
-    lines += ["", f"## Left alone: not this database's backups ({len(ignored):,})", ""]
+    lines += ["", f"## Left alone: outside this database's backup names ({len(ignored):,})", ""]
     lines += _limited(ignored, row_limit, "names") if ignored else ["None."]
     return "\n".join(lines) + "\n"
 
