@@ -236,14 +236,14 @@ class _Heartbeat:
             self._thread.join(timeout=5)
 
     def _progress(self, conn: psycopg.Connection) -> str:
+        parts = []
         row = conn.execute(
             "SELECT phase, heap_blks_scanned, heap_blks_total FROM pg_stat_progress_vacuum WHERE pid = %s",
             (self.pid,),
         ).fetchone()
         if row:
             phase, done, total = row
-            pct = f" {100 * done / total:.0f}% of heap scanned" if total else ""
-            return f", phase {phase}{pct}"
+            parts.append(f"phase {phase}" + (f", {100 * done / total:.0f}% of heap scanned" if total else ""))
         row = conn.execute(
             "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total "
             "FROM pg_stat_progress_create_index WHERE pid = %s",
@@ -251,14 +251,14 @@ class _Heartbeat:
         ).fetchone()
         if row:
             phase, bdone, btotal, tdone, ttotal = row
-            pct = f" {100 * bdone / btotal:.0f}% of blocks" if btotal else (f" {100 * tdone / ttotal:.0f}% of tuples" if ttotal else "")
-            return f", phase {phase}{pct}"
+            pct = f", {100 * bdone / btotal:.0f}% of blocks" if btotal else (f", {100 * tdone / ttotal:.0f}% of tuples" if ttotal else "")
+            parts.append(f"phase {phase}{pct}")
         row = conn.execute(
             "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", (self.pid,)
         ).fetchone()
-        if row and row[0]:
-            return f", waiting on {row[0]}/{row[1]}"
-        return ""
+        if row and row[0] in ("Lock", "IO"):
+            parts.append(f"waiting on {row[0]}/{row[1]}")
+        return "".join(f"; {p}" for p in parts)
 
     def _run(self) -> None:
         conn = None
@@ -271,7 +271,7 @@ class _Heartbeat:
                     detail = self._progress(conn)
                 except Exception:  # progress is best effort; never disturb the statement itself
                     detail = ""
-                self.log.info(f"{self.label}: still running after {time.monotonic() - self._start:.0f} s{detail}")
+                self.log.info(f"{self.label}: still running after {time.monotonic() - self._start:.1f} s{detail}")
         finally:
             if conn is not None:
                 conn.close()

@@ -72,13 +72,13 @@ def test_analyze_of_inheritance_parent_waits_despite_skip_locked_and_lock_timeou
     try:
         holder.execute("LOCK TABLE child IN ACCESS EXCLUSIVE MODE")
         # Proof that SKIP_LOCKED alone waits: a bare VACUUM (ANALYZE, SKIP_LOCKED) of the parent is still
-        # waiting on the child's lock after 1 s.
+        # waiting on the child's lock after 0.7 s, and ends only through its own lock_timeout.
         bare = pg_cluster.connect(lock_db)
         outcome: dict = {}
 
         def bare_vacuum() -> None:
             try:
-                bare.execute("SET lock_timeout = '3s'")
+                bare.execute("SET lock_timeout = '1500ms'")
                 bare.execute("VACUUM (ANALYZE, SKIP_LOCKED) parent")
                 outcome["result"] = "finished"
             except psycopg.errors.LockNotAvailable:
@@ -86,7 +86,7 @@ def test_analyze_of_inheritance_parent_waits_despite_skip_locked_and_lock_timeou
 
         thread = threading.Thread(target=bare_vacuum)
         thread.start()
-        time.sleep(1.0)
+        time.sleep(0.7)
         with pg_cluster.connect(lock_db) as probe:
             waiting = probe.execute(
                 "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (bare.info.backend_pid,)
@@ -109,3 +109,33 @@ def test_analyze_of_inheritance_parent_waits_despite_skip_locked_and_lock_timeou
     assert parent.status == "skipped" and "lock timeout" in parent.reason
     assert lock_timeout * 0.8 <= parent.longest_wait_s <= lock_timeout + 0.3
     assert plain.status == "done"
+
+
+class ListLog:
+    def __init__(self):
+        self.messages: list[str] = []
+
+    def info(self, msg: str) -> None:
+        self.messages.append(msg)
+
+    warning = info
+
+
+def test_long_statement_reports_progress_and_what_it_waits_for(pg_cluster, lock_db):
+    """A statement that outlives progress_interval_s logs that it is alive and what it is doing."""
+    from psycopg import sql
+
+    holder = pg_cluster.connect(lock_db, autocommit=False)
+    log = ListLog()
+    try:
+        holder.execute("LOCK TABLE child IN ACCESS EXCLUSIVE MODE")
+        settings = ExecutionSettings(lock_timeout_s=0.8, progress_interval_s=0.25, max_attempts=1)
+        ex = MaintenanceExecutor(connect(pg_cluster.spec(lock_db)), settings, log, spec=pg_cluster.spec(lock_db))
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            ex._run(sql.SQL("VACUUM (ANALYZE, SKIP_LOCKED) parent"), "VACUUM public.parent")
+    finally:
+        holder.rollback()
+        holder.close()
+    beats = [m for m in log.messages if m.startswith("VACUUM public.parent: still running after")]
+    assert beats, log.messages
+    assert any("waiting on Lock/relation" in m for m in beats), beats
