@@ -16,7 +16,7 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from loyalty_ops.defs.alerting.dispatch import apply, load_ledger
 from loyalty_ops.defs.alerting.resources import AlertingResource
-from loyalty_ops.defs.backups.history import last_verified_backup
+from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, last_verified_backup
 from loyalty_ops.defs.resources import PostgresTarget
 from loyalty_ops.lib.alerting.alerts import (
     CheckFacts,
@@ -163,6 +163,16 @@ def resolve_on_run_success(
     context.log.info(report.describe())
 
 
+def _dagster_freshness_state(instance: dg.DagsterInstance) -> Optional[str]:
+    """Dagster's own verdict on `database_backup`'s freshness policy (PASS/WARN/FAIL), recorded when the
+    instance runs the freshness daemon (`freshness: enabled: true`); None when it is not recorded."""
+    try:
+        record = instance.get_freshness_state_records([BACKUP_ASSET_KEY]).get(BACKUP_ASSET_KEY)
+    except Exception:  # storage without freshness support
+        return None
+    return record.freshness_state.value if record else None
+
+
 def _load_cursor(cursor: Optional[str]) -> dict:
     try:
         value = json.loads(cursor) if cursor else {}
@@ -190,11 +200,13 @@ def page_on_stale_backup(
     freshness = backup_freshness(latest.timestamp if latest else None, now, alerting.backup_max_age_hours, watched_since)
     database = _default_database(postgres) or (latest.metadata.get("database") if latest else None) or "unknown"
     secrets = _secrets(alerting, postgres)
+    policy_state = _dagster_freshness_state(context.instance)
     if freshness.stale:
         alert = backup_stale_alert(
             freshness, database, now, alerting.webserver_base_url,
             last_backup_run_id=latest.run_id if latest else None,
             last_backup_file=latest.metadata.get("filename") if latest else None,
+            freshness_policy_state=policy_state,
         )
         report = apply(context.instance, context.log, alerting, secrets, problems=[alert], now=now)
     else:
@@ -214,7 +226,8 @@ def page_on_stale_backup(
             sort_keys=True,
         )
     )
-    return dg.SkipReason(f"{'STALE' if freshness.stale else 'fresh'}: {freshness.reason}; {report.describe()}")
+    policy = f"; freshness policy: {policy_state}" if policy_state else ""
+    return dg.SkipReason(f"{'STALE' if freshness.stale else 'fresh'}: {freshness.reason}{policy}; {report.describe()}")
 
 
 _TERMINAL_CHECK_STATUSES = (AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED)

@@ -240,6 +240,7 @@ def backup_freshness(
 def backup_stale_alert(
     freshness: BackupFreshness, database: str, now: float, webserver_base_url: str,
     last_backup_run_id: Optional[str] = None, last_backup_file: Optional[str] = None,
+    freshness_policy_state: Optional[str] = None,
 ) -> Alert:
     link = (
         run_url(webserver_base_url, last_backup_run_id)
@@ -262,6 +263,7 @@ def backup_stale_alert(
             "last_backup_at": iso_utc(freshness.last_backup_at) if freshness.last_backup_at else None,
             "last_backup_run_id": last_backup_run_id,
             "last_backup_file": last_backup_file,
+            "freshness_policy_state": freshness_policy_state,
             "checked_at": iso_utc(now),
         },
         timestamp=iso_utc(now),
