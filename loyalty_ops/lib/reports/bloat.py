@@ -35,7 +35,7 @@ _STATS_CTE = f"""
 stats AS MATERIALIZED (
     SELECT schemaname, tablename, attname, coalesce(null_frac, 0) AS null_frac, coalesce(avg_width, 0) AS avg_width
     FROM pg_stats
-    WHERE NOT inherited AND schemaname NOT IN ('pg_catalog', 'information_schema') AND schemaname NOT LIKE 'pg\\_%%'
+    WHERE NOT inherited AND schemaname NOT IN ('pg_catalog', 'information_schema') AND schemaname NOT LIKE 'pg\\_%'
 )"""
 
 # One row per user table/materialized view: everything the estimate needs, summed over its columns.
@@ -52,7 +52,7 @@ columns AS (
 SELECT n.nspname, c.relname, c.reltuples::float8, c.relpages::bigint,
        coalesce(t.relpages, 0)::bigint AS toast_pages, coalesce(t.reltuples, 0)::float8 AS toast_tuples,
        coalesce((SELECT substring(o FROM 'fillfactor=([0-9]+)')::int
-                 FROM unnest(c.reloptions) o WHERE o LIKE 'fillfactor=%%'), 100) AS fillfactor,
+                 FROM unnest(c.reloptions) o WHERE o LIKE 'fillfactor=%'), 100) AS fillfactor,
        cols.columns, coalesce(s.columns_with_stats, 0), coalesce(s.has_nulls, false), coalesce(s.data_width, 0)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -70,7 +70,7 @@ idx AS (
     SELECT i.indexrelid, i.indrelid, n.nspname, ct.relname AS tblname, ci.relname AS idxname,
            ci.reltuples::float8 AS reltuples, ci.relpages::bigint AS relpages, i.indnatts, i.indkey,
            coalesce((SELECT substring(o FROM 'fillfactor=([0-9]+)')::int
-                     FROM unnest(ci.reloptions) o WHERE o LIKE 'fillfactor=%%'), 90) AS fillfactor
+                     FROM unnest(ci.reloptions) o WHERE o LIKE 'fillfactor=%'), 90) AS fillfactor
     FROM pg_index i
     JOIN pg_class ci ON ci.oid = i.indexrelid
     JOIN pg_class ct ON ct.oid = i.indrelid

@@ -42,7 +42,7 @@ CONNECTIONS_SQL = """
 SELECT count(*) AS total,
        count(*) FILTER (WHERE state = 'active') AS active,
        count(*) FILTER (WHERE state = 'idle') AS idle,
-       count(*) FILTER (WHERE state LIKE 'idle in transaction%%') AS idle_in_transaction,
+       count(*) FILTER (WHERE state LIKE 'idle in transaction%') AS idle_in_transaction,
        count(*) FILTER (WHERE datname = current_database()) AS database_total,
        count(*) FILTER (WHERE datname = current_database() AND state = 'active') AS database_active,
        count(*) FILTER (WHERE datname = current_database() AND state = 'idle') AS database_idle,

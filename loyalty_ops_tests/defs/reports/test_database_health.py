@@ -9,24 +9,10 @@ import time
 import psycopg
 import pytest
 
-from loyalty_ops.definitions import defs
 from loyalty_ops.defs.reports.assets import database_health
-from loyalty_ops.defs.reports.resources import ApplicationEndpoints
 from loyalty_ops.defs.resources import BackupStorage, PostgresTarget
 from loyalty_ops.devstack.postgres_cluster import free_port
 from loyalty_ops_tests.defs.reports.conftest import invoke, report_resources
-from loyalty_ops_tests.helpers import materialization_metadata
-
-
-def run_health(resources, instance, run_config=None):
-    job = defs.resolve_job_def("database_health_job")
-    result = job.execute_in_process(resources=resources, instance=instance, run_config=run_config or {}, raise_on_error=True)
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key.path == ["database_health"]}
-    return materialization_metadata(result, "database_health"), checks
-
-
-def health_config(**values):
-    return {"ops": {"database_health": {"config": values}}}
 
 
 def test_connections_above_80_percent_fail_the_check(small_pg, tmp_path):
@@ -110,14 +96,12 @@ def test_long_running_query_shows_up_and_pg_stat_statements_is_read(pg_cluster, 
     assert isinstance(meta["disk_percent"], float) and isinstance(meta["connect_ms"], float)
 
 
-def test_unreachable_database_is_a_failed_check_not_a_crash(dagster_instance, tmp_path):
-    # The whole job runs (wiring): the run succeeds, the checks fail.
+def test_unreachable_database_is_a_failed_check_not_a_crash(tmp_path):
     resources = {
         "postgres": PostgresTarget(host="127.0.0.1", port=free_port(), user="postgres", password="x", database="loyalty"),
         "backup_storage": BackupStorage(backup_dir=str(tmp_path)),
-        "application_endpoints": ApplicationEndpoints(),
     }
-    meta, checks = run_health(resources, dagster_instance, health_config(connect_timeout_s=2))
+    meta, checks = invoke(database_health, resources, connect_timeout_s=2)
     assert meta["reachable"] is False and meta["status"] == "error"
     reach = checks["database_reachable"]
     assert not reach.passed and reach.severity.value == "ERROR"
