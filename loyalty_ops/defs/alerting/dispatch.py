@@ -24,9 +24,17 @@ LEDGER_KEY = "loyalty_ops/alerting/incident_ledger"
 _LEDGER_LOCK = threading.Lock()
 
 
-def load_ledger(instance: dg.DagsterInstance) -> IncidentLedger:
-    values = instance.run_storage.get_cursor_values({LEDGER_KEY})
-    return IncidentLedger.from_json(values.get(LEDGER_KEY))
+def load_ledger(instance: dg.DagsterInstance, log: Optional[Logger] = None) -> IncidentLedger:
+    text = instance.run_storage.get_cursor_values({LEDGER_KEY}).get(LEDGER_KEY)
+    try:
+        return IncidentLedger.from_json(text)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # An unreadable ledger must not stop paging for good: keep a copy, start afresh.
+        instance.run_storage.set_cursor_values({f"{LEDGER_KEY}.unreadable": text or ""})
+        if log is not None:
+            log.error(f"the incident ledger was unreadable ({type(exc).__name__}: {exc}); kept a copy under "
+                      f"{LEDGER_KEY}.unreadable and started a new one (open incidents are forgotten)")
+        return IncidentLedger()
 
 
 def save_ledger(instance: dg.DagsterInstance, ledger: IncidentLedger) -> None:
@@ -72,7 +80,7 @@ def apply(
 def _apply(instance, log, alerting, secrets, problems, recoveries, now, sleep) -> ApplyReport:
     now = time.time() if now is None else now
     report = ApplyReport()
-    ledger = load_ledger(instance)
+    ledger = load_ledger(instance, log)
     before = ledger.to_json()
     destinations = alerting.destination_names()
     for alert in problems:

@@ -458,3 +458,18 @@ def test_a_run_stopped_by_a_blocking_check_names_the_checks_and_their_findings(d
         "database_health:disk_below_limit: disk 93% full on postgresql://loyalty:***@db.internal/loyalty",
         "database_health:replication_lag_ok: replica 400 s behind",
     ]
+
+
+def test_an_unreadable_ledger_is_set_aside_and_paging_goes_on(dagster_instance, resources, pagerduty_server):
+    from loyalty_ops.defs.alerting.dispatch import LEDGER_KEY
+
+    dagster_instance.run_storage.set_cursor_values({LEDGER_KEY: "{not json"})
+    result = run_backup(dagster_instance, fail=True)
+    with dg.build_run_status_sensor_context(
+        sensor_name="page_on_run_failure", dagster_event=result.get_run_failure_event(),
+        dagster_instance=dagster_instance, dagster_run=dagster_instance.get_run_by_id(result.run_id), resources=resources,
+    ) as context:
+        page_on_run_failure(context)
+    assert [e["event_action"] for e in pagerduty_server.bodies()] == ["trigger"]
+    assert dagster_instance.run_storage.get_cursor_values({f"{LEDGER_KEY}.unreadable"}) == {f"{LEDGER_KEY}.unreadable": "{not json"}
+    assert load_ledger(dagster_instance).is_open(DEDUP_KEY)
