@@ -97,7 +97,7 @@ def make_plan(
     list_started = time.monotonic()
     if bucket:
         try:
-            remote = list_objects(client, bucket, prefix)
+            remote = list_objects(client, bucket, prefix, log=context.log.info)
             multipart = list_multipart_uploads(client, bucket, prefix)
         except Exception as exc:
             raise dg.Failure(

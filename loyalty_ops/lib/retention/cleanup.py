@@ -17,6 +17,7 @@ per-key error in the response is recorded; after a batch fails as a whole, no fu
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -60,6 +61,7 @@ def delete_objects(
         raise ValueError(f"batch_size must be 1..{BATCH_SIZE} (the DeleteObjects limit), got {batch_size}")
     confirmed: set[str] = set()
     batches = list(_chunks(keys, batch_size))
+    last = time.monotonic()
     for number, batch in enumerate(batches, start=1):
         try:
             outcome.s3_requests += 1
@@ -76,7 +78,9 @@ def delete_objects(
         confirmed |= deleted & set(batch)
         for err in response.get("Errors", ()):
             outcome.errors.append(f"S3 refused to delete s3://{bucket}/{err.get('Key')}: {err.get('Code')} {err.get('Message', '')}".strip())
-        log(f"DeleteObjects batch {number}/{len(batches)}: {len(deleted)} deleted, {len(response.get('Errors', ()))} errors")
+        if number == len(batches) or time.monotonic() - last >= 10:  # progress at least every 10 s
+            last = time.monotonic()
+            log(f"DeleteObjects batch {number}/{len(batches)}: {len(confirmed):,} of {len(keys):,} keys deleted so far")
     return confirmed, True
 
 

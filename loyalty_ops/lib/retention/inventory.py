@@ -7,9 +7,10 @@ Only listing happens here; nothing is changed.
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from loyalty_ops.lib.backup.naming import normalize_prefix
 from loyalty_ops.lib.retention.plan import LocalFile, LogFile, MultipartUpload, RemoteObject
@@ -55,15 +56,25 @@ def scan_log_dir(path: Path) -> tuple[LogFile, ...]:
     return tuple(sorted(out, key=lambda f: f.path))
 
 
-def list_objects(client: Any, bucket: str, prefix: str) -> tuple[RemoteObject, ...]:
-    """Every object under ``prefix``, following continuation tokens (1000 keys per request)."""
+def list_objects(
+    client: Any, bucket: str, prefix: str, *, log: Callable[[str], None] = lambda _m: None, interval_s: float = 10.0
+) -> tuple[RemoteObject, ...]:
+    """Every object under ``prefix``, following continuation tokens (1000 keys per request). Reports the
+    count so far through ``log`` at most every ``interval_s`` seconds."""
     prefix = normalize_prefix(prefix)
     out = []
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": PAGE_SIZE}
+    started = last = time.monotonic()
+    pages = 0
     while True:
         page = client.list_objects_v2(**kwargs)
+        pages += 1
         for obj in page.get("Contents", ()):
             out.append(RemoteObject(obj["Key"], int(obj["Size"]), obj["LastModified"]))
+        now = time.monotonic()
+        if now - last >= interval_s:
+            last = now
+            log(f"listing s3://{bucket}/{prefix}: {len(out):,} objects in {pages} pages, {now - started:.0f} s")
         if not page.get("IsTruncated"):
             break
         kwargs["ContinuationToken"] = page["NextContinuationToken"]

@@ -225,3 +225,29 @@ def test_cleanup_of_an_older_plan_replans_and_deletes_only_the_intersection(worl
     local = world.local_names()
     assert world.names[9].filename in local
     assert all(world.names[d].filename not in local for d in (7, 8, 10))
+
+
+def test_s3_refusing_deletes_fails_the_run_after_the_safe_part(world, s3_server):
+    import json
+
+    for d in range(0, 10):
+        world.add(d)
+    world.record(range(0, 10))
+    locked = world.names[8].s3_key(PREFIX)
+    policy = {
+        "Version": "2012-10-17",
+        # s3:* (not only DeleteObject): the copy can then not be confirmed either, as with a lost endpoint.
+        "Statement": [{"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": f"arn:aws:s3:::{world.bucket}/{locked}"}],
+    }
+    world.client.put_bucket_policy(Bucket=world.bucket, Policy=json.dumps(policy))
+    try:
+        result = run_retention(world, s3_server, keep_days=7)
+    finally:
+        world.client.delete_bucket_policy(Bucket=world.bucket)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "AccessDenied" in failure.step_failure_data.error.message or "errors" in failure.step_failure_data.error.message
+    local = world.local_names()
+    assert world.names[8].filename in local and world.names[8].filename + ".sha256" in local  # offsite status unknown
+    assert world.names[7].filename not in local and world.names[9].filename not in local
+    assert locked in world.keys()
