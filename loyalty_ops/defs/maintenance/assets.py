@@ -2,6 +2,7 @@
 blocking the loyalty API; or, in full mode, what the guide's ``scripts/db-maintenance.sh`` does."""
 
 
+import time
 from typing import Iterator, List
 
 import dagster as dg
@@ -179,6 +180,7 @@ def weekly_maintenance(
     `VACUUM (ANALYZE, SKIP_LOCKED)` and `REINDEX INDEX CONCURRENTLY`; locked objects are retried and then
     skipped, leftovers of failed rebuilds are dropped. `dry_run` only plans (logged as an observation);
     `mode: full` runs the guide's database-wide VACUUM ANALYZE and REINDEX DATABASE."""
+    started = time.monotonic()
     thresholds, settings = _check_config(config)
     try:
         spec = postgres.spec()
@@ -238,6 +240,7 @@ def weekly_maintenance(
                 )
             )
             return
+        planned_s = time.monotonic() - started
         executor = MaintenanceExecutor(conn, settings, context.log, spec=spec)
         try:
             report = executor.execute_full() if config.mode == "full" else executor.execute_plan(plan)
@@ -248,7 +251,8 @@ def weekly_maintenance(
         f"{report.indexes_reindexed} indexes rebuilt, {len(report.skipped)} skipped, {len(report.failed)} failed, "
         f"{report.reclaimed_bytes:,} bytes reclaimed"
     )
-    yield dg.MaterializeResult(
-        metadata=_report_metadata(report, plan),
-    )
+    metadata = _report_metadata(report, plan)
+    metadata["duration_s"] = round(time.monotonic() - started, 3)
+    metadata["plan_duration_s"] = round(planned_s, 3)
+    yield dg.MaterializeResult(metadata=metadata)
 

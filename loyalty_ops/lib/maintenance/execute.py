@@ -569,6 +569,8 @@ class MaintenanceExecutor:
         concurrent rebuild of every index), with before/after numbers for every table and index."""
         started = time.monotonic()
         report = MaintenanceReport(mode="full", database=self.database)
+        # First, because a plain REINDEX would make an invalid _ccnew copy valid: a duplicate index.
+        self.sweep_leftovers(report)
         tables = pgstats.read_table_stats(self.conn)
         indexes = [i for i in pgstats.read_index_stats(self.conn) if not i.is_leftover]
         dead = pgstats.dead_tuples_all(self.conn)
@@ -634,6 +636,13 @@ class MaintenanceExecutor:
                 for i in indexes
                 if not i.is_exclusion
             ]
+            for i in indexes:
+                if i.is_exclusion:
+                    report.items.append(
+                        ItemResult(kind="index", action="reindex", schema=i.schema, name=i.name, table=i.table,
+                                   rules=["full"], status="skipped",
+                                   reason="exclusion-constraint index: PostgreSQL cannot rebuild it concurrently")
+                    )
             self.run_items(items, report)
         self.sweep_leftovers(report)
         report.duration_s = time.monotonic() - started

@@ -141,3 +141,24 @@ def release_after_leftover(
     thread = threading.Thread(target=_watch, daemon=True)
     thread.start()
     return thread
+
+
+def make_leftover(cluster: LocalPostgres, database: str, table: str, index: str) -> str:
+    """Make REINDEX INDEX CONCURRENTLY fail the way it does in production (a transaction still using the
+    table when the rebuild wants to swap), leaving its invalid copy behind. Returns the copy's name."""
+    import pytest
+
+    reader = cluster.connect(database, autocommit=False)
+    reader.execute(f"SELECT count(*) FROM {table}").fetchone()
+    try:
+        with cluster.connect(database) as conn:
+            conn.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                conn.execute(f"REINDEX INDEX CONCURRENTLY {index}")
+    finally:
+        reader.rollback()
+        reader.close()
+    with cluster.connect(database) as conn:
+        (leftover,) = invalid_indexes(conn)
+    assert leftover.startswith(f"public.{index}_cc"), leftover
+    return leftover

@@ -17,6 +17,7 @@ from loyalty_ops_tests.defs.maintenance.conftest import (
     Writer,
     flush_stats,
     invalid_indexes,
+    make_leftover,
     release_after_leftover,
     run_maintenance,
     table_counters,
@@ -177,16 +178,7 @@ def test_concurrent_writer_waits_less_than_lock_timeout_and_failed_rebuild_leave
 
 
 def test_leftover_of_an_earlier_failed_rebuild_is_dropped(pg_cluster, maint_db, dagster_instance):
-    reader = pg_cluster.connect(maint_db, autocommit=False)
-    reader.execute("SELECT count(*) FROM idle").fetchone()
-    with pg_cluster.connect(maint_db) as conn:
-        conn.execute("SET lock_timeout = '200ms'")
-        with pytest.raises(Exception, match="lock timeout"):
-            conn.execute("REINDEX INDEX CONCURRENTLY idle_pkey")
-        reader.rollback()
-        reader.close()
-        leftovers = invalid_indexes(conn)
-        assert len(leftovers) == 1 and leftovers[0].startswith("public.idle_pkey_cc"), leftovers
+    leftovers = [make_leftover(pg_cluster, maint_db, "idle", "idle_pkey")]
     result = run_maintenance(pg_cluster, maint_db, dagster_instance, SMALL)
     assert result.success
     meta = materialization_metadata(result, "weekly_maintenance")
@@ -199,6 +191,8 @@ def test_leftover_of_an_earlier_failed_rebuild_is_dropped(pg_cluster, maint_db, 
 
 
 def test_full_mode_vacuums_and_reindexes_everything(pg_cluster, maint_db, dagster_instance):
+    # A leftover copy must be dropped before REINDEX DATABASE, which would make it a valid duplicate index.
+    make_leftover(pg_cluster, maint_db, "idle", "idle_pkey")
     for full_reindex in ("database", "concurrently"):
         result = run_maintenance(pg_cluster, maint_db, dagster_instance, {"mode": "full", "full_reindex": full_reindex})
         assert result.success
@@ -208,6 +202,7 @@ def test_full_mode_vacuums_and_reindexes_everything(pg_cluster, maint_db, dagste
         objects = {(o["action"], o["object"]): o for o in meta["objects"]}
         assert objects[("vacuum", "public.bloated")]["dead_after"] == 0
         if full_reindex == "database":
+            assert meta["leftover_indexes_dropped"] == 1
             assert "REINDEX DATABASE" in meta["results"]
             assert objects[("vacuum", "public.bloated")]["dead_before"] == 9_000
             pkey = objects[("reindex", "public.bloated_pkey")]
@@ -217,6 +212,8 @@ def test_full_mode_vacuums_and_reindexes_everything(pg_cluster, maint_db, dagste
     with pg_cluster.connect(maint_db) as conn:
         assert table_counters(conn)["public.bloated"][1] == 0
         assert invalid_indexes(conn) == []
+        index_count = conn.execute("SELECT count(*) FROM pg_indexes WHERE schemaname !~ '^pg_'").fetchone()[0]
+        assert index_count == 4
 
 
 def test_bad_config_fails_naming_the_field(pg_cluster, dagster_instance):
