@@ -1,6 +1,7 @@
 """``retention_plan`` (what would be kept and deleted, and why, as markdown) and ``retention_cleanup``
-(carries the plan out). The cleanup re-lists everything and deletes only what both the shown plan and a
-fresh plan delete, so a plan made earlier can never remove something the present state would keep."""
+(carries the plan out). Given a plan from an earlier run, the cleanup re-lists everything and deletes
+only what both that plan and a fresh plan delete, so an old plan can never remove something the present
+state would keep."""
 
 import time
 from datetime import datetime, timezone
@@ -183,8 +184,8 @@ def retention_cleanup(
     """Carries out `retention_plan`: S3 objects first (DeleteObjects, 1000 keys a request, per-key errors
     checked), then stale multipart uploads, then local backups and sidecars (each only once its offsite
     status is known), then old logs. Given a plan from an earlier run, it re-lists everything and deletes
-    only what that plan and a fresh plan both delete. Fails, deleting nothing, when the plan is blocked; fails after the safe part
-    of the work when S3 reports errors. `dry_run` reports without deleting."""
+    only what that plan and a fresh plan both delete. Fails, deleting nothing, when the plan is blocked;
+    fails after the safe part of the work when S3 reports errors. `dry_run` reports without deleting."""
     dry_run = retention_settings.dry_run if config.dry_run is None else config.dry_run
     if retention_plan.blocked:
         raise dg.Failure(
