@@ -92,7 +92,7 @@ def _relation_table(rows: list[bloat_lib.RelationBloat]) -> dg.TableMetadataValu
                 "size_bytes": r.real_bytes,
                 "est_bloat_bytes": r.bloat_bytes or 0,
                 "est_bloat_pct": float(r.bloat_pct or 0.0),
-                "exact_bloat_pct": float(r.exact_bloat_pct) if r.exact_bloat_pct is not None else -1.0,
+                "exact_bloat_pct": float(r.exact_bloat_pct) if r.exact_bloat_pct is not None else None,
             }
         )
         for r in rows
