@@ -118,9 +118,11 @@ def page_on_run_failure(
         first = step_failures[0]
         step: Optional[str] = first.step_key
         error = _error_text(first.step_failure_data.error) or first.message or ""
-    else:
+    else:  # failed outside any step: never started, worker died, timed out, resource or launch error
         step = None
-        error = context.failure_event.message or ""
+        data = context.failure_event.event_specific_data
+        run_error = getattr(data, "error", None) if data is not None else None
+        error = _error_text(run_error) or context.failure_event.message or ""
     facts = RunFailureFacts(
         job_name=_job_label(context.instance, run),
         run_id=run.run_id,

@@ -473,3 +473,18 @@ def test_an_unreadable_ledger_is_set_aside_and_paging_goes_on(dagster_instance, 
     assert [e["event_action"] for e in pagerduty_server.bodies()] == ["trigger"]
     assert dagster_instance.run_storage.get_cursor_values({f"{LEDGER_KEY}.unreadable"}) == {f"{LEDGER_KEY}.unreadable": "{not json"}
     assert load_ledger(dagster_instance).is_open(DEDUP_KEY)
+
+
+def test_a_run_that_never_started_pages_with_the_monitoring_message(dagster_instance, resources, pagerduty_server):
+    """What run monitoring does to a run stuck in STARTING: it reports the run failed, with no step."""
+    cursor = tick(page_on_run_failure, dagster_instance, resources).cursor
+    run = dagster_instance.create_run_for_job(
+        backup_job_under_test, tags={"loyalty_ops/severity": "critical", "loyalty_ops/database_lock": "loyalty"}
+    )
+    dagster_instance.report_run_failed(run, "Run timed out due to taking longer than 180 seconds to start.")
+    tick(page_on_run_failure, dagster_instance, resources, cursor)
+    (event,) = pagerduty_server.bodies()
+    assert event["payload"]["summary"] == (
+        f"{JOB} failed on loyalty at run (no step failed): Run timed out due to taking longer than 180 seconds to start."
+    )
+    assert event["payload"]["custom_details"]["failing_step"] is None
