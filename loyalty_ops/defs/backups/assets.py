@@ -5,6 +5,7 @@ from datetime import timedelta
 from typing import Iterator, Optional
 
 import dagster as dg
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, last_verified_backup, recent_backups
@@ -12,7 +13,16 @@ from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTa
 from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, take_backup
 from loyalty_ops.lib.backup.manifest import BackupManifest, write_manifest
 from loyalty_ops.lib.backup.naming import COMPRESSION_SUFFIXES, parse_backup_name
-from loyalty_ops.lib.backup.offsite import OffsiteError, sidecar_paths, upload_backup
+from loyalty_ops.lib.backup.offsite import (
+    OffsiteError,
+    PendingUpload,
+    StreamingUpload,
+    check_bucket,
+    complete_pending_upload,
+    sidecar_paths,
+    streaming_part_bytes,
+    upload_backup,
+)
 from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.progress import human_bytes
 
@@ -31,6 +41,27 @@ class BackupConfig(dg.Config):
     progress_interval_seconds: float = Field(
         default=10.0, description="How often the run log reports bytes done, percent and ETA."
     )
+    stream_upload: bool = Field(
+        default=True,
+        description="Upload to S3 while dumping, as a multipart upload that stays invisible until the "
+        "integrity checks pass (then it is completed) or fail (then it is aborted). Off: upload after the checks.",
+    )
+
+
+def _start_streaming_upload(context, offsite: OffsiteStorage, name, expected_bytes: int):
+    """Begin the offsite multipart upload alongside the dump, or say why the upload will happen later."""
+    part_bytes = streaming_part_bytes(expected_bytes)
+    if part_bytes is None:
+        context.log.info("database too large for a bounded-memory streamed upload; uploading after the checks")
+        return None
+    target = offsite.target()
+    client = offsite.client()
+    try:
+        check_bucket(client, target.bucket)
+        return StreamingUpload(client, target, name.s3_key(target.prefix), part_bytes, log=context.log.warning)
+    except (OffsiteError, ClientError, BotoCoreError) as exc:
+        context.log.warning(f"offsite copy cannot start now ({exc}); the backup continues and the offsite step will retry")
+        return None
 
 
 def _row_count_table(row_counts: dict[str, int]) -> str:
@@ -52,6 +83,7 @@ def database_backup(
     config: BackupConfig,
     postgres: PostgresTarget,
     backup_storage: BackupStorage,
+    offsite: OffsiteStorage,
 ) -> dg.MaterializeResult:
     """A full logical backup of the loyalty database: `pg_dump -Fc` streamed through gzip (or zstd) into
     `LOYALTY_BACKUP_DIR/loyalty_YYYYMMDD_HHMMSS.dump.gz`, with a `sha256sum -c` sidecar and a manifest of
@@ -75,16 +107,33 @@ def database_backup(
         compression_level=backup_storage.compression_level,
         progress_interval_s=config.progress_interval_seconds,
     )
+    streaming: list[StreamingUpload] = []
+
+    def open_sink(name, expected_bytes):
+        if not (config.stream_upload and offsite.configured):
+            return None
+        upload = _start_streaming_upload(context, offsite, name, expected_bytes)
+        if upload is None:
+            return None
+        streaming.append(upload)
+        return upload.write
+
     try:
         result = take_backup(
             spec,
             runner,
             request,
             on_progress=lambda snap: context.log.info(snap.message()),
+            open_sink=open_sink,
             log=context.log.info,
         )
-    except (BackupError, ValueError) as exc:
-        raise dg.Failure(description=str(exc), metadata={"target": spec.redacted()}) from None
+    except BaseException as exc:
+        for upload in streaming:
+            upload.abort()
+        if isinstance(exc, (BackupError, ValueError)):
+            raise dg.Failure(description=str(exc), metadata={"target": spec.redacted()}) from None
+        raise
+    pending = streaming[0].finish() if streaming else None
 
     manifest = BackupManifest(
         database=spec.dbname,
@@ -130,6 +179,16 @@ def database_backup(
             "catalog_counts": dg.MetadataValue.json(result.catalog_counts),
             "previous_backup_bytes": previous.bytes if previous and previous.bytes else 0,
             "taken_at": result.name.taken_at.isoformat(),
+            **(
+                {
+                    "pending_upload_id": pending.upload_id,
+                    "pending_upload_key": pending.key,
+                    "pending_upload_parts": pending.parts,
+                    "pending_upload_part_bytes": pending.part_bytes,
+                }
+                if pending
+                else {}
+            ),
         }
     )
 
@@ -180,6 +239,10 @@ def offsite_backup_copy(
         raise dg.Failure(f"backup file {path} is missing on this machine; it cannot be copied offsite")
     target = offsite.target()
     key = name.s3_key(target.prefix)
+    meta = latest.metadata
+    if meta.get("pending_upload_id") and meta.get("pending_upload_key") == key:
+        yield _complete_streamed_upload(context, offsite, path, latest, target)
+        return
     try:
         uploaded = upload_backup(
             offsite.client(),
@@ -213,5 +276,56 @@ def offsite_backup_copy(
             "storage_class": target.storage_class,
             "sidecar_keys": dg.MetadataValue.json(list(uploaded.sidecar_keys)),
             "source_run_id": latest.run_id,
+            "streamed": False,
+        }
+    )
+
+
+def _complete_streamed_upload(context, offsite: OffsiteStorage, path, latest, target) -> dg.MaterializeResult:
+    """The parts were uploaded during the dump: check them against the file, complete, verify, add sidecars."""
+    import time
+
+    meta = latest.metadata
+    pending = PendingUpload(
+        bucket=target.bucket,
+        key=meta["pending_upload_key"],
+        upload_id=meta["pending_upload_id"],
+        parts=meta["pending_upload_parts"],
+        part_bytes=meta["pending_upload_part_bytes"],
+        bytes=meta["bytes"],
+    )
+    started = time.monotonic()
+    client = offsite.client()
+    try:
+        size, checksum = complete_pending_upload(client, pending, path, meta["sha256"])
+        sidecar_keys = []
+        for sidecar in sidecar_paths(path):
+            sidecar_key = pending.key + sidecar.name[len(path.name):]
+            client.upload_file(str(sidecar), target.bucket, sidecar_key, ExtraArgs=target.extra_args())
+            sidecar_keys.append(sidecar_key)
+    except (OffsiteError, ClientError, BotoCoreError) as exc:
+        raise dg.Failure(description=f"completing the streamed offsite copy failed: {exc}",
+                         metadata={"bucket": target.bucket, "key": pending.key}) from None
+    duration = time.monotonic() - started
+    uri = f"s3://{target.bucket}/{pending.key}"
+    context.log.info(f"offsite copy verified: {uri} ({human_bytes(size)}, {pending.parts} parts streamed during the dump)")
+    return dg.MaterializeResult(
+        metadata={
+            "uri": dg.MetadataValue.url(uri),
+            "bucket": target.bucket,
+            "key": pending.key,
+            "filename": path.name,
+            "bytes": size,
+            "sha256": meta["sha256"],
+            "s3_checksum_sha256": checksum,
+            "verified": True,
+            "duration_s": round(duration, 3),
+            "parts": pending.parts,
+            "attempts": 1,
+            "sse": target.sse,
+            "storage_class": target.storage_class,
+            "sidecar_keys": dg.MetadataValue.json(sidecar_keys),
+            "source_run_id": latest.run_id,
+            "streamed": True,
         }
     )

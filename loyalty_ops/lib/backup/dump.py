@@ -107,8 +107,14 @@ def take_backup(
     *,
     taken_at: Optional[datetime] = None,
     on_progress: Optional[Callable[[ProgressSnapshot], None]] = None,
+    open_sink: Optional[Callable[[BackupName, int], Optional[Callable[[bytes], None]]]] = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> BackupResult:
+    """Take one backup.
+
+    ``open_sink(name, expected_raw_bytes)``, called just before pg_dump starts, may return a callable that
+    receives each compressed block as it is written (a streamed offsite upload).
+    """
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     backup_dir = Path(request.backup_dir)
@@ -143,6 +149,7 @@ def take_backup(
             except BaseException as exc:  # reported after the dump
                 count_errors.append(exc)
 
+        on_block = open_sink(name, expected) if open_sink is not None else None
         proc = runner.start(
             "pg_dump",
             ["--format=custom", "--compress=0", "--no-password", f"--snapshot={snapshot_id}"],
@@ -174,6 +181,7 @@ def take_backup(
                 on_progress=on_progress,
                 progress_interval_s=request.progress_interval_s,
                 finish=_finish,
+                on_block=on_block,
             )
         except ToolError as exc:
             raise BackupError(f"{exc} (target {spec.redacted()}; no backup file was written)") from None

@@ -211,3 +211,129 @@ def start_feeder(path: Path, sink: IO[bytes]) -> threading.Thread:
     thread.errors = errors  # type: ignore[attr-defined]
     thread.start()
     return thread
+
+
+@dataclass(frozen=True)
+class ArchiveInspection:
+    """Everything one read of a backup file tells: its hash, whether the stream is valid, and its TOC."""
+
+    sha256: str
+    file_bytes: int
+    stream: StreamVerdict
+    toc_text: Optional[str]
+    toc_error: Optional[str]
+
+
+def inspect_archive(path: Path, toc_process=None) -> ArchiveInspection:
+    """Hash the file, decompress it to the end and feed the archive to ``pg_restore --list``, in one read.
+
+    ``toc_process`` is a started tool process (``pg_restore --list`` reading stdin) or None. Hashing runs
+    on its own thread (hashlib releases the GIL), so the pass costs about one decompression.
+    """
+    import queue
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    blocks: "queue.Queue[Optional[bytes]]" = queue.Queue(maxsize=4)
+
+    def _hash() -> None:
+        while (block := blocks.get()) is not None:
+            digest.update(block)
+
+    hasher = threading.Thread(target=_hash, name="archive-hash", daemon=True)
+    hasher.start()
+    toc_chunks: list[bytes] = []
+    toc_reader = None
+    if toc_process is not None:
+        toc_reader = threading.Thread(
+            target=lambda: toc_chunks.extend(iter(lambda: toc_process.stdout.read(65536), b"")),
+            name="toc-reader",
+            daemon=True,
+        )
+        toc_reader.start()
+    sink = toc_process.stdin if toc_process is not None else None
+    size = 0
+    raw = 0
+    head = b""
+    stream_error: Optional[str] = None
+    decomp = isal_zlib.decompressobj(31) if compression_of(path) == "gzip" else None
+    zstd_reader_needed = decomp is None
+    try:
+        with open(path, "rb") as handle:
+            if zstd_reader_needed:
+                # zstd: hash the compressed bytes here, decompress through iter_decompressed below.
+                for block in iter(lambda: handle.read(READ_BYTES), b""):
+                    size += len(block)
+                    blocks.put(block)
+            else:
+                for block in iter(lambda: handle.read(READ_BYTES), b""):
+                    size += len(block)
+                    blocks.put(block)
+                    if stream_error:
+                        continue
+                    try:
+                        out = decomp.decompress(block)
+                        while decomp.eof and decomp.unused_data:
+                            rest = decomp.unused_data
+                            decomp = isal_zlib.decompressobj(31)
+                            out += decomp.decompress(rest)
+                    except isal_zlib.error as exc:
+                        stream_error = f"gzip stream is corrupt: {exc}"
+                        continue
+                    raw += len(out)
+                    if len(head) < len(CUSTOM_FORMAT_MAGIC):
+                        head += out[: len(CUSTOM_FORMAT_MAGIC)]
+                    sink = _feed(sink, out)
+                if not stream_error and not decomp.eof:
+                    stream_error = "gzip stream ends early: the file is truncated (no gzip trailer)"
+        if zstd_reader_needed:
+            try:
+                for out in iter_decompressed(path):
+                    raw += len(out)
+                    if len(head) < len(CUSTOM_FORMAT_MAGIC):
+                        head += out[: len(CUSTOM_FORMAT_MAGIC)]
+                    sink = _feed(sink, out)
+            except ValueError as exc:
+                stream_error = str(exc)
+    finally:
+        blocks.put(None)
+        hasher.join()
+        _feed(sink, None)
+    if size == 0:
+        verdict = StreamVerdict(False, 0, f"{path.name} is empty (0 bytes)")
+    elif stream_error:
+        verdict = StreamVerdict(False, raw, f"{path.name}: {stream_error} after {raw} decompressed bytes")
+    elif not head.startswith(CUSTOM_FORMAT_MAGIC):
+        verdict = StreamVerdict(False, raw, f"{path.name} decompresses but is not a pg_dump custom-format archive")
+    else:
+        verdict = StreamVerdict(True, raw, f"{path.name}: compressed stream valid to the end, {raw} bytes of archive")
+    toc_text = toc_error = None
+    if toc_process is not None:
+        toc_reader.join()
+        code = toc_process.wait()
+        toc_text = b"".join(toc_chunks).decode("utf-8", errors="replace")
+        if code != 0:
+            toc_error = f"pg_restore --list failed with exit code {code}: {toc_process.stderr_text().strip()[-1500:]}"
+    return ArchiveInspection(digest.hexdigest(), size, verdict, toc_text, toc_error)
+
+
+def _feed(sink: Optional[IO[bytes]], data: Optional[bytes]) -> Optional[IO[bytes]]:
+    """Write to a tool's stdin; returns None once the tool stopped reading (pg_restore --list stops early)."""
+    if sink is None:
+        return None
+    try:
+        if data is None:
+            sink.close()
+            return None
+        sink.write(data)
+        return sink
+    except (BrokenPipeError, ConnectionResetError):
+        try:
+            sink.close()
+        except OSError:
+            pass
+        return None
+    except OSError as exc:
+        if exc.errno == 32:
+            return None
+        raise

@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from loyalty_ops.lib.backup.naming import SIDECAR_SUFFIX
 from loyalty_ops.lib.progress import ProgressMeter, ProgressSnapshot
 
-MULTIPART_CHUNK_BYTES = 64 * 1024 * 1024
+MULTIPART_CHUNK_BYTES = 32 * 1024 * 1024
 SSE_CHOICES = ("AES256", "aws:kms")
 STORAGE_CLASSES = (
     "STANDARD",
@@ -150,7 +150,7 @@ def upload_backup(
     path = Path(path)
     check_bucket(client, target.bucket)
     size = path.stat().st_size
-    config = TransferConfig(multipart_threshold=chunk_bytes, multipart_chunksize=chunk_bytes, max_concurrency=4)
+    config = TransferConfig(multipart_threshold=chunk_bytes, multipart_chunksize=chunk_bytes, max_concurrency=2)
     extra = dict(target.extra_args())
     extra["Metadata"] = {"sha256": sha256_hex}
     started = time.monotonic()
@@ -198,7 +198,13 @@ def upload_backup(
 
 
 def verify_remote_copy(
-    client: Any, bucket: str, key: str, path: Path, sha256_hex: str, chunk_bytes: int = MULTIPART_CHUNK_BYTES
+    client: Any,
+    bucket: str,
+    key: str,
+    path: Path,
+    sha256_hex: str,
+    chunk_bytes: int = MULTIPART_CHUNK_BYTES,
+    threshold: Optional[int] = None,
 ) -> tuple[int, str]:
     """HEAD the object and compare its size, ChecksumSHA256 and sha256 metadata with the local file.
 
@@ -211,15 +217,17 @@ def verify_remote_copy(
     size = Path(path).stat().st_size
     remote_size = int(head["ContentLength"])
     remote_checksum = head.get("ChecksumSHA256") or ""
-    expected_checksum = expected_s3_checksum(path, chunk_bytes)
+    expected_checksum = expected_s3_checksum(path, chunk_bytes, threshold)
     problems = []
     if remote_size != size:
         problems.append(f"size {remote_size} != local {size}")
     # Some S3-compatible stores omit the "-<parts>" suffix of a multipart checksum; the digest must match.
     if remote_checksum.split("-")[0] != expected_checksum.split("-")[0]:
         problems.append(f"ChecksumSHA256 {remote_checksum or 'missing'} != expected {expected_checksum}")
-    if head.get("Metadata", {}).get("sha256") != sha256_hex:
-        problems.append("sha256 metadata missing or different")
+    # A streamed upload starts before the file's hash is known, so it carries no sha256 metadata;
+    # the checksum comparison above is what proves the content. Metadata, when present, must agree.
+    if head.get("Metadata", {}).get("sha256", sha256_hex) != sha256_hex:
+        problems.append("sha256 metadata differs from the local file's")
     if problems:
         raise OffsiteError(f"s3://{bucket}/{key} does not match the local backup: {'; '.join(problems)}")
     return remote_size, remote_checksum
@@ -227,3 +235,187 @@ def verify_remote_copy(
 
 def sidecar_paths(path: Path) -> tuple[Path, ...]:
     return tuple(p for p in (Path(str(path) + SIDECAR_SUFFIX), Path(str(path) + ".manifest.json")) if p.exists())
+
+
+STREAM_PART_MIN_BYTES = 16 * 1024 * 1024
+STREAM_PART_MAX_BYTES = 32 * 1024 * 1024  # bounds memory: at most three parts are held at once
+MAX_PARTS = 10_000
+
+
+def streaming_part_bytes(expected_bytes: Optional[int]) -> Optional[int]:
+    """Part size for a streamed upload, or None when the object could outgrow 10,000 bounded parts."""
+    expected = expected_bytes or 0
+    needed = -(-int(expected * 1.2) // (MAX_PARTS - 500))
+    if needed > STREAM_PART_MAX_BYTES:
+        return None
+    mib = 1024 * 1024
+    return max(STREAM_PART_MIN_BYTES, -(-needed // mib) * mib)
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload whose parts are all in S3 but which is not completed (so not visible) yet."""
+
+    bucket: str
+    key: str
+    upload_id: str
+    parts: int
+    part_bytes: int
+    bytes: int
+
+
+class StreamingUpload:
+    """Uploads a backup to S3 *while it is being written*, as a multipart upload left incomplete.
+
+    An incomplete multipart upload is invisible in the bucket: the object appears only when
+    :func:`complete_pending_upload` runs after the integrity checks passed; a failed check calls
+    :func:`abort_pending_upload`. A part that cannot be uploaded after retries turns the streaming off
+    (the upload is aborted and the offsite step uploads the finished file instead); it never fails the
+    backup itself. Memory is bounded by three parts.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        target: OffsiteTarget,
+        key: str,
+        part_bytes: int,
+        *,
+        max_attempts: int = 4,
+        backoff_s: float = 1.0,
+        log: Callable[[str], None] = lambda _m: None,
+    ):
+        import queue
+        import threading
+
+        target.validate()
+        self._client = client
+        self.target = target
+        self.key = key
+        self.part_bytes = part_bytes
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_s
+        self._log = log
+        args = {k: v for k, v in target.extra_args().items()}
+        created = client.create_multipart_upload(Bucket=target.bucket, Key=key, **args)
+        self.upload_id: str = created["UploadId"]
+        self._buffer = bytearray()
+        self._next_part = 1
+        self._bytes = 0
+        self.failed: Optional[str] = None
+        self._parts: "queue.Queue[Optional[tuple[int, bytes]]]" = queue.Queue(maxsize=1)
+        self._worker = threading.Thread(target=self._upload_parts, name="s3-part-uploader", daemon=True)
+        self._worker.start()
+
+    def write(self, data: bytes) -> None:
+        if self.failed:
+            return
+        self._buffer += data
+        self._bytes += len(data)
+        while len(self._buffer) >= self.part_bytes and not self.failed:
+            part = bytes(self._buffer[: self.part_bytes])
+            del self._buffer[: self.part_bytes]
+            self._parts.put((self._next_part, part))
+            self._next_part += 1
+
+    def _upload_parts(self) -> None:
+        while (item := self._parts.get()) is not None:
+            if self.failed:
+                continue
+            number, body = item
+            checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+            for attempt in range(1, self._max_attempts + 1):
+                try:
+                    self._client.upload_part(
+                        Bucket=self.target.bucket, Key=self.key, UploadId=self.upload_id,
+                        PartNumber=number, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
+                    )
+                    break
+                except (ClientError, BotoCoreError) as exc:
+                    if attempt == self._max_attempts:
+                        self.failed = f"part {number} failed after {attempt} attempts: {_explain(exc, self.target.bucket)}"
+                        self._log(f"streaming offsite upload stopped ({self.failed}); the finished file will be uploaded instead")
+                        break
+                    time.sleep(self._backoff_s * 2 ** (attempt - 1))
+
+    def finish(self) -> Optional[PendingUpload]:
+        """Send the last part and wait for all parts; returns the pending upload, or None if streaming failed."""
+        if not self.failed and (self._buffer or self._next_part == 1):
+            self._parts.put((self._next_part, bytes(self._buffer)))
+            self._next_part += 1
+            self._buffer = bytearray()
+        self._parts.put(None)
+        self._worker.join()
+        if self.failed:
+            self.abort()
+            return None
+        return PendingUpload(self.target.bucket, self.key, self.upload_id, self._next_part - 1, self.part_bytes, self._bytes)
+
+    def abort(self) -> None:
+        if self._worker.is_alive():
+            self.failed = self.failed or "aborted"
+            try:
+                self._parts.put_nowait(None)
+            except Exception:
+                pass
+            self._worker.join(30)
+        abort_pending_upload(self._client, self.target.bucket, self.key, self.upload_id)
+
+
+def abort_pending_upload(client: Any, bucket: str, key: str, upload_id: str) -> bool:
+    """Abort an incomplete multipart upload; True if it existed. Never raises for an already-gone upload."""
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        return True
+    except (ClientError, BotoCoreError):
+        return False
+
+
+def complete_pending_upload(
+    client: Any, pending: PendingUpload, path: Path, sha256_hex: str
+) -> tuple[int, str]:
+    """Check every uploaded part against the local file, complete the upload, then verify the object.
+
+    Returns (size, ChecksumSHA256) as S3 reports them; raises OffsiteError (after aborting) on a mismatch.
+    """
+    remote_parts = []
+    paginator = client.get_paginator("list_parts")
+    try:
+        for page in paginator.paginate(Bucket=pending.bucket, Key=pending.key, UploadId=pending.upload_id):
+            remote_parts.extend(page.get("Parts", []))
+    except (ClientError, BotoCoreError) as exc:
+        raise OffsiteError(f"the pending upload of s3://{pending.bucket}/{pending.key} is gone: {_explain(exc, pending.bucket)}") from None
+    remote_parts.sort(key=lambda p: p["PartNumber"])
+    local = []
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(pending.part_bytes), b""):
+            local.append((len(block), base64.b64encode(hashlib.sha256(block).digest()).decode()))
+    if not local:
+        local.append((0, base64.b64encode(hashlib.sha256(b"").digest()).decode()))
+    problems = []
+    if len(remote_parts) != len(local):
+        problems.append(f"{len(remote_parts)} parts in S3, {len(local)} expected")
+    for part, (size, checksum) in zip(remote_parts, local):
+        if int(part["Size"]) != size or part.get("ChecksumSHA256", checksum) != checksum:
+            problems.append(f"part {part['PartNumber']} differs from the local file")
+    if problems:
+        abort_pending_upload(client, pending.bucket, pending.key, pending.upload_id)
+        raise OffsiteError(f"the streamed upload of {path.name} does not match the file on disk ({'; '.join(problems[:5])}); aborted it")
+    client.complete_multipart_upload(
+        Bucket=pending.bucket,
+        Key=pending.key,
+        UploadId=pending.upload_id,
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": p["PartNumber"], "ETag": p["ETag"], "ChecksumSHA256": checksum}
+                for p, (_size, checksum) in zip(remote_parts, local)
+            ]
+        },
+    )
+    try:
+        return verify_remote_copy(client, pending.bucket, pending.key, path, sha256_hex, pending.part_bytes, threshold=0)
+    except OffsiteError as exc:
+        # Some stores do not report per-part checksums, so a mismatch can surface only now: the object we
+        # just completed is wrong and must not pass for a backup.
+        client.delete_object(Bucket=pending.bucket, Key=pending.key)
+        raise OffsiteError(f"{exc}; deleted the mismatching object") from None

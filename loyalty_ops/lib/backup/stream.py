@@ -134,12 +134,14 @@ def stream_to_file(
     on_progress: Optional[Callable[[ProgressSnapshot], None]] = None,
     progress_interval_s: float = 10.0,
     finish: Optional[Callable[[], None]] = None,
+    on_block: Optional[Callable[[bytes], None]] = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> WrittenFile:
     """Compress ``source`` into ``final_path`` (mode 0600) and write the ``.sha256`` sidecar.
 
     ``finish`` runs after the source hits EOF and before the rename; it should raise if the producer
-    failed (for a dump: pg_dump's exit code), in which case nothing is left on disk.
+    failed (for a dump: pg_dump's exit code), in which case nothing is left on disk. ``on_block`` sees
+    every compressed block as it is written (for a streamed offsite upload).
     """
     started = time.monotonic()
     final_path = Path(final_path)
@@ -182,10 +184,14 @@ def stream_to_file(
                     digest.update(block)
                     out.write(block)
                     written += len(block)
+                    if on_block is not None:
+                        on_block(block)
             tail = compressor.flush()
             digest.update(tail)
             out.write(tail)
             written += len(tail)
+            if on_block is not None and tail:
+                on_block(tail)
             if finish is not None:
                 finish()
             os.fsync(out.fileno())

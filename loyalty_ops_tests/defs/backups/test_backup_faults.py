@@ -77,6 +77,8 @@ def test_fault_fails_its_check_and_blocks_upload(ops_resources, dagster_instance
     assert not upload.success
     assert not [m for m in upload.get_asset_materialization_events() if m.asset_key == dg.AssetKey("offsite_backup_copy")]
     assert uploaded_keys(s3_client, s3_bucket) == []
+    # The parts streamed during the dump were discarded when the checks failed.
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
 
 def test_missing_table_in_archive_fails_toc_check(ops_resources, dagster_instance, backup_dir):
@@ -104,3 +106,4 @@ def test_backup_shrunk_below_half_of_previous_blocks_upload(
     offsite = [m for m in second.get_asset_materialization_events() if m.asset_key == dg.AssetKey("offsite_backup_copy")]
     assert offsite == []
     assert len([k for k in uploaded_keys(s3_client, s3_bucket) if k.endswith(".dump.gz")]) == 1
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []

@@ -11,8 +11,7 @@ import dagster as dg
 import pytest
 
 from loyalty_ops.definitions import defs
-from loyalty_ops.defs.backups.assets import database_backup, offsite_backup_copy
-from loyalty_ops.defs.backups.checks import BACKUP_CHECKS
+from loyalty_ops.defs.backups.history import INTEGRITY_CHECK_NAMES
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata, schema_dump, table_fingerprints
 
 
@@ -43,21 +42,23 @@ def test_backup_job_writes_verified_file_and_verified_s3_copy(ops_resources, dag
     with gzip.open(path, "rb") as fh:
         head = fh.read(2 * 1024 * 1024)
     assert head.startswith(b"PGDMP")
-    assert check_evaluations(result) == {c.check_key.name: True for c in BACKUP_CHECKS for _ in [0]} or all(
-        check_evaluations(result).values()
-    )
-    assert set(check_evaluations(result)) == {
-        "backup_archive_decompresses", "backup_checksum_matches", "backup_toc_lists_all_tables", "backup_size_plausible"
+    evaluations = check_evaluations(result)
+    assert {name: evaluations.get(name) for name in INTEGRITY_CHECK_NAMES} == {
+        "backup_archive_decompresses": True,
+        "backup_checksum_matches": True,
+        "backup_toc_lists_all_tables": True,
+        "backup_size_plausible": True,
     }
     offsite = materialization_metadata(result, "offsite_backup_copy")
     assert offsite["verified"] is True
+    assert offsite["streamed"] is True  # parts went up during the dump; completed after the checks
     key = offsite["key"]
     assert key.startswith("backups/") and key.endswith(path.name)
     assert key.split("/")[1:4] == [path.name[8:12], path.name[12:14], path.name[14:16]]
     head_obj = s3_client.head_object(Bucket=s3_bucket, Key=key, ChecksumMode="ENABLED")
     assert head_obj["ContentLength"] == path.stat().st_size
     assert head_obj["ServerSideEncryption"] == "AES256"
-    assert head_obj["Metadata"]["sha256"] == meta["sha256"]
+    assert head_obj["ChecksumSHA256"]
     sidecar = s3_client.get_object(Bucket=s3_bucket, Key=key + ".sha256")["Body"].read().decode()
     assert sidecar.split()[0] == meta["sha256"]
 
@@ -75,3 +76,16 @@ def test_round_trip_restores_equal_database(ops_resources, dagster_instance, pg_
     assert pipeline.returncode == 0, pipeline.stderr
     assert schema_dump(pg_cluster, target) == schema_dump(pg_cluster, loyalty_db)
     assert table_fingerprints(pg_cluster, target) == table_fingerprints(pg_cluster, loyalty_db)
+
+
+def test_upload_after_checks_when_streaming_is_off(ops_resources, dagster_instance, backup_dir, s3_client, s3_bucket):
+    result = run_backup_job(
+        ops_resources, dagster_instance, raise_on_error=True,
+        run_config={"ops": {"database_backup": {"config": {"stream_upload": False}}}},
+    )
+    meta = materialization_metadata(result, "database_backup")
+    offsite = materialization_metadata(result, "offsite_backup_copy")
+    assert offsite["streamed"] is False and offsite["verified"] is True
+    head_obj = s3_client.head_object(Bucket=s3_bucket, Key=offsite["key"])
+    assert head_obj["Metadata"]["sha256"] == meta["sha256"]
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
