@@ -92,6 +92,18 @@ def offsite_storage(environ: Mapping[str, str] = os.environ) -> OffsiteStorage:
     )
 
 
+def backup_max_age_hours(environ: Mapping[str, str] = os.environ) -> float:
+    """How old the newest backup may get before its freshness fails and on-call is paged (default 26 h)."""
+    value = environ.get("LOYALTY_BACKUP_MAX_AGE_HOURS") or "26"
+    try:
+        hours = float(value)
+    except ValueError:
+        raise ValueError(f"LOYALTY_BACKUP_MAX_AGE_HOURS must be a number of hours, got {value!r}") from None
+    if hours <= 1:
+        raise ValueError(f"LOYALTY_BACKUP_MAX_AGE_HOURS must be more than 1, got {value!r}")
+    return hours
+
+
 def resources_from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Every shared resource, keyed by the name assets ask for."""
     return {

@@ -8,6 +8,7 @@ import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 
+from loyalty_ops.defs.environment import backup_max_age_hours
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, last_verified_backup, recent_backups
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, take_backup
@@ -27,7 +28,10 @@ from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.progress import human_bytes
 
 OWNERS = ["team:platform"]
-BACKUP_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=25))
+BACKUP_MAX_AGE_HOURS = backup_max_age_hours()
+BACKUP_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=BACKUP_MAX_AGE_HOURS), warn_window=timedelta(hours=max(BACKUP_MAX_AGE_HOURS - 1, 1))
+)
 
 
 class BackupConfig(dg.Config):
