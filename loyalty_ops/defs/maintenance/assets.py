@@ -6,6 +6,7 @@ import time
 from typing import Iterator, List
 
 import dagster as dg
+import psycopg
 from pydantic import Field
 
 from loyalty_ops.defs.resources import PostgresTarget
@@ -246,6 +247,11 @@ def weekly_maintenance(
             report = executor.execute_full() if config.mode == "full" else executor.execute_plan(plan)
         except MaintenanceError as exc:
             raise dg.Failure(str(exc)) from None
+        except psycopg.OperationalError as exc:
+            raise dg.Failure(
+                f"lost the connection to {spec.redacted()} during maintenance ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                "objects already done stay done - check the server and relaunch, the plan will pick what is left"
+            ) from None
     context.log.info(
         f"maintenance done in {report.duration_s:.1f} s: {report.tables_vacuumed} tables vacuumed, "
         f"{report.indexes_reindexed} indexes rebuilt, {len(report.skipped)} skipped, {len(report.failed)} failed, "

@@ -192,7 +192,7 @@ class MaintenanceReport:
 
 
 # Outcomes of one attempt.
-DONE, RETRY, GONE, FAILED = "done", "retry", "gone", "failed"
+DONE, RETRY, SKIP, FAILED = "done", "retry", "skip", "failed"
 RETRYABLE = (errors.LockNotAvailable, errors.DeadlockDetected)
 
 
@@ -349,7 +349,7 @@ class MaintenanceExecutor:
             return RETRY
         if size is None:
             result.reason = "table no longer exists"
-            return GONE
+            return SKIP
         if result.bytes_before is None:
             result.bytes_before = size
             result.dead_before = pgstats.dead_tuples(self.conn, item.oid)
@@ -369,6 +369,10 @@ class MaintenanceExecutor:
             result.longest_wait_s = max(result.longest_wait_s, waited)
             result.reason = self._locked_reason(item.oid, f"SKIP_LOCKED: {skipped[0]}", waited)
             return RETRY
+        refused = [msg for _, msg in notices if msg.startswith("skipping")]
+        if refused:  # e.g. "skipping "x" --- only table or database owner can vacuum it": a warning, not an error
+            result.reason = refused[0]
+            return SKIP
         result.reason = ""
         try:
             result.bytes_after = self._table_size(item.oid)
@@ -398,7 +402,7 @@ class MaintenanceExecutor:
         oid = pgstats.index_oid(self.conn, item.schema, item.name)
         if oid is None:
             result.reason = "index no longer exists"
-            return GONE
+            return SKIP
         started = time.monotonic()
         try:
             size = self._index_size(oid)
@@ -438,7 +442,7 @@ class MaintenanceExecutor:
         oid = pgstats.index_oid(self.conn, item.schema, item.name)
         if oid is None:
             result.reason = "already gone"
-            return GONE
+            return SKIP
         started = time.monotonic()
         try:
             result.bytes_before = self._index_size(oid)
@@ -466,7 +470,7 @@ class MaintenanceExecutor:
             return FAILED
         except (errors.UndefinedTable, errors.UndefinedObject):
             result.reason = f"{item.kind} no longer exists"
-            return GONE
+            return SKIP
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
@@ -512,7 +516,7 @@ class MaintenanceExecutor:
                 elif outcome == RETRY:
                     still.append(item)
                     self.log.warning(f"{tag} {item.action} {item.qualified}: {result.reason}")
-                elif outcome == GONE:
+                elif outcome == SKIP:
                     result.status = "skipped"
                     self.log.info(f"{tag} {item.action} {item.qualified}: skipped, {result.reason}")
                 else:

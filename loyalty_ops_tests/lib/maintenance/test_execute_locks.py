@@ -139,3 +139,29 @@ def test_long_statement_reports_progress_and_what_it_waits_for(pg_cluster, lock_
     beats = [m for m in log.messages if m.startswith("VACUUM public.parent: still running after")]
     assert beats, log.messages
     assert any("waiting on Lock/relation" in m for m in beats), beats
+
+
+def test_vacuum_refused_for_lack_of_ownership_is_skipped_not_done(pg_cluster, lock_db):
+    """VACUUM of someone else's table is only a WARNING ("skipping ... only table or database owner"):
+    it must be reported as skipped with that reason, never as done."""
+    import dataclasses
+    import uuid
+
+    from psycopg import sql
+
+    role, password = f"maint_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    with pg_cluster.connect(lock_db) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+    try:
+        spec = dataclasses.replace(pg_cluster.spec(lock_db), user=role, password=password)
+        ex = MaintenanceExecutor(connect(spec), ExecutionSettings(max_attempts=1), LOG)
+        from loyalty_ops.lib.maintenance.execute import MaintenanceReport
+
+        report = MaintenanceReport(mode="manual", database=lock_db)
+        ex.run_items([vacuum_item(ex.conn, "plain")], report)
+        ex.conn.close()
+    finally:
+        with pg_cluster.connect(lock_db) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    (result,) = report.items
+    assert result.status == "skipped" and "owner" in result.reason, result
