@@ -136,6 +136,15 @@ class DagsterServices:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)["data"]
 
+    def set_pool_limit(self, pool: str, limit: int) -> None:
+        """What `dagster instance concurrency set POOL LIMIT` does (and Deployment > Concurrency in the UI)."""
+        data = self._graphql(
+            "mutation($pool: String!, $limit: Int!) { setConcurrencyLimit(concurrencyKey: $pool, limit: $limit) }",
+            {"pool": pool, "limit": limit},
+        )
+        if data.get("setConcurrencyLimit") is not True:
+            raise RuntimeError(f"could not set the limit of pool {pool}: {data}")
+
     def wait_for_code_location(self, timeout_s: float = 120.0) -> None:
         """Wait until the code location is loaded; raise with Dagster's message if it failed to load.
 

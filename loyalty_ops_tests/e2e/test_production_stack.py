@@ -19,6 +19,8 @@ pytestmark = pytest.mark.browser
 
 LOCATION = "loyalty_ops"
 JOB = "nightly_backup_job"
+CLEANUP_JOB = "dagster_history_cleanup_job"
+CLEANUP_POOL = "dagster_history_cleanup"
 RUN_URL = re.compile(r"/runs/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
@@ -136,42 +138,28 @@ def test_backup_launched_from_launchpad_is_stored_in_postgres(
     assert any(status in ("SKIPPED", "SUCCESS") for (status,) in ticks), f"no completed sensor tick: {ticks}"
 
 
-def test_queue_runs_two_backups_of_one_database_one_after_the_other(
-    production_stack: ProductionStack, executor_config: dict
-):
-    stack = production_stack
-    client = stack.services.graphql_client()
-    # Only the dump itself (the job's tags, hence its database lock, still apply): the checks, offsite
-    # copy and restore drill add minutes on a big database but prove nothing more about the queue.
-    first, second = (
-        client.submit_job_execution(
-            JOB, repository_location_name=LOCATION, run_config=executor_config, asset_selection=["database_backup"]
-        )
-        for _ in range(2)
-    )
-
-    # Watch both runs: at some moment one must be running while the other still waits in the queue.
-    seen_waiting_behind = False
-    statuses: dict[str, str] = {}
-    deadline = time.monotonic() + 120
+def _watch_until_finished(stack: ProductionStack, run_ids: list[str], timeout_s: float = 120) -> dict[str, set]:
+    """Poll the runs table; returns, per run, the set of statuses that run was seen in together with
+    the states of the others (as tuples), so overlaps and waits can be asserted afterwards."""
+    seen: dict[str, set] = {run_id: set() for run_id in run_ids}
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        statuses = {run_id: run_row(stack, run_id)["status"] for run_id in (first, second)}
-        if set(statuses.values()) & {"STARTING", "STARTED"} and "QUEUED" in statuses.values():
-            seen_waiting_behind = True
-        if all(status in FINISHED for status in statuses.values()):
+        with stack.dagster_db() as conn:
+            statuses = dict(conn.execute("SELECT run_id, status FROM runs WHERE run_id = ANY(%s)", (run_ids,)).fetchall())
+        snapshot = tuple(statuses.get(run_id) for run_id in run_ids)
+        for run_id in run_ids:
+            seen[run_id].add(snapshot)
+        if all(statuses.get(run_id) in FINISHED for run_id in run_ids):
             break
         time.sleep(0.5)
-    for run_id, status in statuses.items():
+    for run_id in run_ids:
+        status = run_row(stack, run_id)["status"]
         assert status == "SUCCESS", f"run {run_id} ended {status}:\n{run_failure_message(stack, run_id)}"
-    assert seen_waiting_behind, "never saw one backup run while the other waited in the queue"
+    return seen
 
-    with stack.dagster_db() as conn:
-        locks = conn.execute(
-            "SELECT value FROM run_tags WHERE key = %s AND run_id = ANY(%s)", (DATABASE_LOCK_TAG, [first, second])
-        ).fetchall()
-    assert locks == [(LOYALTY_DB,), (LOYALTY_DB,)]
 
-    # The run records prove it: whichever started second started after the other had ended.
+def _assert_one_after_the_other(stack: ProductionStack, first: str, second: str) -> None:
+    # The run records prove it: whichever started second started after the other had ended...
     a, b = sorted((run_row(stack, run_id) for run_id in (first, second)), key=lambda r: r["start_time"])
     assert a["end_time"] <= b["start_time"], (a, b)
     # ...and it was held in the queue meanwhile: enqueued before the first ended, launched by the queue
@@ -185,3 +173,42 @@ def test_queue_runs_two_backups_of_one_database_one_after_the_other(
             ).fetchall()
         )
     assert events["PIPELINE_ENQUEUED"] < a["end_time"] <= events["PIPELINE_STARTING"], (events, a)
+
+
+def test_queue_runs_two_backups_of_one_database_one_after_the_other(
+    production_stack: ProductionStack, executor_config: dict
+):
+    """Two backups of one database, submitted together, run one after the other (tag limit on
+    loyalty_ops/database_lock). Submitted at the same moment, two runs of the history cleanup, whose op
+    declares a pool, are serialised by the pool limit (concurrency.pools in dagster.yaml)."""
+    stack = production_stack
+    # The deploy step of docs/deploy.md: pools get their limits explicitly (a pool's default limit is only
+    # applied once the queue has seen it, so two runs queued before that would both start).
+    stack.services.set_pool_limit(CLEANUP_POOL, 1)
+    client = stack.services.graphql_client()
+    # Only the dump itself (the job's tags, hence its database lock, still apply): the checks, offsite
+    # copy and restore drill add minutes on a big database but prove nothing more about the queue.
+    backups = [
+        client.submit_job_execution(
+            JOB, repository_location_name=LOCATION, run_config=executor_config, asset_selection=["database_backup"]
+        )
+        for _ in range(2)
+    ]
+    # Dry runs (the launchpad default): they delete nothing.
+    cleanups = [client.submit_job_execution(CLEANUP_JOB, repository_location_name=LOCATION) for _ in range(2)]
+
+    seen = _watch_until_finished(stack, backups + cleanups)
+    running = {"STARTING", "STARTED"}
+    for pair in ((0, 1), (2, 3)):
+        assert any(
+            {snapshot[pair[0]], snapshot[pair[1]]} & running and "QUEUED" in (snapshot[pair[0]], snapshot[pair[1]])
+            for snapshot in seen[backups[0]]
+        ), f"never saw one run of {pair} running while the other waited in the queue"
+
+    with stack.dagster_db() as conn:
+        locks = conn.execute(
+            "SELECT value FROM run_tags WHERE key = %s AND run_id = ANY(%s)", (DATABASE_LOCK_TAG, backups)
+        ).fetchall()
+    assert locks == [(LOYALTY_DB,), (LOYALTY_DB,)]
+    _assert_one_after_the_other(stack, *backups)
+    _assert_one_after_the_other(stack, *cleanups)

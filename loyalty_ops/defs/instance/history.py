@@ -183,6 +183,8 @@ def prune_dagster_history(context: dg.OpExecutionContext, config: HistoryCleanup
 
 @dg.job(
     tags={"loyalty_ops/severity": "warning"},
+    # One op: a separate step process would only add a Python start-up.
+    executor_def=dg.in_process_executor,
     description="Keep Dagster's own history bounded: delete finished runs older than 90 days (400 for runs that "
     "materialized assets) and compute logs older than 30 days. Launched by hand it is a dry run unless "
     "dry_run is set to false. Scheduled daily at 04:30 Africa/Harare.",
