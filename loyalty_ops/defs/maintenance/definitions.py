@@ -29,8 +29,14 @@ def scheduled_run_config(environ: Mapping[str, str] = os.environ) -> dict:
         config["mode"] = environ["LOYALTY_MAINTENANCE_MODE"]
     if environ.get("LOYALTY_MAINTENANCE_FULL_REINDEX"):
         config["full_reindex"] = environ["LOYALTY_MAINTENANCE_FULL_REINDEX"]
-    if environ.get("LOYALTY_MAINTENANCE_LOCK_TIMEOUT_S"):
-        config["lock_timeout_s"] = float(environ["LOYALTY_MAINTENANCE_LOCK_TIMEOUT_S"])
+    raw = environ.get("LOYALTY_MAINTENANCE_LOCK_TIMEOUT_S")
+    if raw:
+        # A bad value must not stop the whole code location loading: passed on as text, the scheduled run
+        # is refused with Dagster's config error naming lock_timeout_s.
+        try:
+            config["lock_timeout_s"] = float(raw)
+        except ValueError:
+            config["lock_timeout_s"] = raw
     return {"ops": {MAINTENANCE_ASSET_KEY: {"config": config}}} if config else {}
 
 
