@@ -154,3 +154,8 @@ def test_morning_markdown_flags_stale_unverified_backup():
     assert "**NOT verified**: backup_checksum_matches" in text and "(older than 26 h)" in text
     assert "**no offsite copy**" in text and "never ran" in text
     assert "**85% used** (ERROR)" in text
+
+
+def test_standby_reports_its_own_replay_lag():
+    verdict = evaluate_database_health(_health(in_recovery=True, standby_lag_s=90.0))["replication_lag"]
+    assert verdict.level == th.WARN and "replay lag 90.0 s" in verdict.message
