@@ -198,7 +198,10 @@ class PodmanEngine:
                 client = self.client(timeout=30)
                 for name in list(self._containers):
                     try:
-                        client.containers.get(name).remove(force=True, v=True)
+                        container = client.containers.get(name)
+                        if container.status == "running":
+                            container.kill()  # throwaway: no 10 s graceful stop
+                        container.remove(force=True, v=True)
                     except Exception:
                         pass
                 client.close()

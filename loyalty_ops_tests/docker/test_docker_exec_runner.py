@@ -91,13 +91,33 @@ def test_backup_job_with_docker_runner_and_restore_drill(db_container, dagster_i
     assert db_container.password not in json.dumps(meta)
 
 
+def _exec_state_contains(db_container, exec_id: str, secret: str) -> bool:
+    """Whether podman's on-disk state for one exec session (its OCI process spec etc.) holds ``secret``."""
+    container_id = db_container.engine.client().containers.get(db_container.name).id
+    exec_dir = db_container.engine.storage_root / "vfs-containers" / container_id / "userdata" / exec_id
+    assert exec_dir.is_dir(), f"podman keeps no state for exec {exec_id} at {exec_dir}"
+    return any(secret.encode() in path.read_bytes() for path in exec_dir.rglob("*") if path.is_file())
+
+
 def test_password_not_in_exec_configuration(db_container):
     runner = db_container.runner("loyalty")
+    # Control: a value passed in an exec's environment does land in the engine's state.
+    canary = f"canary-{time.time_ns()}"
+    api = runner.client().api
+    exec_id = api.exec_create(db_container.name, ["sleep", "1"], environment={"CANARY": canary})["Id"]
+    api.exec_start(exec_id, detach=True)
+    time.sleep(0.3)
+    assert _exec_state_contains(db_container, exec_id, f"CANARY={canary}")
+
     proc = runner.start("psql", ["-X", "-At", "-c", "SELECT pg_sleep(1.5), current_setting('port')"])
-    inspect = runner.client().api.exec_inspect(proc.exec_id)
+    inspect = api.exec_inspect(proc.exec_id)
+    # (The container's own POSTGRES_PASSWORD is in every exec's inherited environment: that copy is the
+    # deployment's, not ours.)
+    leaked = _exec_state_contains(db_container, proc.exec_id, f"PGPASSWORD={db_container.password}")
     out = proc.stdout.read()
     assert proc.wait() == 0, proc.stderr_text()
     assert out.strip().endswith(str(db_container.port).encode())
+    assert not leaked
     assert db_container.password not in json.dumps(inspect)
     assert "PGPASSWORD" not in runner.exec_environment("loyalty")
 
@@ -173,3 +193,20 @@ def test_host_archive_argument_is_streamed_and_jobs_dropped(tmp_path):
     assert host_archive_argument(["--list"]) == (None, ["--list"])
     assert host_archive_argument(["-d", "mydb"]) == (None, ["-d", "mydb"])
     assert host_archive_argument(["/in/the/container.dump"]) == (None, ["/in/the/container.dump"])
+
+
+def test_kill_stops_the_tool_inside_the_container(db_container):
+    runner = db_container.runner("loyalty")
+    proc = runner.start("psql", ["-X", "-c", "SELECT pg_sleep(60)"])
+    api = runner.client().api
+    deadline = time.monotonic() + 10
+    with db_container.connect() as conn:
+        while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'").fetchone()[0]:
+            assert time.monotonic() < deadline, "psql never started its query"
+            time.sleep(0.1)
+        started = time.monotonic()
+        proc.kill()
+        assert time.monotonic() - started < 5
+        assert not api.exec_inspect(proc.exec_id)["Running"]
+        assert proc.wait(timeout=10) != 0
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'")

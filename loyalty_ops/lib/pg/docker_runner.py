@@ -33,6 +33,7 @@ import socket
 import struct
 import threading
 import time
+import uuid
 from typing import Any, Optional, Sequence
 
 from loyalty_ops.lib.pg.connection import ConnectionSpec
@@ -41,6 +42,15 @@ from loyalty_ops.lib.pg.tools import KNOWN_TOOLS, STDERR_TAIL_BYTES, ToolError
 FRAME_HEADER = struct.Struct(">BxxxL")
 STDOUT, STDERR = 1, 2
 LOCAL_SOCKET = "local"
+EXEC_MARKER_ENV = "LOYALTY_OPS_EXEC"  # a random token per exec, so kill() can find the tool's processes
+
+# Signals every process in the container whose environment carries the exec's token: the tool and its
+# children (the engine has no API to signal an exec). $1 = signal, $2 = token.
+_KILL_SCRIPT = (
+    'for d in /proc/[0-9]*; do '
+    'if tr "\\000" "\\n" < "$d/environ" 2>/dev/null | grep -qx "' + EXEC_MARKER_ENV + '=$2"; then '
+    'kill "-$1" "${d#/proc/}" 2>/dev/null; fi; done; true'
+)
 EXIT_CODE_WAIT_S = 30.0
 
 # $1 is the tool; the rest are its arguments. The password line is read byte by byte by `read`, so
@@ -172,15 +182,20 @@ class _ExecStdout:
 class ExecStream:
     """One running exec: the demultiplexer over the hijacked connection, plus stdin/stdout handles."""
 
-    def __init__(self, api: Any, exec_id: str, response: Any, *, tool: str, container: str, want_stdin: bool):
+    def __init__(
+        self, api: Any, exec_id: str, response: Any, *, tool: str, container: str, want_stdin: bool, token: str = ""
+    ):
         self._api = api
         self.exec_id = exec_id
+        self._token = token
         self.tool = tool
         self.container = container
         self._response = response  # keeps the connection open
         fp = response.raw._fp.fp  # the buffered reader http.client used for the headers
         self._reader = fp  # read through it: it may already hold the first frames
         self._sock: socket.socket = getattr(fp.raw, "_sock", None) or fp.raw
+        # The client's request timeout must not apply to the stream: a restore may print nothing for hours.
+        self._sock.settimeout(None)
         self._read_lock = threading.Lock()
         self._frame_left = 0
         self._frame_kind = 0
@@ -294,8 +309,29 @@ class ExecStream:
             time.sleep(0.05)
 
     def kill(self) -> None:
-        """Stop the tool: closing the connection closes its stdout/stdin, so it fails its next write
-        (SIGPIPE) or read (EOF). The engine offers no signal for an exec."""
+        """Stop the tool. The engine has no signal API for an exec and closing the connection alone would
+        leave the tool running (its output discarded), so a second exec sends SIGTERM, then SIGKILL, to
+        the processes carrying this exec's token; then the connection is closed."""
+        if self._exit_code is None and self._token:
+            for sig, pause in (("TERM", 1.0), ("KILL", 0.0)):
+                try:
+                    if not self._api.exec_inspect(self.exec_id).get("Running"):
+                        break
+                    killer = self._api.exec_create(
+                        self.container, ["/bin/sh", "-c", _KILL_SCRIPT, "loyalty-ops-kill", sig, self._token],
+                        stdout=False, stderr=False,
+                    )
+                    self._api.exec_start(killer["Id"], detach=True)
+                except Exception:
+                    break  # container or engine gone: nothing left to signal
+                deadline = time.monotonic() + pause
+                while time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    try:
+                        if not self._api.exec_inspect(self.exec_id).get("Running"):
+                            break
+                    except Exception:
+                        break
         self._close_connection()
 
     def _close_connection(self) -> None:
@@ -420,6 +456,8 @@ class DockerExecToolRunner:
         container = self._running_container()
         api = self.client().api
         env = self.exec_environment(database)
+        token = uuid.uuid4().hex
+        env[EXEC_MARKER_ENV] = token
         try:
             created = api.exec_create(
                 container.id,
@@ -445,7 +483,9 @@ class DockerExecToolRunner:
             raise ContainerError(f"the engine refused to run {tool} in {self.container!r}: {exc.explanation or exc}") from None
         except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
             raise _engine_error(exc, self.docker_host) from None
-        stream = ExecStream(api, exec_id, response, tool=tool, container=self.container, want_stdin=stdin)
+        stream = ExecStream(
+            api, exec_id, response, tool=tool, container=self.container, want_stdin=stdin, token=token
+        )
         password_line = (self.spec.password or "").replace("\n", "") + "\n"
         try:
             stream._sock.sendall(password_line.encode())
