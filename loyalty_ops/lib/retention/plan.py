@@ -374,14 +374,21 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
             unit_for(parsed, f.name).local_main = f
         else:
             unit_for(parsed, f.name[: -len(suffix)]).local_sidecars.append(f)
+    # A backup's object and its sidecars share a base key: classify each base once.
+    bases: dict[str, tuple[Optional[_Unit], str]] = {}
     for obj in inventory.remote or ():
-        parsed, suffix, why = _classify_key(obj.key, prefix, database)
-        if parsed is None:
+        base, suffix = _split_sidecar(obj.key)
+        known_base = bases.get(base)
+        if known_base is None:
+            parsed, _suffix, why = _classify_key(base, prefix, database)
+            known_base = bases[base] = (unit_for(parsed, base.rsplit("/", 1)[-1]) if parsed is not None else None, why)
+        unit, why = known_base
+        if unit is None:
             ignored_remote.append(f"{obj.key} ({why})")
         elif suffix is None:
-            unit_for(parsed, obj.key.rsplit("/", 1)[-1]).remote_main = obj
+            unit.remote_main = obj
         else:
-            unit_for(parsed, obj.key[: -len(suffix)].rsplit("/", 1)[-1]).remote_sidecars.append(obj)
+            unit.remote_sidecars.append(obj)
 
     drills_exist = bool(evidence.drills)
 
@@ -439,8 +446,8 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
         blocked = f"{blocked}. Nothing is deleted until this is fixed."
 
     # ---- keep reasons from the policy
-    ordered = sorted((u for u in units.values() if u.exists), key=lambda u: (u.name.taken_at, u.filename), reverse=True)
-    verified_units = [u for u in ordered if is_verified(u.filename)]
+    newest_first = sorted(units.values(), key=lambda u: (u.name.taken_at, u.filename), reverse=True)
+    verified_units = [u for u in newest_first if u.exists and is_verified(u.filename)]
     keep_reasons: dict[str, list[str]] = {fn: [] for fn in units}
     for rank, unit in enumerate(verified_units[: policy.min_keep], start=1):
         keep_reasons[unit.filename].append(f"floor: verified backup #{rank} of the newest {policy.min_keep}")
@@ -462,11 +469,13 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
         if age < keep_window:
             keep_reasons[fn].insert(0, f"younger than {policy.keep_days:g} days ({_fmt_age(age)} old)")
 
-    # ---- decisions and items
-    items: list[PlanItem] = []
+    # ---- decisions and items, newest backup first; local items, then S3, then logs
+    local_items: list[PlanItem] = []
+    s3_items: list[PlanItem] = []
     decisions: list[BackupDecision] = []
-    for fn in sorted(units, key=lambda f: (units[f].name.taken_at, f), reverse=True):
-        unit = units[fn]
+    for unit in newest_first:
+        fn = unit.filename
+        verified, status = is_verified(fn), status_of(fn)
         age = _age(now, unit.name.taken_at)
         reasons = keep_reasons[fn]
         if blocked:
@@ -474,7 +483,7 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
         elif reasons:
             action, reason = KEEP, "; ".join(reasons)
         else:
-            verified_note = "" if is_verified(fn) else f", {status_of(fn)}"
+            verified_note = "" if verified else f", {status}"
             action, reason = DELETE, f"{_fmt_age(age)} old (over {policy.keep_days:g} days), not in the floor or GFS{verified_note}"
 
         # offsite status of the local copy
@@ -494,23 +503,23 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
         elif unit.local_main is None and unit.remote_main is not None:
             offsite = "only on S3"
 
-        for f in [unit.local_main] if unit.local_main else []:
-            items.append(PlanItem(LOCAL, "backup", f.name, f.size, local_action, local_reason, fn))
-        for f in unit.local_sidecars:
+        if unit.local_main is not None:
+            local_items.append(PlanItem(LOCAL, "backup", unit.local_main.name, unit.local_main.size, local_action, local_reason, fn))
+        for f in sorted(unit.local_sidecars) if len(unit.local_sidecars) > 1 else unit.local_sidecars:
             side_action = local_action if unit.local_main is not None else action
             side_reason = local_reason if unit.local_main is not None else reason + " (sidecar without its backup file)"
-            items.append(PlanItem(LOCAL, "sidecar", f.name, f.size, side_action, side_reason, fn))
+            local_items.append(PlanItem(LOCAL, "sidecar", f.name, f.size, side_action, side_reason, fn))
         if unit.remote_main is not None:
-            items.append(PlanItem(S3, "backup", unit.remote_main.key, unit.remote_main.size, action, reason, fn))
-        for obj in unit.remote_sidecars:
-            items.append(PlanItem(S3, "sidecar", obj.key, obj.size, action, reason, fn))
+            s3_items.append(PlanItem(S3, "backup", unit.remote_main.key, unit.remote_main.size, action, reason, fn))
+        for obj in sorted(unit.remote_sidecars) if len(unit.remote_sidecars) > 1 else unit.remote_sidecars:
+            s3_items.append(PlanItem(S3, "sidecar", obj.key, obj.size, action, reason, fn))
 
         decisions.append(
             BackupDecision(
                 filename=fn,
                 taken_at=unit.name.taken_at,
-                verified=is_verified(fn),
-                status=status_of(fn),
+                verified=verified,
+                status=status,
                 local=unit.local_main is not None,
                 offsite=offsite,
                 action=action,
@@ -522,7 +531,7 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
 
     # ---- incomplete multipart uploads of this database's backups under the prefix
     if inventory.offsite_configured:
-        for upload in inventory.multipart:
+        for upload in sorted(inventory.multipart):
             parsed, _suffix, why = _classify_key(upload.key, prefix, database)
             if parsed is None:
                 ignored_remote.append(f"{upload.key} (multipart upload {upload.upload_id[:12]}: {why})")
@@ -534,10 +543,11 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
                 action, reason = DELETE, f"incomplete multipart upload started {_fmt_age(age)} ago: abort"
             else:
                 action, reason = KEEP, f"multipart upload started {_fmt_age(age)} ago, may still be running"
-            items.append(PlanItem(S3, "multipart", upload.key, 0, action, reason, parsed.filename, upload.upload_id))
+            s3_items.append(PlanItem(S3, "multipart", upload.key, 0, action, reason, parsed.filename, upload.upload_id))
 
     # ---- logs: *.log older than log_keep_days, as the guide's find -mtime +30
-    for log in inventory.logs or ():
+    log_items: list[PlanItem] = []
+    for log in sorted(inventory.logs or ()):
         if not log.path.endswith(".log"):
             continue
         age = _age(now, log.mtime)
@@ -547,9 +557,8 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
             action, reason = DELETE, f"log last written {_fmt_age(age)} ago (over {policy.log_keep_days:g} days)"
         else:
             action, reason = KEEP, f"log last written {_fmt_age(age)} ago"
-        items.append(PlanItem(LOGS, "log", log.path, log.size, action, reason))
-
-    items.sort(key=lambda i: (i.location, i.name, i.upload_id or ""))
+        log_items.append(PlanItem(LOGS, "log", log.path, log.size, action, reason))
+    items = local_items + s3_items + log_items
     return RetentionPlan(
         database=database,
         now=now,
