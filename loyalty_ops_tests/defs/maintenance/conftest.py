@@ -114,13 +114,6 @@ class Writer:
         self.conn.close()
 
 
-def later(delay_s: float, fn: Callable[[], None]) -> threading.Timer:
-    timer = threading.Timer(delay_s, fn)
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
 def release_after_leftover(
     cluster: LocalPostgres, database: str, prefix: str, release: Callable[[], None], *, extra_delay_s: float, timeout_s: float = 20
 ) -> threading.Thread:
@@ -146,8 +139,6 @@ def release_after_leftover(
 def make_leftover(cluster: LocalPostgres, database: str, table: str, index: str) -> str:
     """Make REINDEX INDEX CONCURRENTLY fail the way it does in production (a transaction still using the
     table when the rebuild wants to swap), leaving its invalid copy behind. Returns the copy's name."""
-    import pytest
-
     reader = cluster.connect(database, autocommit=False)
     reader.execute(f"SELECT count(*) FROM {table}").fetchone()
     try:

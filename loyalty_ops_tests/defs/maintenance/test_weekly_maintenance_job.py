@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import dagster as dg
-import pytest
 
 from loyalty_ops.definitions import defs
 from loyalty_ops.defs.backups.definitions import DATABASE_LOCK_TAG
