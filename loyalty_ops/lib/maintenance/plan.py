@@ -97,6 +97,7 @@ class IndexStats:
     max_null_frac: float = 0.0
     is_exclusion: bool = False
     table_live_tuples: Optional[int] = None  # pg_stat's live rows of the table: newer than reltuples after deletes
+    scans: Optional[int] = None  # pg_stat_user_indexes.idx_scan: an unused index is worth a look, not a rebuild
 
     @property
     def qualified(self) -> str:
@@ -174,6 +175,7 @@ class PlanItem:
     est_bytes: Optional[int] = None
     bloat_bytes: Optional[int] = None
     bloat_ratio: Optional[float] = None
+    index_scans: Optional[int] = None
 
     @property
     def qualified(self) -> str:
@@ -312,6 +314,7 @@ def index_item(index: IndexStats, reasons: Iterable[Reason], estimate: Optional[
         est_bytes=index.est_bytes,
         bloat_bytes=estimate.bloat_bytes if estimate else None,
         bloat_ratio=estimate.bloat_ratio if estimate else None,
+        index_scans=index.scans,
     )
 
 
@@ -464,8 +467,8 @@ def plan_markdown(plan: MaintenancePlan, now: Optional[datetime] = None) -> str:
         lines.append("Nothing is over a threshold: nothing to do.")
     else:
         lines += [
-            "| action | object | chosen by | dead tuples | dead % | changed since analyze | last vacuum/analyze | size | est. bloat |",
-            "|---|---|---|---:|---:|---:|---|---:|---:|",
+            "| action | object | chosen by | dead tuples | dead % | changed since analyze | last vacuum/analyze | size | est. bloat | index scans |",
+            "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
         ]
         for item in plan.items:
             obj = f"`{_md(item.qualified)}`" + (f" on `{_md(item.table)}`" if item.table else "")
@@ -481,7 +484,8 @@ def plan_markdown(plan: MaintenancePlan, now: Optional[datetime] = None) -> str:
                 f"{'' if item.dead_tuples is None else f'{item.dead_tuples:,}'} | "
                 f"{'' if item.dead_ratio is None else f'{100 * item.dead_ratio:.0f}%'} | "
                 f"{'' if item.mods_since_analyze is None else f'{item.mods_since_analyze:,}'} | "
-                f"{last} | {human_bytes(item.est_bytes)} | {bloat} |"
+                f"{last} | {human_bytes(item.est_bytes)} | {bloat} | "
+                f"{'' if item.index_scans is None else f'{item.index_scans:,}'} |"
             )
     for note in plan.notes:
         lines += ["", f"- {_md(note)}"]

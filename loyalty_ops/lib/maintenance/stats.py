@@ -1,6 +1,7 @@
 """Reading what the planner needs, without taking a lock on any user table.
 
-``pg_stat_user_tables``, ``pg_stat_user_indexes``, ``pg_class``, ``pg_index`` and ``pg_stats`` are read
+``pg_stat_user_tables``, ``pg_stat_user_indexes`` (scans, shown in the plan), ``pg_class``, ``pg_index`` and
+``pg_stats`` are read
 directly; sizes come from ``pg_class.relpages`` (exact after VACUUM/ANALYZE) rather than
 ``pg_relation_size()``, because the size functions take ACCESS SHARE on the relation and would queue
 behind a session holding ACCESS EXCLUSIVE. Exact before/after sizes are measured per object, under
@@ -71,8 +72,11 @@ SELECT idx.indexrelid::bigint, idx.nspname, idx.table_name, idx.index_name, idx.
        coalesce(st.with_stats, 0)::int, coalesce(st.data_width, 0)::float8, coalesce(st.max_null_frac, 0)::float8,
        -- live rows only when the statistics know the table (after a stats reset or a crash both are 0)
        CASE WHEN pg_stat_get_live_tuples(idx.indrelid) + pg_stat_get_dead_tuples(idx.indrelid) > 0
-            THEN pg_stat_get_live_tuples(idx.indrelid) END
-FROM idx LEFT JOIN st ON st.indexrelid = idx.indexrelid
+            THEN pg_stat_get_live_tuples(idx.indrelid) END,
+       ui.idx_scan
+FROM idx
+LEFT JOIN st ON st.indexrelid = idx.indexrelid
+LEFT JOIN pg_stat_user_indexes ui ON ui.indexrelid = idx.indexrelid
 ORDER BY idx.nspname, idx.table_name, idx.index_name
 """
 
@@ -97,8 +101,10 @@ def read_index_stats(conn: psycopg.Connection) -> list[IndexStats]:
             relpages=int(pages), reltuples=float(tuples), fillfactor=int(ff), columns=int(ncols),
             is_exclusion=bool(excl), columns_with_stats=int(with_stats), data_width=float(width),
             max_null_frac=float(null_frac), table_live_tuples=None if live is None else int(live),
+            scans=None if scans is None else int(scans),
         )
-        for oid, schema, table, name, am, valid, pages, tuples, ff, ncols, excl, with_stats, width, null_frac, live in rows
+        for oid, schema, table, name, am, valid, pages, tuples, ff, ncols, excl, with_stats, width, null_frac, live, scans
+        in rows
     ]
 
 
