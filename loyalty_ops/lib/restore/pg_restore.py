@@ -21,7 +21,7 @@ from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pg.tools import PgToolRunner, ToolError
 from loyalty_ops.lib.progress import ProgressSnapshot, human_bytes
 
-POLL_S = 1.0
+POLL_S = 0.25  # a COPY's last bytes are known only up to its final poll
 
 
 def pg_restore_args(archive: Path, database: str, jobs: int, *, no_owner: bool = False) -> list[str]:
@@ -59,6 +59,7 @@ class RestoreMonitor:
         self._thread = threading.Thread(target=self._run, name="pg_restore-monitor", daemon=True)
         self._done_copies: int = 0
         self._live: dict[tuple[int, int], int] = {}
+        self._seen_copy = False
         self.progress = RestoreProgress()
         self._started = time.monotonic()
 
@@ -83,13 +84,19 @@ class RestoreMonitor:
             if key not in live:
                 self._done_copies += last
         self._live = live
-        self.progress.loaded_bytes = self._done_copies + sum(live.values())
+        self._seen_copy = self._seen_copy or bool(live)
+        loaded = self._done_copies + sum(live.values())
+        if self._seen_copy and not live and builds and self._expected:
+            # No COPY left and indexes are being built: pg_restore is past the data (the bytes of COPYs that
+            # ended between two polls were never seen, so count the data as done).
+            loaded = max(loaded, self._expected)
+        self.progress.loaded_bytes = loaded
         self.progress.copies = len(live)
         self.progress.index_builds = int(builds)
 
     def message(self) -> str:
         snap = ProgressSnapshot("pg_restore", self.progress.loaded_bytes, self._expected, time.monotonic() - self._started)
-        text = snap.message().replace("pg_restore: ", "pg_restore: loaded ", 1)
+        text = snap.message().replace("pg_restore: ", "pg_restore: table data loaded ", 1)
         phase = []
         if self.progress.copies:
             phase.append(f"{self.progress.copies} table(s) loading")
