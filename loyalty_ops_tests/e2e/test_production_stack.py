@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +213,40 @@ def test_queue_runs_two_backups_of_one_database_one_after_the_other(
     assert locks == [(LOYALTY_DB,), (LOYALTY_DB,)]
     _assert_one_after_the_other(stack, *backups)
     _assert_one_after_the_other(stack, *cleanups)
+
+
+def test_repository_dagster_yaml_settings_take_effect(production_stack: ProductionStack, monkeypatch):
+    """Every setting of the repository's dagster.yaml, as Dagster 1.13 reads it (a misspelt or misplaced
+    key would fail to load or silently fall back to a default)."""
+    import dagster as dg
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.instance.config import PoolGranularity
+    from dagster._core.scheduler.instigation import TickStatus
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+
+    for key, value in production_stack.env.items():
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    with dg.DagsterInstance.from_config(str(production_stack.dagster_home)) as instance:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue.max_concurrent_runs == 8
+        assert queue.tag_concurrency_limits == [
+            {"key": DATABASE_LOCK_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        ]
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.default_pool_limit == 1 and pools.pool_granularity is PoolGranularity.RUN
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_start_timeout_seconds == 180
+        assert instance.run_monitoring_max_runtime_seconds == 6 * 3600
+        assert instance.get_tick_retention_settings(InstigatorType.SCHEDULE)[TickStatus.SUCCESS] == 90
+        sensor_ticks = instance.get_tick_retention_settings(InstigatorType.SENSOR)
+        assert sensor_ticks[TickStatus.SKIPPED] == 7 and sensor_ticks[TickStatus.SUCCESS] == 90
+        assert Path(instance.compute_log_manager.get_captured_local_path(["r", "k"], "out")).is_relative_to(
+            production_stack.dagster_home / "storage"
+        )
