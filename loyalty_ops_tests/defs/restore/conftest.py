@@ -1,5 +1,5 @@
 """Fixtures of the restore tests: one real backup of the sample database (file, sidecar, manifest) per
-module, copied into each test's backup directory, and helpers to run the restore job and the drill."""
+session, copied into each test's backup directory, and helpers to run the restore job and the drill."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from loyalty_ops.lib.pg.tools import HostToolRunner
 from loyalty_ops.lib.restore.run import RestoreEnvironment, take_safety_backup
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def source_backup(pg_cluster, loyalty_db, tmp_path_factory) -> Path:
     """A backup of the sample database with its .sha256 sidecar and manifest, taken with the backup code."""
     directory = tmp_path_factory.mktemp("source_backup")

@@ -23,6 +23,7 @@ def drill_databases(cluster) -> set[str]:
 
 
 def test_nightly_job_drills_the_new_backup(restore_resources, dagster_instance, pg_cluster):
+    pg_cluster.create_database("loyalty_drill_20200101_000000")  # left by a killed drill long ago
     job = defs.resolve_job_def("nightly_backup_job")
     result = job.execute_in_process(resources=restore_resources, instance=dagster_instance, raise_on_error=False)
     assert result.success
