@@ -201,12 +201,13 @@ def fetch_backup(
     work_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(work_dir)
     target = work_file(work_dir, located.filename, "download")
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.close(fd)
     meter = ProgressMeter("download", on_progress, expected_bytes=located.size, interval_s=progress_interval_s)
     try:
-        s3.client.download_file(s3.bucket, located.s3_key, str(target), Callback=meter.add)
-        os.chmod(target, 0o600)
+        # Written through our own 0600 descriptor: download_file would stage the data in a file with the
+        # process umask's mode first.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            s3.client.download_fileobj(s3.bucket, located.s3_key, handle, Callback=meter.add)
     except BaseException as exc:
         target.unlink(missing_ok=True)
         if isinstance(exc, Exception):
