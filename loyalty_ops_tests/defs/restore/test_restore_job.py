@@ -30,6 +30,8 @@ def test_round_trip_from_s3_key_equals_source(
         assert [p.name for p in backup_dir.iterdir()] == []
         logs = [e.message for e in dagster_instance.all_logs(result.run_id) if e.message]
         assert any("pg_restore -j 2 --exit-on-error" in m for m in logs)
+        assert any(m.startswith("download: ") and "(100%)" in m for m in logs)  # progress: bytes, percent, ETA
+        assert any(m.startswith("verify + decompress: ") and "(100%)" in m for m in logs)
         assert not any(pg_cluster.password in m for m in logs)
     finally:
         pg_cluster.drop_database(target)
