@@ -5,9 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import shutil
 
-import dagster as dg
 
 from loyalty_ops.definitions import defs
 from loyalty_ops.defs.restore.resources import RestoreSettings
