@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import json
 
-
 from loyalty_ops.definitions import defs
 from loyalty_ops.defs.restore.resources import RestoreSettings
 from loyalty_ops.lib.restore.plan import DRILL_PREFIX
