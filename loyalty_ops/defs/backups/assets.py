@@ -12,7 +12,7 @@ from loyalty_ops.defs.environment import backup_max_age_hours
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, last_verified_backup, recent_backups
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, take_backup
-from loyalty_ops.lib.backup.manifest import BackupManifest, write_manifest
+from loyalty_ops.lib.backup.manifest import manifest_for, write_manifest
 from loyalty_ops.lib.backup.naming import COMPRESSION_SUFFIXES, parse_backup_name
 from loyalty_ops.lib.backup.offsite import (
     OffsiteError,
@@ -139,21 +139,7 @@ def database_backup(
         raise
     pending = streaming[0].finish() if streaming else None
 
-    manifest = BackupManifest(
-        database=spec.dbname,
-        filename=result.path.name,
-        taken_at=result.name.taken_at.isoformat(),
-        compression=compression,
-        sha256=result.file.sha256,
-        bytes=result.file.written_bytes,
-        raw_bytes=result.file.raw_bytes,
-        server_version=result.server_version,
-        pg_dump_version=result.pg_dump_version,
-        tables=[{"schema": t.schema, "name": t.name, "owner": t.owner, "kind": t.kind} for t in result.tables],
-        row_counts=result.row_counts,
-        catalog_counts=result.catalog_counts,
-    )
-    manifest_file = write_manifest(result.path, manifest)
+    manifest_file = write_manifest(result.path, manifest_for(result))
     duration = result.file.duration_s
     context.log.info(
         f"backup written: {result.path} ({human_bytes(result.file.written_bytes)} from "

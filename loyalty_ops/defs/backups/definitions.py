@@ -16,8 +16,9 @@ DATABASE_LOCK_TAG = "loyalty_ops/database_lock"
 nightly_backup_job = dg.define_asset_job(
     name="nightly_backup_job",
     selection=dg.AssetSelection.assets(database_backup, offsite_backup_copy, "restore_drill"),
-    description="Dump the loyalty database, verify the file (blocking checks) and copy it to S3. "
-    "Scheduled nightly at 02:00 Africa/Harare; launch by hand for an ad-hoc backup.",
+    description="Dump the loyalty database, verify the file (blocking checks), copy it to S3 and prove it "
+    "restores (restore drill into a scratch database). Scheduled nightly at 02:00 Africa/Harare; launch by "
+    "hand for an ad-hoc backup.",
     tags={DATABASE_LOCK_TAG: "loyalty", "loyalty_ops/severity": "critical"},
     # The steps run one after another anyway; one process saves a Python start-up per step.
     executor_def=dg.in_process_executor,

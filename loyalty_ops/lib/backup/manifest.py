@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from loyalty_ops.lib.backup.dump import BackupResult
 from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX
 from loyalty_ops.lib.backup.stream import write_text_atomically
 from loyalty_ops.lib.pg.catalog import TableRef
@@ -45,6 +46,24 @@ class BackupManifest:
         data = json.loads(text)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def manifest_for(result: BackupResult) -> BackupManifest:
+    """The manifest of a backup just taken: what its snapshot held, for later restores and drills."""
+    return BackupManifest(
+        database=result.name.database,
+        filename=result.path.name,
+        taken_at=result.name.taken_at.isoformat(),
+        compression=result.name.compression,
+        sha256=result.file.sha256,
+        bytes=result.file.written_bytes,
+        raw_bytes=result.file.raw_bytes,
+        server_version=result.server_version,
+        pg_dump_version=result.pg_dump_version,
+        tables=[{"schema": t.schema, "name": t.name, "owner": t.owner, "kind": t.kind} for t in result.tables],
+        row_counts=result.row_counts,
+        catalog_counts=result.catalog_counts,
+    )
 
 
 def manifest_path(backup_path: Path) -> Path:

@@ -15,7 +15,7 @@ COMPRESSION_SUFFIXES = {"gzip": ".dump.gz", "zstd": ".dump.zst"}
 SIDECAR_SUFFIX = ".sha256"
 MANIFEST_SUFFIX = ".manifest.json"
 PARTIAL_MARKER = ".partial-"
-_NAME_RE = re.compile(r"^(?P<db>[A-Za-z0-9_\-]+)_(?P<stamp>\d{8}_\d{6})(?P<suffix>\.dump\.gz|\.dump\.zst)$")
+BACKUP_NAME_RE = re.compile(r"^(?P<db>[A-Za-z0-9_\-]+)_(?P<stamp>\d{8}_\d{6})(?P<suffix>\.dump\.gz|\.dump\.zst)$")
 
 
 @dataclass(frozen=True, order=True)
@@ -48,7 +48,7 @@ def backup_name(database: str, taken_at: datetime, compression: str = "gzip") ->
 
 def parse_backup_name(filename: str) -> Optional[BackupName]:
     """The parsed name, or None when the file is not a backup of this tool (sidecars, temp files, others)."""
-    match = _NAME_RE.match(filename)
+    match = BACKUP_NAME_RE.match(filename)
     if not match:
         return None
     stamp = datetime.strptime(match.group("stamp"), "%Y%m%d_%H%M%S").replace(tzinfo=timezone.utc)

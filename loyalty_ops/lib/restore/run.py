@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, connect, take_backup
-from loyalty_ops.lib.backup.manifest import BackupManifest, write_manifest
+from loyalty_ops.lib.backup.manifest import BackupManifest, manifest_for, write_manifest
 from loyalty_ops.lib.pg import catalog
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pg.tools import PgToolRunner, ToolError
@@ -144,33 +144,25 @@ def compare_restored(spec: ConnectionSpec, database: str, manifest: BackupManife
     return compare_with_manifest(manifest.row_counts, manifest.catalog_counts, rows, counts)
 
 
+SAFETY_SUBDIR = "safety"
+
+
 def take_safety_backup(env: RestoreEnvironment, database: str) -> Path:
-    """A fresh backup of ``database`` (with sidecar and manifest) before it is replaced."""
+    """A fresh backup of ``database`` (with sidecar and manifest) before it is replaced.
+
+    It goes to ``<backup dir>/safety/``: beside the nightly backups it would pass for the newest one
+    (``latest`` would pick it, and retention would see a backup with no verification history). Restore it
+    by file name ``safety/<file>``.
+    """
     spec = env.spec.with_database(database)
     result = take_backup(
         spec,
         env.runner,
-        BackupRequest(backup_dir=env.backup_dir, compression=env.compression, progress_interval_s=env.progress_interval_s),
+        BackupRequest(backup_dir=env.backup_dir / SAFETY_SUBDIR, compression=env.compression, progress_interval_s=env.progress_interval_s),
         on_progress=env.on_progress,
         log=env.log,
     )
-    write_manifest(
-        result.path,
-        BackupManifest(
-            database=database,
-            filename=result.path.name,
-            taken_at=result.name.taken_at.isoformat(),
-            compression=env.compression,
-            sha256=result.file.sha256,
-            bytes=result.file.written_bytes,
-            raw_bytes=result.file.raw_bytes,
-            server_version=result.server_version,
-            pg_dump_version=result.pg_dump_version,
-            tables=[{"schema": t.schema, "name": t.name, "owner": t.owner, "kind": t.kind} for t in result.tables],
-            row_counts=result.row_counts,
-            catalog_counts=result.catalog_counts,
-        ),
-    )
+    write_manifest(result.path, manifest_for(result))
     return result.path
 
 

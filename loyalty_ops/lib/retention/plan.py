@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Mapping, NamedTuple, Optional, Sequence
 
-from loyalty_ops.lib.backup.naming import (  # _NAME_RE: the one definition of the backup name pattern
-    _NAME_RE,
+from loyalty_ops.lib.backup.naming import (  # BACKUP_NAME_RE: the one definition of the backup name pattern
+    BACKUP_NAME_RE,
     MANIFEST_SUFFIX,
     SIDECAR_SUFFIX,
     BackupName,
@@ -254,7 +254,7 @@ def _parse_strict(filename: str) -> Optional[BackupName]:
     """``parse_backup_name`` plus a canonical-spelling check, without ``strptime`` (a plan may parse 100,000
     names). Uses naming's own pattern; equivalence with ``parse_backup_name`` is a property test.
     None for names outside the pattern, impossible dates (month 13) and non-canonical spellings."""
-    match = _NAME_RE.match(filename)
+    match = BACKUP_NAME_RE.match(filename)
     if match is None:
         return None
     stamp = match.group("stamp")

@@ -67,13 +67,14 @@ def test_replace_restores_target_and_keeps_safety_backup(
         assert out["terminated_connections"] >= 1
         assert table_fingerprints(pg_cluster, target) == table_fingerprints(pg_cluster, loyalty_db)
         assert schema_dump(pg_cluster, target) == schema_dump(pg_cluster, loyalty_db)
-        safety = backup_dir / os.path.basename(out["safety_backup"])
+        safety_dir = backup_dir / "safety"  # apart from the nightly backups: never `latest`, never retained away
+        safety = safety_dir / os.path.basename(out["safety_backup"])
         assert safety.exists() and safety.name.startswith(f"{target}_")
-        assert (backup_dir / (safety.name + ".sha256")).exists() and (backup_dir / (safety.name + ".manifest.json")).exists()
+        assert (safety_dir / (safety.name + ".sha256")).exists() and (safety_dir / (safety.name + ".manifest.json")).exists()
         # No side or retired database is left behind.
         assert not [d for d in databases(pg_cluster) if d.startswith(f"{target}_")]
         # The safety backup holds the replaced data (its manifest counted the table that is now gone).
-        manifest = json.loads((backup_dir / (safety.name + ".manifest.json")).read_text())
+        manifest = json.loads((safety_dir / (safety.name + ".manifest.json")).read_text())
         assert manifest["database"] == target and manifest["row_counts"] == {"public.only_in_victim": 2}
         with pg_cluster.connect(target) as conn:
             assert conn.execute("SELECT to_regclass('public.only_in_victim')").fetchone()[0] is None
