@@ -48,6 +48,14 @@ class DagsterServices:
     _log: Optional[object] = None
 
     @property
+    def code_server_pid(self) -> Optional[int]:
+        """The code server's process (production mode): run workers are its descendants."""
+        for proc in self._others:
+            if "code-server" in proc.args:
+                return proc.pid
+        return None
+
+    @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 

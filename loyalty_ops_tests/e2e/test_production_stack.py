@@ -6,7 +6,9 @@ Both tests share one started stack (module-scoped fixture); together they stay w
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -213,6 +215,62 @@ def test_queue_runs_two_backups_of_one_database_one_after_the_other(
     assert locks == [(LOYALTY_DB,), (LOYALTY_DB,)]
     _assert_one_after_the_other(stack, *backups)
     _assert_one_after_the_other(stack, *cleanups)
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below ``pid``."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append((int(entry.name), cmdline))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
+
+
+def test_a_run_whose_worker_dies_is_marked_failed(production_stack: ProductionStack, executor_config: dict):
+    """A run worker killed (OOM killer, kill -9) does not leave the run "running" or "starting": it ends
+    FAILURE, with the signal named in its log, so the run-failure sensor pages and the lock is released."""
+    stack = production_stack
+    client = stack.services.graphql_client()
+    code_server = stack.services.code_server_pid
+    assert code_server is not None
+
+    def workers() -> set[int]:
+        return {pid for pid, cmd in _descendants(code_server) if "spawn_main" in cmd}
+
+    earlier = workers()  # workers of earlier runs may still be exiting
+    run_id = client.submit_job_execution(
+        JOB, repository_location_name=LOCATION, run_config=executor_config, asset_selection=["database_backup"]
+    )
+    deadline = time.monotonic() + 60
+    worker = None
+    while worker is None and time.monotonic() < deadline:
+        # Nothing else is launched now: a new multiprocessing child of the code server is this run's worker.
+        new = workers() - earlier
+        worker = min(new) if new else None
+        time.sleep(0.1)
+    assert worker is not None, "the run worker never appeared"
+    os.kill(worker, signal.SIGKILL)
+    status = stack.services.wait_for_run(run_id, timeout_s=60)
+    assert status == "FAILURE"
+    with stack.dagster_db() as conn:
+        # Killed while starting, the launch fails ("exit code -9"); killed later, the code server reports
+        # its child's death ("terminated by signal 9"). Either way the run is failed and says why.
+        explained = conn.execute(
+            "SELECT count(*) FROM event_logs WHERE run_id = %s AND (event LIKE %s OR event LIKE %s)",
+            (run_id, "%terminated by signal 9%", "%terminated unexpectedly with exit code -9%"),
+        ).fetchone()[0]
+    assert explained, f"no event explains the failure:\n{run_failure_message(stack, run_id)}"
 
 
 def test_repository_dagster_yaml_settings_take_effect(production_stack: ProductionStack, monkeypatch):
