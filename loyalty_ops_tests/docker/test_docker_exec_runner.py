@@ -210,3 +210,26 @@ def test_kill_stops_the_tool_inside_the_container(db_container):
         assert not api.exec_inspect(proc.exec_id)["Running"]
         assert proc.wait(timeout=10) != 0
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'")
+
+
+def test_backup_job_fails_clearly_when_the_container_is_stopped(db_container, stopped_container, dagster_instance, backup_dir):
+    resources = {
+        "postgres": PostgresTarget(
+            host="127.0.0.1", port=db_container.port, user="postgres", password=db_container.password,
+            database="loyalty", runner="docker", container=stopped_container, docker_host=db_container.engine.base_url,
+        ),
+        "backup_storage": BackupStorage(backup_dir=str(backup_dir)),
+        "offsite": OffsiteStorage(s3=S3Resource(region_name="us-east-1")),
+        "restore_settings": RestoreSettings(drill_every_n_backups="1"),
+    }
+    result = defs.resolve_job_def("nightly_backup_job").execute_in_process(
+        resources=resources, instance=dagster_instance, raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    error = failure.event_specific_data.error
+    # Today database_backup turns only BackupError/ValueError into dg.Failure, so the runner's error is the
+    # step error's cause; either way its message is what the UI shows for the failed step.
+    message = error.message + (error.cause.message if error.cause else "")
+    assert f"container '{stopped_container}' is exited (exit code 3), not running" in message
+    assert list(backup_dir.iterdir()) == []
