@@ -141,24 +141,22 @@ def test_backup_launched_from_launchpad_is_stored_in_postgres(
     assert any(status in ("SKIPPED", "SUCCESS") for (status,) in ticks), f"no completed sensor tick: {ticks}"
 
 
-def _watch_until_finished(stack: ProductionStack, run_ids: list[str], timeout_s: float = 120) -> dict[str, set]:
-    """Poll the runs table; returns, per run, the set of statuses that run was seen in together with
-    the states of the others (as tuples), so overlaps and waits can be asserted afterwards."""
-    seen: dict[str, set] = {run_id: set() for run_id in run_ids}
+def _watch_until_finished(stack: ProductionStack, run_ids: list[str], timeout_s: float = 120) -> set[tuple]:
+    """Poll the runs table until every run has finished (successfully); returns every distinct snapshot
+    of their statuses (tuples in the order of ``run_ids``), so overlaps and waits can be asserted."""
+    snapshots: set[tuple] = set()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with stack.dagster_db() as conn:
             statuses = dict(conn.execute("SELECT run_id, status FROM runs WHERE run_id = ANY(%s)", (run_ids,)).fetchall())
-        snapshot = tuple(statuses.get(run_id) for run_id in run_ids)
-        for run_id in run_ids:
-            seen[run_id].add(snapshot)
+        snapshots.add(tuple(statuses.get(run_id) for run_id in run_ids))
         if all(statuses.get(run_id) in FINISHED for run_id in run_ids):
             break
         time.sleep(0.5)
     for run_id in run_ids:
         status = run_row(stack, run_id)["status"]
         assert status == "SUCCESS", f"run {run_id} ended {status}:\n{run_failure_message(stack, run_id)}"
-    return seen
+    return snapshots
 
 
 def _assert_one_after_the_other(stack: ProductionStack, first: str, second: str) -> None:
@@ -200,13 +198,12 @@ def test_queue_runs_two_backups_of_one_database_one_after_the_other(
     # Dry runs (the launchpad default): they delete nothing.
     cleanups = [client.submit_job_execution(CLEANUP_JOB, repository_location_name=LOCATION) for _ in range(2)]
 
-    seen = _watch_until_finished(stack, backups + cleanups)
+    snapshots = _watch_until_finished(stack, backups + cleanups)
     running = {"STARTING", "STARTED"}
-    for pair in ((0, 1), (2, 3)):
+    for name, (i, j) in (("backups", (0, 1)), ("cleanups", (2, 3))):
         assert any(
-            {snapshot[pair[0]], snapshot[pair[1]]} & running and "QUEUED" in (snapshot[pair[0]], snapshot[pair[1]])
-            for snapshot in seen[backups[0]]
-        ), f"never saw one run of {pair} running while the other waited in the queue"
+            {snap[i], snap[j]} & running and "QUEUED" in (snap[i], snap[j]) for snap in snapshots
+        ), f"never saw one of the {name} running while the other waited in the queue: {snapshots}"
 
     with stack.dagster_db() as conn:
         locks = conn.execute(
