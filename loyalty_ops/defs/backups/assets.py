@@ -25,6 +25,7 @@ from loyalty_ops.lib.backup.offsite import (
     upload_backup,
 )
 from loyalty_ops.lib.pg.connection import ConnectionConfigError
+from loyalty_ops.lib.pg.tools import ToolError
 from loyalty_ops.lib.progress import human_bytes
 
 OWNERS = ["team:platform"]
@@ -134,7 +135,7 @@ def database_backup(
     except BaseException as exc:
         for upload in streaming:
             upload.abort()
-        if isinstance(exc, (BackupError, ValueError)):
+        if isinstance(exc, (BackupError, ToolError, ValueError)):
             raise dg.Failure(description=str(exc), metadata={"target": spec.redacted()}) from None
         raise
     pending = streaming[0].finish() if streaming else None
