@@ -6,12 +6,22 @@ import dagster as dg
 
 from loyalty_ops.defs.containers.assets import container_health
 from loyalty_ops.defs.containers.resources import container_engine, containers_configured
+from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
 
 container_health_job = dg.define_asset_job(
     name="container_health_job",
     selection=dg.AssetSelection.assets(container_health),
     description="The guide's morning container checks: docker-compose ps and docker stats --no-stream.",
     tags={"loyalty_ops/severity": "warning"},
+)
+
+container_health_schedule = dg.ScheduleDefinition(
+    name="container_health_schedule",
+    job=container_health_job,
+    cron_schedule="*/15 * * * *",
+    execution_timezone=PLATFORM_TIMEZONE,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Container status, health, restarts, memory and CPU every 15 minutes, with the database health.",
 )
 
 
@@ -21,6 +31,7 @@ def build_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[container_health],
         jobs=[container_health_job],
+        schedules=[container_health_schedule],
         resources={"container_engine": container_engine()},
     )
 
