@@ -2,8 +2,9 @@
 
 Dagster never forgets a run by itself: every run's record, its event log (hundreds of rows) and its
 captured stdout/stderr stay until deleted. This job deletes finished runs older than `older_than_days`
-(runs that materialized assets are kept `keep_asset_runs_days`, since backup history, restore drills and
-reports are read back from them) and the compute logs of runs older than `compute_log_days`.
+and the compute logs of runs older than `compute_log_days`. Runs that materialized one of the assets
+whose history other jobs read back (backups, offsite copies, restore drills, maintenance) are kept
+`keep_asset_runs_days`: retention decides about a year of backups from that history.
 Schedule and sensor ticks are purged by the daemon itself (dagster.yaml `retention`).
 """
 
@@ -26,6 +27,9 @@ PAGE = 200
 SAMPLE = 20
 # Without a local directory to list, compute logs are looked up run by run within this window past the cutoff.
 REMOTE_LOG_WINDOW = timedelta(days=14)
+# Assets whose materialization history is read back (recent_backups, retention's evidence, the morning
+# report's last drill and last maintenance). Frequent report/health materializations are not among them.
+LONG_HISTORY_ASSETS = ["database_backup", "offsite_backup_copy", "restore_drill", "weekly_maintenance"]
 
 
 class HistoryCleanupConfig(dg.Config):
@@ -41,8 +45,13 @@ class HistoryCleanupConfig(dg.Config):
     )
     keep_asset_runs_days: int = Field(
         default=400,
-        description="Runs that materialized assets (backups, restore drills, maintenance, reports) are kept this "
-        "many days instead: their metadata is the backup history other jobs read. Must be >= older_than_days.",
+        description="Runs that materialized one of keep_asset_runs_for are kept this many days instead: their "
+        "metadata is the backup history retention and reports read. Must be >= older_than_days.",
+    )
+    keep_asset_runs_for: list[str] = Field(
+        default=LONG_HISTORY_ASSETS,
+        description="Asset keys (as shown in the catalog, e.g. database_backup) whose materializing runs are "
+        "kept keep_asset_runs_days.",
     )
     compute_log_days: int = Field(
         default=30,
@@ -66,6 +75,11 @@ def _dir_bytes(path: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+def _materialized_assets(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in records if r.event_log_entry.dagster_event}
 
 
 def _delete_compute_logs(instance: dg.DagsterInstance, run_id: str, dry_run: bool) -> Optional[int]:
@@ -104,6 +118,7 @@ def prune_dagster_history(context: dg.OpExecutionContext, config: HistoryCleanup
     kept_for_assets = 0
     log_bytes = 0
     cursor = None
+    long_history = set(config.keep_asset_runs_for)
     filters = dg.RunsFilter(statuses=FINISHED, created_before=policy.run_cutoff(now))
     while len(deleted_runs) < config.max_runs:
         records = instance.get_run_records(filters, limit=PAGE, ascending=True, cursor=cursor)
@@ -114,8 +129,8 @@ def prune_dagster_history(context: dg.OpExecutionContext, config: HistoryCleanup
             cursor = run_id
             if run_id == context.run_id or len(deleted_runs) >= config.max_runs:
                 continue
-            materialized = instance.get_run_stats(run_id).materializations > 0
-            verdict = policy.verdict(record.create_timestamp, now, finished=True, materialized_assets=materialized)
+            keeps_history = bool(_materialized_assets(instance, run_id) & long_history)
+            verdict = policy.verdict(record.create_timestamp, now, finished=True, materialized_assets=keeps_history)
             if verdict is not Verdict.DELETE_RUN:
                 kept_for_assets += 1
                 continue
@@ -186,7 +201,7 @@ def prune_dagster_history(context: dg.OpExecutionContext, config: HistoryCleanup
     # One op: a separate step process would only add a Python start-up.
     executor_def=dg.in_process_executor,
     description="Keep Dagster's own history bounded: delete finished runs older than 90 days (400 for runs that "
-    "materialized assets) and compute logs older than 30 days. Launched by hand it is a dry run unless "
+    "materialized backups, drills or maintenance) and compute logs older than 30 days. Launched by hand it is a dry run unless "
     "dry_run is set to false. Scheduled daily at 04:30 Africa/Harare.",
 )
 def dagster_history_cleanup_job():

@@ -1,8 +1,8 @@
 """Which of Dagster's own runs to forget, and which compute logs to drop (pure logic, no dagster import).
 
-Runs that recorded asset materializations (backups, restore drills, maintenance, reports) carry the
-history other domains read back (`recent_backups`, retention plans, the morning report), so they are
-kept longer than the rest. Active runs are never touched: only finished ones are considered.
+Runs that materialized the assets whose history other domains read back (`recent_backups`, retention
+plans, the morning report) are kept longer than the rest. Active runs are never touched: only finished
+ones are considered.
 """
 
 from __future__ import annotations

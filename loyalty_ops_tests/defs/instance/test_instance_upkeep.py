@@ -51,7 +51,17 @@ def noop_job():
 
 @dg.asset
 def probe_asset():
+    """Stands for an asset whose history is read back (like database_backup)."""
     return 1
+
+
+@dg.asset
+def report_asset():
+    """Stands for a frequent report whose old runs need not be kept."""
+    return 1
+
+
+KEEP = ["probe_asset"]
 
 
 def _age(instance: dg.DagsterInstance, run_id: str, days: int) -> None:
@@ -71,15 +81,16 @@ def _write_compute_log(instance: dg.DagsterInstance, run_id: str) -> Path:
 def aged_history(dagster_instance: dg.DagsterInstance) -> dict:
     instance = dagster_instance
     runs = {}
-    for name, days, materialize in [
-        ("recent", 2, False),
-        ("logs_only", 40, False),
-        ("old", 120, False),
-        ("old_asset", 120, True),
-        ("ancient_asset", 500, True),
+    for name, days, asset in [
+        ("recent", 2, None),
+        ("logs_only", 40, None),
+        ("old", 120, None),
+        ("old_report", 120, report_asset),
+        ("old_asset", 120, probe_asset),
+        ("ancient_asset", 500, probe_asset),
     ]:
-        if materialize:
-            result = dg.materialize([probe_asset], instance=instance)
+        if asset is not None:
+            result = dg.materialize([asset], instance=instance)
         else:
             result = noop_job.execute_in_process(instance=instance)
         runs[name] = result.run_id
@@ -104,9 +115,9 @@ def _cleanup(instance: dg.DagsterInstance, **config) -> dict:
 
 
 def test_cleanup_dry_run_by_default_deletes_nothing(dagster_instance, aged_history):
-    summary = _cleanup(dagster_instance)
+    summary = _cleanup(dagster_instance, keep_asset_runs_for=KEEP)
     assert summary["dry_run"] is True
-    assert summary["runs_deleted"] == 2  # old, ancient_asset
+    assert summary["runs_deleted"] == 3  # old, old_report, ancient_asset
     assert summary["runs_kept_for_asset_history"] == 1  # old_asset
     for run_id in aged_history.values():
         assert _log_dir(dagster_instance, run_id).is_dir()
@@ -117,9 +128,10 @@ def test_cleanup_dry_run_by_default_deletes_nothing(dagster_instance, aged_histo
 
 def test_cleanup_deletes_old_runs_and_logs_and_keeps_asset_history(dagster_instance, aged_history):
     instance = dagster_instance
-    summary = _cleanup(instance, dry_run=False)
-    assert summary["runs_deleted"] == 2
+    summary = _cleanup(instance, dry_run=False, keep_asset_runs_for=KEEP)
+    assert summary["runs_deleted"] == 3
     assert instance.get_run_by_id(aged_history["old"]) is None
+    assert instance.get_run_by_id(aged_history["old_report"]) is None  # materialized, but not a kept asset
     assert instance.get_run_by_id(aged_history["ancient_asset"]) is None
     # Within keep_asset_runs_days the materializing run stays (backup history), but its logs go.
     assert instance.get_run_by_id(aged_history["old_asset"]) is not None
@@ -131,10 +143,19 @@ def test_cleanup_deletes_old_runs_and_logs_and_keeps_asset_history(dagster_insta
     assert instance.get_run_by_id(aged_history["recent"]) is not None
     assert _log_dir(instance, aged_history["recent"]).is_dir()
     assert summary["compute_log_runs_cleaned"] == 3  # logs_only, old_asset, orphan
-    assert summary["compute_log_bytes"] >= 5 * 1000  # our files, plus what the runs captured themselves
+    assert summary["compute_log_bytes"] >= 6 * 1000  # our files, plus what the runs captured themselves
     # A second pass finds nothing left to do.
-    again = _cleanup(instance, dry_run=False)
+    again = _cleanup(instance, dry_run=False, keep_asset_runs_for=KEEP)
     assert again["runs_deleted"] == 0 and again["compute_log_runs_cleaned"] == 0
+
+
+def test_default_keeps_the_backup_history_assets():
+    from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, OFFSITE_ASSET_KEY
+    from loyalty_ops.defs.instance.history import LONG_HISTORY_ASSETS
+
+    assert HistoryCleanupConfig().keep_asset_runs_for == LONG_HISTORY_ASSETS
+    for key in (BACKUP_ASSET_KEY, OFFSITE_ASSET_KEY, dg.AssetKey("restore_drill"), dg.AssetKey("weekly_maintenance")):
+        assert key.to_user_string() in LONG_HISTORY_ASSETS
 
 
 def test_cleanup_refuses_unsafe_config_before_touching_anything(dagster_instance, aged_history):
