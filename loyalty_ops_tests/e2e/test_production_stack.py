@@ -92,6 +92,7 @@ def test_backup_launched_from_launchpad_is_stored_in_postgres(
                 )
                 expect(editor).to_contain_text("in_process")
                 expect(page.get_by_text("No errors")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "e2e-launchpad.png"))
             launch.click()
             page.wait_for_url(RUN_URL, timeout=30_000)
             run_id = RUN_URL.search(page.url).group(1)
