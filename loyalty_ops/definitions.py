@@ -31,7 +31,12 @@ def domain_definitions() -> list[dg.Definitions]:
 
 
 def build_definitions() -> dg.Definitions:
-    return dg.Definitions.merge(*domain_definitions(), dg.Definitions(resources=resources_from_environment()))
+    # Every job runs its steps in one process unless it says otherwise: the steps of these jobs run one
+    # after another anyway, and a Python start-up per step cost about 4x the run time of a backup.
+    return dg.Definitions.merge(
+        *domain_definitions(),
+        dg.Definitions(resources=resources_from_environment(), executor=dg.in_process_executor),
+    )
 
 
 defs = build_definitions()

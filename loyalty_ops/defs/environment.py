@@ -92,6 +92,16 @@ def offsite_storage(environ: Mapping[str, str] = os.environ) -> OffsiteStorage:
     )
 
 
+def target_database_name(environ: Mapping[str, str] = os.environ) -> str:
+    """The name of the database the jobs work on (LOYALTY_DATABASE_URL's, else PGDATABASE, else loyalty)."""
+    from loyalty_ops.lib.pg.connection import ConnectionConfigError, ConnectionSpec
+
+    try:
+        return ConnectionSpec.from_environment(environ).dbname
+    except ConnectionConfigError:
+        return environ.get("PGDATABASE") or "loyalty"  # the run itself reports the bad setting
+
+
 def backup_max_age_hours(environ: Mapping[str, str] = os.environ) -> float:
     """How old the newest backup may get before its freshness fails and on-call is paged (default 26 h)."""
     value = environ.get("LOYALTY_BACKUP_MAX_AGE_HOURS") or "26"

@@ -89,3 +89,19 @@ def test_no_bucket_means_no_offsite_copy_and_says_so(ops_resources, dagster_inst
     assert keys >= {"database_backup"} and "offsite_backup_copy" not in keys
     warnings = [r.user_message for r in dagster_instance.all_logs(result.run_id) if "No offsite copy is configured" in r.user_message]
     assert warnings
+
+
+def test_every_job_and_sensor_is_described_and_heavy_jobs_take_the_database_lock():
+    from loyalty_ops.definitions import defs
+    from loyalty_ops.lib.concurrency import DATABASE_LOCK_TAG, SEVERITY_TAG
+
+    repo = defs.get_repository_def()
+    for job in repo.get_all_jobs():
+        if job.name.startswith("__"):
+            continue
+        assert job.description, f"job {job.name} has no description"
+        assert job.tags.get(SEVERITY_TAG) in ("critical", "warning"), job.name
+    for sensor in repo.sensor_defs:
+        assert sensor.description, f"sensor {sensor.name} has no description"
+    for name in ("nightly_backup_job", "restore_job", "weekly_maintenance_job", "retention_job"):
+        assert defs.resolve_job_def(name).tags[DATABASE_LOCK_TAG] == "loyalty"

@@ -7,6 +7,7 @@ cursors (kept by Dagster) move on without losing it.
 """
 
 import json
+import inspect
 import time
 from typing import Optional
 
@@ -39,6 +40,16 @@ CHECK_SENSOR_INTERVAL_S = 60
 FRESHNESS_SENSOR_INTERVAL_S = 300
 RETRY_SENSOR_INTERVAL_S = 60
 CHECK_HISTORY_DEPTH = 5
+
+
+def described(make_sensor, **kwargs):
+    """Like the sensor decorator ``make_sensor``, with the function's docstring as the UI description
+    (Dagster's sensor decorators do not read docstrings)."""
+
+    def wrap(fn):
+        return make_sensor(description=inspect.cleandoc(fn.__doc__ or ""), **kwargs)(fn)
+
+    return wrap
 
 
 def _default_database(postgres: PostgresTarget) -> Optional[str]:
@@ -100,7 +111,7 @@ def _run_end_time(instance: dg.DagsterInstance, run_id: str) -> float:
     return (record.end_time if record and record.end_time else None) or time.time()
 
 
-@dg.run_failure_sensor(
+@described(dg.run_failure_sensor,
     name="page_on_run_failure",
     monitor_all_code_locations=True,
     minimum_interval_seconds=RUN_SENSOR_INTERVAL_S,
@@ -140,7 +151,7 @@ def page_on_run_failure(
     # Returning None lets Dagster go on to the next failed run in the same tick.
 
 
-@dg.run_status_sensor(
+@described(dg.run_status_sensor,
     name="resolve_on_run_success",
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitor_all_code_locations=True,
@@ -183,7 +194,7 @@ def _load_cursor(cursor: Optional[str]) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-@dg.sensor(
+@described(dg.sensor,
     name="page_on_stale_backup",
     minimum_interval_seconds=FRESHNESS_SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -235,7 +246,7 @@ def page_on_stale_backup(
 _TERMINAL_CHECK_STATUSES = (AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED)
 
 
-@dg.sensor(
+@described(dg.sensor,
     name="page_on_failed_checks",
     minimum_interval_seconds=CHECK_SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -301,7 +312,7 @@ def page_on_failed_checks(
     return dg.SkipReason(f"checked {len(seen)} check(s); {report.describe()}")
 
 
-@dg.sensor(
+@described(dg.sensor,
     name="retry_undelivered_alerts",
     minimum_interval_seconds=RETRY_SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,

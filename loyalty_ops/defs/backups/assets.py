@@ -25,6 +25,7 @@ from loyalty_ops.lib.backup.offsite import (
     upload_backup,
 )
 from loyalty_ops.lib.pg.connection import ConnectionConfigError
+from loyalty_ops.lib.concurrency import DATABASE_POOL
 from loyalty_ops.lib.pg.tools import ToolError
 from loyalty_ops.lib.progress import human_bytes
 
@@ -82,6 +83,7 @@ def _row_count_table(row_counts: dict[str, int]) -> str:
     owners=OWNERS,
     tags={"loyalty_ops/criticality": "critical"},
     freshness_policy=BACKUP_FRESHNESS,
+    pool=DATABASE_POOL,
 )
 def database_backup(
     context: dg.AssetExecutionContext,

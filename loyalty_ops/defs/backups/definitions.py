@@ -7,11 +7,12 @@ import dagster as dg
 
 from loyalty_ops.defs.backups.assets import database_backup, offsite_backup_copy
 from loyalty_ops.defs.backups.checks import BACKUP_CHECKS
+from loyalty_ops.defs.environment import target_database_name
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
+from loyalty_ops.lib.concurrency import DATABASE_LOCK_TAG, job_tags  # noqa: F401 (DATABASE_LOCK_TAG re-exported)
 
 # Runs that lock the database for a dump, restore or maintenance carry this tag; the instance's run
 # queue allows one such run per database at a time (see dagster.yaml).
-DATABASE_LOCK_TAG = "loyalty_ops/database_lock"
 
 nightly_backup_job = dg.define_asset_job(
     name="nightly_backup_job",
@@ -19,9 +20,7 @@ nightly_backup_job = dg.define_asset_job(
     description="Dump the loyalty database, verify the file (blocking checks), copy it to S3 and prove it "
     "restores (restore drill into a scratch database). Scheduled nightly at 02:00 Africa/Harare; launch by "
     "hand for an ad-hoc backup.",
-    tags={DATABASE_LOCK_TAG: "loyalty", "loyalty_ops/severity": "critical"},
-    # The steps run one after another anyway; one process saves a Python start-up per step.
-    executor_def=dg.in_process_executor,
+    tags=job_tags(target_database_name(), "critical"),
 )
 
 nightly_backup_schedule = dg.ScheduleDefinition(

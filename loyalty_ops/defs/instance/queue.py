@@ -11,7 +11,7 @@ from typing import Optional
 
 import dagster as dg
 
-DATABASE_LOCK_TAG = "loyalty_ops/database_lock"
+from loyalty_ops.lib.concurrency import DATABASE_LOCK_TAG
 QUEUE_WAIT_WARNING = timedelta(hours=2)
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 

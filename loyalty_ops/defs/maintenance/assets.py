@@ -10,6 +10,7 @@ import psycopg
 from pydantic import Field
 
 from loyalty_ops.defs.resources import PostgresTarget
+from loyalty_ops.lib.concurrency import DATABASE_POOL
 from loyalty_ops.lib.maintenance import stats as pgstats
 from loyalty_ops.lib.maintenance.execute import (
     ExecutionSettings,
@@ -32,7 +33,7 @@ OWNERS = ["team:platform"]
 MAINTENANCE_ASSET_KEY = "weekly_maintenance"
 # One maintenance statement stream per database at a time; the run queue's database_lock tag keeps it
 # apart from backups and restores.
-MAINTENANCE_POOL = "maintenance"
+MAINTENANCE_POOL = DATABASE_POOL  # shared with dumps and restores: never two at once on the database
 MODES = ("smart", "full")
 
 

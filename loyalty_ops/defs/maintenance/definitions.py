@@ -6,7 +6,8 @@ from typing import Mapping
 
 import dagster as dg
 
-from loyalty_ops.defs.backups.definitions import DATABASE_LOCK_TAG
+from loyalty_ops.defs.environment import target_database_name
+from loyalty_ops.lib.concurrency import job_tags
 from loyalty_ops.defs.maintenance.assets import MAINTENANCE_ASSET_KEY, weekly_maintenance
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
 
@@ -16,7 +17,7 @@ weekly_maintenance_job = dg.define_asset_job(
     description="VACUUM/ANALYZE and REINDEX the tables and indexes that need it, without blocking writes "
     "(lock_timeout, SKIP_LOCKED, REINDEX CONCURRENTLY). Scheduled Sundays 03:00 Africa/Harare; launch by hand "
     "with a list of tables/indexes, dry_run, or mode 'full' for the guide's VACUUM ANALYZE + REINDEX DATABASE.",
-    tags={DATABASE_LOCK_TAG: "loyalty", "loyalty_ops/severity": "warning"},
+    tags=job_tags(target_database_name(), "warning"),
 )
 
 

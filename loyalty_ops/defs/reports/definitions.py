@@ -16,7 +16,9 @@ database_health_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(database_health, application_health),
     description="Database health (connections, long queries, xid age, replication, disk, memory) and "
     "application health (API /health and /ready, Redis). Scheduled every 15 minutes.",
-    tags=SEVERITY_TAGS,
+    # A health check that hangs must not hold a worker for the instance-wide 6 h: run monitoring cancels
+    # it after 10 minutes, and the failure pages.
+    tags={**SEVERITY_TAGS, "dagster/max_runtime": "600"},
 )
 
 daily_reports_job = dg.define_asset_job(

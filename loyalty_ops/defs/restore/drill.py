@@ -12,6 +12,7 @@ from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, metadata_values, 
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.defs.restore.common import restore_environment
 from loyalty_ops.defs.restore.resources import RestoreSettings
+from loyalty_ops.lib.concurrency import DATABASE_POOL
 from loyalty_ops.lib.restore.plan import BackupRef, drill_due
 from loyalty_ops.lib.restore.run import run_drill
 from loyalty_ops.lib.restore.verify import row_count_table
@@ -50,6 +51,7 @@ def backups_since_last_drill(instance: dg.DagsterInstance, newest_filename: Opti
     owners=["team:platform"],
     output_required=False,
     tags={"loyalty_ops/criticality": "critical"},
+    pool=DATABASE_POOL,
 )
 def restore_drill(
     context: dg.AssetExecutionContext,

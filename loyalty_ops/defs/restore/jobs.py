@@ -5,7 +5,8 @@ from datetime import datetime, timezone
 import dagster as dg
 from pydantic import Field
 
-from loyalty_ops.defs.backups.definitions import DATABASE_LOCK_TAG
+from loyalty_ops.defs.environment import target_database_name
+from loyalty_ops.lib.concurrency import DATABASE_POOL, job_tags
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.defs.restore.common import restore_environment
 from loyalty_ops.defs.restore.resources import RestoreSettings
@@ -43,7 +44,7 @@ class RestoreConfig(dg.Config):
     progress_interval_seconds: float = Field(default=10.0, description="How often the run log reports progress (<= 10 s).")
 
 
-@dg.op(tags={"loyalty_ops/criticality": "critical"})
+@dg.op(tags={"loyalty_ops/criticality": "critical"}, pool=DATABASE_POOL)
 def restore_database(
     context: dg.OpExecutionContext,
     config: RestoreConfig,
@@ -120,7 +121,7 @@ def restore_database(
 
 
 @dg.job(
-    tags={DATABASE_LOCK_TAG: "loyalty", "loyalty_ops/severity": "critical"},
+    tags=job_tags(target_database_name(), "critical"),
     description="Restore a backup from the launchpad: 'latest', a file name or an S3 key; into a new database "
     "(default) or replacing one (confirm must repeat its name; a safety backup is taken first).",
 )

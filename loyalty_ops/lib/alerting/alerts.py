@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Optional
 
 from loyalty_ops.lib.alerting.scrub import scrub_payload, scrub_text
+from loyalty_ops.lib.concurrency import DATABASE_LOCK_TAG
 
 SEVERITY_TAG = "loyalty_ops/severity"
-DATABASE_LOCK_TAG = "loyalty_ops/database_lock"
 SEVERITIES = ("critical", "error", "warning", "info")  # PagerDuty Events v2's set
 CRITICAL_JOB_WORDS = ("backup", "restore")
 

@@ -19,7 +19,7 @@ from isal import isal_zlib
 
 from loyalty_ops.lib.pg.catalog import TableRef
 
-READ_BYTES = 4 * 1024 * 1024
+READ_BYTES = 1024 * 1024
 CUSTOM_FORMAT_MAGIC = b"PGDMP"
 
 

@@ -205,6 +205,7 @@ def verify_remote_copy(
     sha256_hex: str,
     chunk_bytes: int = MULTIPART_CHUNK_BYTES,
     threshold: Optional[int] = None,
+    expected_checksum: Optional[str] = None,
 ) -> tuple[int, str]:
     """HEAD the object and compare its size, ChecksumSHA256 and sha256 metadata with the local file.
 
@@ -217,7 +218,7 @@ def verify_remote_copy(
     size = Path(path).stat().st_size
     remote_size = int(head["ContentLength"])
     remote_checksum = head.get("ChecksumSHA256") or ""
-    expected_checksum = expected_s3_checksum(path, chunk_bytes, threshold)
+    expected_checksum = expected_checksum or expected_s3_checksum(path, chunk_bytes, threshold)
     problems = []
     if remote_size != size:
         problems.append(f"size {remote_size} != local {size}")
@@ -237,7 +238,7 @@ def sidecar_paths(path: Path) -> tuple[Path, ...]:
     return tuple(p for p in (Path(str(path) + SIDECAR_SUFFIX), Path(str(path) + ".manifest.json")) if p.exists())
 
 
-STREAM_PART_MIN_BYTES = 16 * 1024 * 1024
+STREAM_PART_MIN_BYTES = 8 * 1024 * 1024
 STREAM_PART_MAX_BYTES = 32 * 1024 * 1024  # bounds memory: at most three parts are held at once
 MAX_PARTS = 10_000
 
@@ -299,7 +300,8 @@ class StreamingUpload:
         args = {k: v for k, v in target.extra_args().items()}
         created = client.create_multipart_upload(Bucket=target.bucket, Key=key, **args)
         self.upload_id: str = created["UploadId"]
-        self._buffer = bytearray()
+        self._pending: list[bytes] = []  # blocks of the part being filled (joined once: one copy)
+        self._pending_bytes = 0
         self._next_part = 1
         self._bytes = 0
         self.failed: Optional[str] = None
@@ -310,13 +312,21 @@ class StreamingUpload:
     def write(self, data: bytes) -> None:
         if self.failed:
             return
-        self._buffer += data
         self._bytes += len(data)
-        while len(self._buffer) >= self.part_bytes and not self.failed:
-            part = bytes(self._buffer[: self.part_bytes])
-            del self._buffer[: self.part_bytes]
-            self._parts.put((self._next_part, part))
-            self._next_part += 1
+        offset = 0
+        while offset < len(data) and not self.failed:
+            take = min(self.part_bytes - self._pending_bytes, len(data) - offset)
+            self._pending.append(data if take == len(data) else data[offset : offset + take])
+            self._pending_bytes += take
+            offset += take
+            if self._pending_bytes == self.part_bytes:
+                self._send_pending()
+
+    def _send_pending(self) -> None:
+        part = b"".join(self._pending)
+        self._pending, self._pending_bytes = [], 0
+        self._parts.put((self._next_part, part))
+        self._next_part += 1
 
     def _upload_parts(self) -> None:
         while (item := self._parts.get()) is not None:
@@ -340,10 +350,8 @@ class StreamingUpload:
 
     def finish(self) -> Optional[PendingUpload]:
         """Send the last part and wait for all parts; returns the pending upload, or None if streaming failed."""
-        if not self.failed and (self._buffer or self._next_part == 1):
-            self._parts.put((self._next_part, bytes(self._buffer)))
-            self._next_part += 1
-            self._buffer = bytearray()
+        if not self.failed and (self._pending or self._next_part == 1):
+            self._send_pending()
         self._parts.put(None)
         self._worker.join()
         if self.failed:
@@ -387,11 +395,15 @@ def complete_pending_upload(
         raise OffsiteError(f"the pending upload of s3://{pending.bucket}/{pending.key} is gone: {_explain(exc, pending.bucket)}") from None
     remote_parts.sort(key=lambda p: p["PartNumber"])
     local = []
+    digests = []
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(pending.part_bytes), b""):
-            local.append((len(block), base64.b64encode(hashlib.sha256(block).digest()).decode()))
+            digests.append(hashlib.sha256(block).digest())
+            local.append((len(block), base64.b64encode(digests[-1]).decode()))
     if not local:
-        local.append((0, base64.b64encode(hashlib.sha256(b"").digest()).decode()))
+        digests.append(hashlib.sha256(b"").digest())
+        local.append((0, base64.b64encode(digests[-1]).decode()))
+    composite = f"{base64.b64encode(hashlib.sha256(b''.join(digests)).digest()).decode()}-{len(digests)}"
     problems = []
     if len(remote_parts) != len(local):
         problems.append(f"{len(remote_parts)} parts in S3, {len(local)} expected")
@@ -413,7 +425,7 @@ def complete_pending_upload(
         },
     )
     try:
-        return verify_remote_copy(client, pending.bucket, pending.key, path, sha256_hex, pending.part_bytes, threshold=0)
+        return verify_remote_copy(client, pending.bucket, pending.key, path, sha256_hex, expected_checksum=composite)
     except OffsiteError as exc:
         # Some stores do not report per-part checksums, so a mismatch can surface only now: the object we
         # just completed is wrong and must not pass for a backup.

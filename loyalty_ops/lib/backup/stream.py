@@ -24,8 +24,8 @@ from isal import isal_zlib
 from loyalty_ops.lib.backup.naming import PARTIAL_MARKER, SIDECAR_SUFFIX
 from loyalty_ops.lib.progress import ProgressMeter, ProgressSnapshot
 
-CHUNK_BYTES = 4 * 1024 * 1024
-QUEUE_DEPTH = 4  # chunks in flight: bounds memory at about (QUEUE_DEPTH + 2) * CHUNK_BYTES
+CHUNK_BYTES = 1024 * 1024
+QUEUE_DEPTH = 8  # chunks in flight: bounds memory at about (QUEUE_DEPTH + 2) * CHUNK_BYTES
 DEFAULT_LEVELS = {"gzip": 1, "zstd": 3}
 ISAL_MAX_LEVEL = 3
 

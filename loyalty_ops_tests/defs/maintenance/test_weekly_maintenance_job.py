@@ -36,7 +36,11 @@ def test_job_wiring_schedule_tags_and_pool():
     assert schedule.cron_schedule == "0 3 * * 0"
     assert schedule.execution_timezone == "Africa/Harare"
     asset = defs.resolve_assets_def("weekly_maintenance")
-    assert asset.op.pool == "maintenance"
+    # One pool for every op that loads the database: maintenance never overlaps a dump or a restore,
+    # even when one of them was materialized ad hoc (without the job's lock tag).
+    assert asset.op.pool == "loyalty_db"
+    for other in ("database_backup", "restore_drill"):
+        assert defs.resolve_assets_def(other).op.pool == "loyalty_db"
     assert asset.group_names_by_key[dg.AssetKey("weekly_maintenance")] == "maintenance"
 
 
