@@ -16,46 +16,74 @@ from dagster_aws.s3 import S3Resource
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 
 
-def _secret(name: str, environ: Mapping[str, str]) -> Optional[dg.EnvVar]:
+def env_secret(name: str, environ: Mapping[str, str]) -> Optional[dg.EnvVar]:
+    """A secret: passed as an EnvVar reference (resolved at run time, shown by name only), when set."""
     return dg.EnvVar(name) if environ.get(name) else None
 
 
-def _plain(name: str, environ: Mapping[str, str]) -> Optional[str]:
-    return environ.get(name) or None
+def env_plain(name: str, environ: Mapping[str, str]) -> Optional[str]:
+    """A non-secret setting, or None when unset or blank (the resource's default applies)."""
+    value = (environ.get(name) or "").strip()
+    return value or None
 
 
-def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+def env_number(name: str, environ: Mapping[str, str], kind: type = float) -> Any:
+    """A positive number, or None when unset; a bad value names the variable and shows an example."""
+    value = env_plain(name, environ)
+    if value is None:
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}; example: {name}=26") from None
+    if number <= 0:
+        raise ValueError(f"{name} must be greater than 0, got {value!r}")
+    return number
+
+
+def env_flag(name: str, environ: Mapping[str, str]) -> Optional[bool]:
+    value = env_plain(name, environ)
+    if value is None:
+        return None
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def without_none(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
 def postgres_target(environ: Mapping[str, str] = os.environ) -> PostgresTarget:
-    port = _plain("PGPORT", environ)
+    port = env_plain("PGPORT", environ)
     return PostgresTarget(
-        **_drop_none(
+        **without_none(
             {
-                "database_url": _secret("LOYALTY_DATABASE_URL", environ),
-                "host": _plain("PGHOST", environ),
+                "database_url": env_secret("LOYALTY_DATABASE_URL", environ),
+                "host": env_plain("PGHOST", environ),
                 "port": int(port) if port and port.isdigit() else None,
-                "user": _plain("PGUSER", environ),
-                "password": _secret("PGPASSWORD", environ),
-                "database": _plain("PGDATABASE", environ),
-                "sslmode": _plain("PGSSLMODE", environ),
-                "runner": _plain("LOYALTY_PG_RUNNER", environ) or ("docker" if environ.get("LOYALTY_DB_CONTAINER") else None),
-                "container": _plain("LOYALTY_DB_CONTAINER", environ),
-                "docker_host": _plain("DOCKER_HOST", environ),
-                "pg_bin_dir": _plain("LOYALTY_PG_BIN_DIR", environ),
+                "user": env_plain("PGUSER", environ),
+                "password": env_secret("PGPASSWORD", environ),
+                "database": env_plain("PGDATABASE", environ),
+                "sslmode": env_plain("PGSSLMODE", environ),
+                "runner": env_plain("LOYALTY_PG_RUNNER", environ) or ("docker" if environ.get("LOYALTY_DB_CONTAINER") else None),
+                "container": env_plain("LOYALTY_DB_CONTAINER", environ),
+                "docker_host": env_plain("DOCKER_HOST", environ),
+                "pg_bin_dir": env_plain("LOYALTY_PG_BIN_DIR", environ),
             }
         )
     )
 
 
 def backup_storage(environ: Mapping[str, str] = os.environ) -> BackupStorage:
-    level = _plain("LOYALTY_COMPRESSION_LEVEL", environ)
+    level = env_plain("LOYALTY_COMPRESSION_LEVEL", environ)
     return BackupStorage(
-        **_drop_none(
+        **without_none(
             {
-                "backup_dir": _plain("LOYALTY_BACKUP_DIR", environ),
-                "compression": _plain("LOYALTY_COMPRESSION", environ),
+                "backup_dir": env_plain("LOYALTY_BACKUP_DIR", environ),
+                "compression": env_plain("LOYALTY_COMPRESSION", environ),
                 "compression_level": int(level) if level else None,
             }
         )
@@ -64,13 +92,13 @@ def backup_storage(environ: Mapping[str, str] = os.environ) -> BackupStorage:
 
 def s3_resource(environ: Mapping[str, str] = os.environ) -> S3Resource:
     return S3Resource(
-        **_drop_none(
+        **without_none(
             {
-                "endpoint_url": _plain("AWS_ENDPOINT_URL", environ),
-                "region_name": _plain("AWS_REGION", environ) or _plain("AWS_DEFAULT_REGION", environ),
-                "aws_access_key_id": _secret("AWS_ACCESS_KEY_ID", environ),
-                "aws_secret_access_key": _secret("AWS_SECRET_ACCESS_KEY", environ),
-                "aws_session_token": _secret("AWS_SESSION_TOKEN", environ),
+                "endpoint_url": env_plain("AWS_ENDPOINT_URL", environ),
+                "region_name": env_plain("AWS_REGION", environ) or env_plain("AWS_DEFAULT_REGION", environ),
+                "aws_access_key_id": env_secret("AWS_ACCESS_KEY_ID", environ),
+                "aws_secret_access_key": env_secret("AWS_SECRET_ACCESS_KEY", environ),
+                "aws_session_token": env_secret("AWS_SESSION_TOKEN", environ),
                 "max_attempts": 5,
             }
         )
@@ -80,13 +108,13 @@ def s3_resource(environ: Mapping[str, str] = os.environ) -> S3Resource:
 def offsite_storage(environ: Mapping[str, str] = os.environ) -> OffsiteStorage:
     return OffsiteStorage(
         s3=s3_resource(environ),
-        **_drop_none(
+        **without_none(
             {
-                "bucket": _plain("LOYALTY_S3_BUCKET", environ),
-                "prefix": _plain("LOYALTY_S3_PREFIX", environ),
-                "sse": _plain("LOYALTY_S3_SSE", environ),
-                "kms_key_id": _plain("LOYALTY_S3_KMS_KEY_ID", environ),
-                "storage_class": _plain("LOYALTY_S3_STORAGE_CLASS", environ),
+                "bucket": env_plain("LOYALTY_S3_BUCKET", environ),
+                "prefix": env_plain("LOYALTY_S3_PREFIX", environ),
+                "sse": env_plain("LOYALTY_S3_SSE", environ),
+                "kms_key_id": env_plain("LOYALTY_S3_KMS_KEY_ID", environ),
+                "storage_class": env_plain("LOYALTY_S3_STORAGE_CLASS", environ),
             }
         ),
     )
@@ -104,13 +132,9 @@ def target_database_name(environ: Mapping[str, str] = os.environ) -> str:
 
 def backup_max_age_hours(environ: Mapping[str, str] = os.environ) -> float:
     """How old the newest backup may get before its freshness fails and on-call is paged (default 26 h)."""
-    value = environ.get("LOYALTY_BACKUP_MAX_AGE_HOURS") or "26"
-    try:
-        hours = float(value)
-    except ValueError:
-        raise ValueError(f"LOYALTY_BACKUP_MAX_AGE_HOURS must be a number of hours, got {value!r}") from None
+    hours = env_number("LOYALTY_BACKUP_MAX_AGE_HOURS", environ, float) or 26.0
     if hours <= 1:
-        raise ValueError(f"LOYALTY_BACKUP_MAX_AGE_HOURS must be more than 1, got {value!r}")
+        raise ValueError(f"LOYALTY_BACKUP_MAX_AGE_HOURS must be more than 1 hour, got {hours!r}")
     return hours
 
 

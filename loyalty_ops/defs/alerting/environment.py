@@ -2,11 +2,12 @@
 run time, shown by name in the UI) and only when set, so an unset variable leaves the default."""
 
 import os
-from typing import Any, Mapping, Optional
+from typing import Mapping
 
 import dagster as dg
 
 from loyalty_ops.defs.alerting.resources import AlertingResource, AlertSlack
+from loyalty_ops.defs.environment import env_flag, env_number, env_plain, env_secret
 
 ENV_VARS = {
     "LOYALTY_WEBSERVER_BASE_URL": "webserver_base_url",
@@ -24,57 +25,24 @@ ENV_VARS = {
 }
 
 
-def _plain(name: str, environ: Mapping[str, str]) -> Optional[str]:
-    value = environ.get(name, "").strip()
-    return value or None
-
-
-def _secret(name: str, environ: Mapping[str, str]) -> Optional[dg.EnvVar]:
-    return dg.EnvVar(name) if environ.get(name) else None
-
-
-def _number(name: str, environ: Mapping[str, str], kind: type) -> Any:
-    value = _plain(name, environ)
-    if value is None:
-        return None
-    try:
-        number = kind(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {value!r}; example: {name}=26") from None
-    if number <= 0:
-        raise ValueError(f"{name} must be greater than 0, got {value!r}")
-    return number
-
-
-def _flag(name: str, environ: Mapping[str, str]) -> Optional[bool]:
-    value = _plain(name, environ)
-    if value is None:
-        return None
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}")
-
-
 def alerting_resource(environ: Mapping[str, str] = os.environ) -> AlertingResource:
     slack = None
     if environ.get("LOYALTY_SLACK_TOKEN"):
         slack_fields = {
-            "channel": _plain("LOYALTY_SLACK_CHANNEL", environ),
-            "base_url": _plain("LOYALTY_SLACK_BASE_URL", environ),
+            "channel": env_plain("LOYALTY_SLACK_CHANNEL", environ),
+            "base_url": env_plain("LOYALTY_SLACK_BASE_URL", environ),
         }
         slack = AlertSlack(token=dg.EnvVar("LOYALTY_SLACK_TOKEN"), **{k: v for k, v in slack_fields.items() if v})
     fields = {
-        "webserver_base_url": _plain("LOYALTY_WEBSERVER_BASE_URL", environ),
-        "pagerduty_routing_key": _secret("LOYALTY_PAGERDUTY_ROUTING_KEY", environ),
-        "pagerduty_events_url": _plain("LOYALTY_PAGERDUTY_EVENTS_URL", environ),
-        "pagerduty_ca_bundle": _plain("LOYALTY_PAGERDUTY_CA_BUNDLE", environ),
+        "webserver_base_url": env_plain("LOYALTY_WEBSERVER_BASE_URL", environ),
+        "pagerduty_routing_key": env_secret("LOYALTY_PAGERDUTY_ROUTING_KEY", environ),
+        "pagerduty_events_url": env_plain("LOYALTY_PAGERDUTY_EVENTS_URL", environ),
+        "pagerduty_ca_bundle": env_plain("LOYALTY_PAGERDUTY_CA_BUNDLE", environ),
         "slack": slack,
-        "webhook_url": _secret("LOYALTY_ALERT_WEBHOOK_URL", environ),
-        "backup_max_age_hours": _number("LOYALTY_BACKUP_MAX_AGE_HOURS", environ, float),
-        "delivery_attempts": _number("LOYALTY_ALERT_DELIVERY_ATTEMPTS", environ, int),
-        "retry_backoff_seconds": _number("LOYALTY_ALERT_RETRY_BACKOFF_SECONDS", environ, float),
-        "page_warn_checks": _flag("LOYALTY_ALERT_PAGE_WARN_CHECKS", environ),
+        "webhook_url": env_secret("LOYALTY_ALERT_WEBHOOK_URL", environ),
+        "backup_max_age_hours": env_number("LOYALTY_BACKUP_MAX_AGE_HOURS", environ, float),
+        "delivery_attempts": env_number("LOYALTY_ALERT_DELIVERY_ATTEMPTS", environ, int),
+        "retry_backoff_seconds": env_number("LOYALTY_ALERT_RETRY_BACKOFF_SECONDS", environ, float),
+        "page_warn_checks": env_flag("LOYALTY_ALERT_PAGE_WARN_CHECKS", environ),
     }
     return AlertingResource(**{k: v for k, v in fields.items() if v is not None})
