@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         stopping["flag"] = True
         raise KeyboardInterrupt
 
+    # Explicit handlers: a shell that started us in the background may have set SIGINT to "ignore".
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     exit_code = 0
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
