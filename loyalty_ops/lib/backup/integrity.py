@@ -39,62 +39,59 @@ def compression_of(path: Path) -> str:
     raise ValueError(f"{name}: not a .dump.gz or .dump.zst backup")
 
 
-def iter_decompressed(path: Path, compression: Optional[str] = None) -> Iterator[bytes]:
-    """Yield the decompressed archive in chunks; raise ValueError if the stream is corrupt or truncated."""
-    compression = compression or compression_of(path)
-    with open(path, "rb") as handle:
-        if compression == "gzip":
-            decomp = isal_zlib.decompressobj(31)
-            for block in iter(lambda: handle.read(READ_BYTES), b""):
-                try:
-                    out = decomp.decompress(block)
-                except isal_zlib.error as exc:
-                    raise ValueError(f"gzip stream is corrupt: {exc}") from None
-                if out:
-                    yield out
-                if decomp.eof and decomp.unused_data:
-                    # A second gzip member follows (as `cat a.gz b.gz` makes); decode it too.
-                    rest = decomp.unused_data
-                    decomp = isal_zlib.decompressobj(31)
-                    try:
-                        out = decomp.decompress(rest)
-                    except isal_zlib.error as exc:
-                        raise ValueError(f"gzip stream is corrupt: {exc}") from None
-                    if out:
-                        yield out
-            if not decomp.eof:
-                raise ValueError("gzip stream ends early: the file is truncated (no gzip trailer)")
-        elif compression == "zstd":
+class StreamDecompressor:
+    """Decompresses a backup chunk by chunk: gzip (ISA-L; concatenated members too) or zstd (several frames).
+
+    ``decompress`` raises ValueError on a corrupt stream; ``complete`` says whether the last member or
+    frame ended properly (False for a truncated file).
+    """
+
+    def __init__(self, compression: str):
+        if compression not in ("gzip", "zstd"):
+            raise ValueError(f"unknown compression {compression!r}")
+        self.compression = compression
+        self._new()
+
+    def _new(self) -> None:
+        if self.compression == "gzip":
+            self._obj = isal_zlib.decompressobj(31)
+        else:
             import zstandard
 
-            reader = zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True)
-            try:
-                for block in iter(lambda: reader.read(READ_BYTES), b""):
-                    yield block
-            except zstandard.ZstdError as exc:
-                raise ValueError(f"zstd stream is corrupt: {exc}") from None
-            _check_zstd_complete(path)
-        else:
-            raise ValueError(f"unknown compression {compression!r}")
+            self._obj = zstandard.ZstdDecompressor().decompressobj()
 
-
-def _check_zstd_complete(path: Path) -> None:
-    # zstandard's stream reader stops quietly at a truncated frame; decode the last frame's end explicitly.
-    import zstandard
-
-    with open(path, "rb") as handle:
-        dobj = zstandard.ZstdDecompressor().decompressobj()
+    def decompress(self, data: bytes) -> bytes:
         try:
-            for block in iter(lambda: handle.read(READ_BYTES), b""):
-                dobj.decompress(block)
-                while dobj.eof and dobj.unused_data:
-                    rest = dobj.unused_data
-                    dobj = zstandard.ZstdDecompressor().decompressobj()
-                    dobj.decompress(rest)
-        except zstandard.ZstdError as exc:
-            raise ValueError(f"zstd stream is corrupt: {exc}") from None
-        if not dobj.eof:
-            raise ValueError("zstd stream ends early: the file is truncated (incomplete frame)")
+            out = self._obj.decompress(data)
+            while self._obj.eof and self._obj.unused_data:
+                rest = self._obj.unused_data  # another member/frame follows (as `cat a.gz b.gz` makes)
+                self._new()
+                out += self._obj.decompress(rest)
+        except Exception as exc:  # isal_zlib.error / zstandard.ZstdError
+            raise ValueError(f"{self.compression} stream is corrupt: {exc}") from None
+        return out
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._obj.eof)
+
+    def truncation_error(self) -> Optional[str]:
+        if self.complete:
+            return None
+        return f"{self.compression} stream ends early: the file is truncated"
+
+
+def iter_decompressed(path: Path, compression: Optional[str] = None) -> Iterator[bytes]:
+    """Yield the decompressed archive in chunks; raise ValueError if the stream is corrupt or truncated."""
+    decomp = StreamDecompressor(compression or compression_of(path))
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(READ_BYTES), b""):
+            out = decomp.decompress(block)
+            if out:
+                yield out
+    error = decomp.truncation_error()
+    if error:
+        raise ValueError(error)
 
 
 def verify_compressed_stream(path: Path) -> StreamVerdict:
@@ -256,45 +253,24 @@ def inspect_archive(path: Path, toc_process=None) -> ArchiveInspection:
     raw = 0
     head = b""
     stream_error: Optional[str] = None
-    decomp = isal_zlib.decompressobj(31) if compression_of(path) == "gzip" else None
-    zstd_reader_needed = decomp is None
+    decomp = StreamDecompressor(compression_of(path))
     try:
         with open(path, "rb") as handle:
-            if zstd_reader_needed:
-                # zstd: hash the compressed bytes here, decompress through iter_decompressed below.
-                for block in iter(lambda: handle.read(READ_BYTES), b""):
-                    size += len(block)
-                    blocks.put(block)
-            else:
-                for block in iter(lambda: handle.read(READ_BYTES), b""):
-                    size += len(block)
-                    blocks.put(block)
-                    if stream_error:
-                        continue
-                    try:
-                        out = decomp.decompress(block)
-                        while decomp.eof and decomp.unused_data:
-                            rest = decomp.unused_data
-                            decomp = isal_zlib.decompressobj(31)
-                            out += decomp.decompress(rest)
-                    except isal_zlib.error as exc:
-                        stream_error = f"gzip stream is corrupt: {exc}"
-                        continue
-                    raw += len(out)
-                    if len(head) < len(CUSTOM_FORMAT_MAGIC):
-                        head += out[: len(CUSTOM_FORMAT_MAGIC)]
-                    sink = _feed(sink, out)
-                if not stream_error and not decomp.eof:
-                    stream_error = "gzip stream ends early: the file is truncated (no gzip trailer)"
-        if zstd_reader_needed:
-            try:
-                for out in iter_decompressed(path):
-                    raw += len(out)
-                    if len(head) < len(CUSTOM_FORMAT_MAGIC):
-                        head += out[: len(CUSTOM_FORMAT_MAGIC)]
-                    sink = _feed(sink, out)
-            except ValueError as exc:
-                stream_error = str(exc)
+            for block in iter(lambda: handle.read(READ_BYTES), b""):
+                size += len(block)
+                blocks.put(block)
+                if stream_error:
+                    continue  # keep hashing to the end: the checksum verdict is separate
+                try:
+                    out = decomp.decompress(block)
+                except ValueError as exc:
+                    stream_error = str(exc)
+                    continue
+                raw += len(out)
+                if len(head) < len(CUSTOM_FORMAT_MAGIC):
+                    head += out[: len(CUSTOM_FORMAT_MAGIC)]
+                sink = _feed(sink, out)
+        stream_error = stream_error or decomp.truncation_error()
     finally:
         blocks.put(None)
         hasher.join()

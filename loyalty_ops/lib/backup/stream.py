@@ -201,7 +201,7 @@ def stream_to_file(
         fsync_directory(final_path.parent)
     except BaseException:
         stop.set()
-        _drain(chunks)
+        drain_queue(chunks)
         tmp_path.unlink(missing_ok=True)
         final_path.with_name(final_path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
         raise
@@ -209,7 +209,8 @@ def stream_to_file(
     return WrittenFile(final_path, meter.done_bytes, written, sha, time.monotonic() - started)
 
 
-def _drain(chunks: "queue.Queue[object]") -> None:
+def drain_queue(chunks: "queue.Queue[object]") -> None:
+    """Empty a bounded queue so a producer thread blocked on ``put`` can notice it should stop."""
     try:
         while True:
             chunks.get_nowait()

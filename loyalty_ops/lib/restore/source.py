@@ -16,15 +16,14 @@ import os
 import queue
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from loyalty_ops.lib.backup.integrity import CUSTOM_FORMAT_MAGIC, compression_of, read_sidecar
+from loyalty_ops.lib.backup.integrity import CUSTOM_FORMAT_MAGIC, StreamDecompressor, compression_of, read_sidecar
 from loyalty_ops.lib.backup.manifest import BackupManifest, read_manifest
 from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, PARTIAL_MARKER, SIDECAR_SUFFIX, normalize_prefix, parse_backup_name
-from loyalty_ops.lib.backup.stream import remove_stale_partials
+from loyalty_ops.lib.backup.stream import drain_queue, remove_stale_partials
 from loyalty_ops.lib.progress import ProgressMeter, ProgressSnapshot
 from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, RestoreRefused
 from loyalty_ops.lib.restore.plan import BackupRef
@@ -226,34 +225,6 @@ class PreparedArchive:
     duration_s: float
 
 
-class _Decompressor:
-    """gzip (including concatenated members) or zstd (including several frames), chunk by chunk."""
-
-    def __init__(self, compression: str):
-        self.compression = compression
-        self._new()
-
-    def _new(self) -> None:
-        if self.compression == "gzip":
-            self._obj = zlib.decompressobj(31)
-        else:
-            import zstandard
-
-            self._obj = zstandard.ZstdDecompressor().decompressobj()
-
-    def decompress(self, data: bytes) -> bytes:
-        out = self._obj.decompress(data)
-        while self._obj.eof and self._obj.unused_data:
-            rest = self._obj.unused_data
-            self._new()
-            out += self._obj.decompress(rest)
-        return out
-
-    @property
-    def complete(self) -> bool:
-        return bool(self._obj.eof)
-
-
 def prepare_archive(
     compressed: Path,
     expected_sha256: str,
@@ -300,7 +271,7 @@ def prepare_archive(
             chunks.put(exc)
 
     reader = threading.Thread(target=_read, name="archive-reader", daemon=True)
-    decomp = _Decompressor(compression)
+    decomp = StreamDecompressor(compression)
     stream_error: Optional[str] = None
     raw = 0
     head = b""
@@ -319,8 +290,8 @@ def prepare_archive(
                     continue
                 try:
                     block = decomp.decompress(item)  # type: ignore[arg-type]
-                except Exception as exc:
-                    stream_error = f"{compression} stream is corrupt: {exc}"
+                except ValueError as exc:
+                    stream_error = str(exc)
                     stop.set()  # the reader only hashes from now on; keep taking chunks until its EOF
                     continue
                 if block:
@@ -337,8 +308,7 @@ def prepare_archive(
                 f"{name} hashes to {actual} but its recorded SHA-256 is {expected_sha256}: the file is "
                 f"corrupt or was changed{extra}; it will not be restored",
             )
-        if stream_error is None and not decomp.complete:
-            stream_error = f"{compression} stream ends early: the file is truncated"
+        stream_error = stream_error or decomp.truncation_error()
         if stream_error:
             raise RestoreRefused(
                 "decompress",
@@ -349,19 +319,11 @@ def prepare_archive(
             raise RestoreRefused("decompress", f"{name} is not a pg_dump custom-format archive")
     except BaseException:
         stop.set()
-        _drain(chunks)
+        drain_queue(chunks)
         out_path.unlink(missing_ok=True)
         raise
     meter.finish()
     return PreparedArchive(out_path, raw, size, actual, time.monotonic() - started)
-
-
-def _drain(chunks: "queue.Queue[object]") -> None:
-    try:
-        while True:
-            chunks.get_nowait()
-    except queue.Empty:
-        pass
 
 
 def manifest_json(manifest: Optional[BackupManifest]) -> Optional[dict]:
