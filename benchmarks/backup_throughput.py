@@ -28,7 +28,8 @@ CHILD_SCRIPT = r"""
 import json, os, resource, sys, time
 import dagster as dg
 from dagster_aws.s3 import S3Resource
-from loyalty_ops.defs.backups.assets import database_backup, offsite_backup_copy
+from loyalty_ops.defs.backups.assets import database_backup
+from loyalty_ops.defs.backups.offsite_copy import offsite_backup_copy
 from loyalty_ops.defs.backups.checks import BACKUP_CHECKS
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 args = json.loads(sys.argv[1])

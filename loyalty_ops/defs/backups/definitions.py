@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from loyalty_ops.defs.backups.assets import database_backup, offsite_backup_copy
+from loyalty_ops.defs.backups.assets import database_backup
+from loyalty_ops.defs.backups.offsite_copy import offsite_backup_copy
 from loyalty_ops.defs.backups.checks import BACKUP_CHECKS
 from loyalty_ops.defs.environment import target_database_name
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE

@@ -6,6 +6,7 @@ can tell them apart. ``.dump.zst`` is the zstd variant.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,14 +47,41 @@ def backup_name(database: str, taken_at: datetime, compression: str = "gzip") ->
     return BackupName(taken_at.astimezone(timezone.utc).replace(microsecond=0, tzinfo=timezone.utc), database, compression)
 
 
+@functools.lru_cache(maxsize=1 << 18)  # retention may parse 100,000 keys; a file and its sidecars share a name
 def parse_backup_name(filename: str) -> Optional[BackupName]:
-    """The parsed name, or None when the file is not a backup of this tool (sidecars, temp files, others)."""
+    """The one strict parser of backup names, used by backup, restore, retention, the drill and reports.
+
+    None when the file is not a backup of this tool: other names, sidecars, temporary files, impossible
+    timestamps (``loyalty_20251301_000000.dump.gz``, month 13) and non-canonical spellings. Such files are
+    "left alone" everywhere, never parsed into an error. Avoids ``strptime`` (it is slow and accepts more
+    than ``%Y%m%d_%H%M%S`` writes).
+    """
     match = BACKUP_NAME_RE.match(filename)
-    if not match:
+    if match is None:
         return None
-    stamp = datetime.strptime(match.group("stamp"), "%Y%m%d_%H%M%S").replace(tzinfo=timezone.utc)
-    compression = "gzip" if match.group("suffix") == ".dump.gz" else "zstd"
-    return BackupName(stamp, match.group("db"), compression)
+    stamp = match.group("stamp")
+    try:
+        taken_at = datetime(
+            int(stamp[0:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[9:11]), int(stamp[11:13]), int(stamp[13:15]),
+            tzinfo=timezone.utc,
+        )
+    except ValueError:
+        return None
+    if taken_at.year < 1000:  # %Y would not give the same four digits back
+        return None
+    return BackupName(taken_at, match.group("db"), "gzip" if match.group("suffix") == ".dump.gz" else "zstd")
+
+
+def parse_backup_key(key: str, prefix: str) -> Optional[BackupName]:
+    """The backup an S3 key names, when it is exactly ``PREFIX/YYYY/MM/DD/<file>`` for the file's own date
+    (``BackupName.s3_key``); None for anything else under (or outside) the prefix."""
+    prefix = normalize_prefix(prefix)
+    if not key.startswith(prefix):
+        return None
+    parsed = parse_backup_name(key.rsplit("/", 1)[-1])
+    if parsed is None or key != parsed.s3_key(prefix):
+        return None
+    return parsed
 
 
 def normalize_prefix(prefix: str) -> str:

@@ -7,7 +7,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from loyalty_ops.defs.backups.assets import database_backup, offsite_backup_copy
+from loyalty_ops.defs.backups.assets import database_backup
+from loyalty_ops.defs.backups.offsite_copy import offsite_backup_copy
 from loyalty_ops.defs.backups.checks import BACKUP_CHECKS
 from loyalty_ops.defs.resources import BackupStorage
 from loyalty_ops_tests.conftest import postgres_target
