@@ -54,6 +54,7 @@ class BackupResult:
     expected_raw_bytes: int
     runner: str
     timings: dict[str, float] = field(default_factory=dict)
+    catalog_details: dict = field(default_factory=dict)  # catalog.snapshot_details: materialized views, locale
 
     @property
     def path(self) -> Path:
@@ -132,6 +133,7 @@ def take_backup(
         snapshot_id = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         tables = catalog.list_user_tables(conn)
         counts_of_catalog = catalog.catalog_counts(conn)
+        catalog_details = catalog.snapshot_details(conn)
         expected = catalog.estimated_dump_bytes(conn)
         timings["prepare_s"] = time.monotonic() - t0
         log(
@@ -206,6 +208,7 @@ def take_backup(
         tables=tables,
         row_counts=row_counts,
         catalog_counts=counts_of_catalog,
+        catalog_details=catalog_details,
         expected_raw_bytes=expected,
         runner=runner.description,
         timings=timings,

@@ -1,7 +1,8 @@
 """The manifest written next to each backup (``FILE.manifest.json``): what the dump's snapshot held.
 
 It lets a restore, drill or retention run anywhere (even from the S3 copy alone) compare against exact
-numbers taken at dump time: row counts per table, catalog object counts, versions and the checksum.
+numbers taken at dump time: row counts per table, catalog object counts, materialized views (populated or
+not, and their rows), the database's encoding and locale, versions and the checksum.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class BackupManifest:
     tables: list[dict] = field(default_factory=list)  # {"schema", "name", "owner", "kind"}
     row_counts: dict[str, int] = field(default_factory=dict)
     catalog_counts: dict[str, int] = field(default_factory=dict)
+    # {"schema.name": {"populated": bool, "rows": int | None}}; empty in manifests written before they were recorded
+    materialized_views: dict[str, dict] = field(default_factory=dict)
+    # {"encoding", "lc_collate", "lc_ctype", "locale_provider"[, "icu_locale"]}; empty in older manifests
+    database_locale: dict[str, str] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
 
     def table_refs(self) -> list[TableRef]:
@@ -50,6 +55,7 @@ class BackupManifest:
 
 def manifest_for(result: BackupResult) -> BackupManifest:
     """The manifest of a backup just taken: what its snapshot held, for later restores and drills."""
+    details = getattr(result, "catalog_details", None) or {}
     return BackupManifest(
         database=result.name.database,
         filename=result.path.name,
@@ -63,6 +69,8 @@ def manifest_for(result: BackupResult) -> BackupManifest:
         tables=[{"schema": t.schema, "name": t.name, "owner": t.owner, "kind": t.kind} for t in result.tables],
         row_counts=result.row_counts,
         catalog_counts=result.catalog_counts,
+        materialized_views=dict(details.get("materialized_views") or {}),
+        database_locale=dict(details.get("database_locale") or {}),
     )
 
 

@@ -93,6 +93,60 @@ def catalog_counts(conn: psycopg.Connection) -> dict[str, int]:
     return {name: int(conn.execute(query).fetchone()[0]) for name, query in CATALOG_COUNT_QUERIES.items()}
 
 
+def materialized_views(conn: psycopg.Connection) -> dict[str, dict]:
+    """Each user materialized view, keyed by ``schema.name``: ``{"populated": bool, "rows": int | None}``.
+
+    An unpopulated view (``WITH NO DATA``) cannot be read, so its rows are None; a restore must bring it back
+    unpopulated too, and a populated one with the same number of rows.
+    """
+    rows = conn.execute(
+        f"""
+        SELECT n.nspname, c.relname, c.relispopulated
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'm' AND {SYSTEM_SCHEMA_FILTER}
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    out: dict[str, dict] = {}
+    for schema, name, populated in rows:
+        count = None
+        if populated:
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))
+            count = int(conn.execute(query).fetchone()[0])
+        out[f"{schema}.{name}"] = {"populated": bool(populated), "rows": count}
+    return out
+
+
+def database_locale(conn: psycopg.Connection) -> dict[str, str]:
+    """The current database's encoding and locale: what ``CREATE DATABASE`` needs to make an equal one.
+
+    ``locale_provider`` is ``libc`` or ``icu`` (PostgreSQL 15+; older servers only have libc).
+    """
+    if conn.info.server_version >= 150000:
+        row = conn.execute(
+            "SELECT pg_encoding_to_char(encoding), datcollate, datctype, "
+            "CASE datlocprovider WHEN 'i' THEN 'icu' ELSE 'libc' END, coalesce(daticulocale, '') "
+            "FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT pg_encoding_to_char(encoding), datcollate, datctype, 'libc', '' "
+            "FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+    encoding, collate, ctype, provider, icu_locale = row
+    out = {"encoding": encoding, "lc_collate": collate, "lc_ctype": ctype, "locale_provider": provider}
+    if icu_locale:
+        out["icu_locale"] = icu_locale
+    return out
+
+
+def snapshot_details(conn: psycopg.Connection) -> dict[str, dict]:
+    """What a backup's manifest records besides tables and counts: materialized views and the database locale."""
+    return {"materialized_views": materialized_views(conn), "database_locale": database_locale(conn)}
+
+
 def server_version(conn: psycopg.Connection) -> tuple[int, int]:
     """The server's (major, minor) version, e.g. (15, 18)."""
     num = conn.info.server_version
