@@ -1,11 +1,13 @@
 """Blocking integrity checks of the backup file on disk. A failure stops the offsite copy and fails the run.
 
-The four checks are evaluated from one read of the file (hash, decompression to the end, and
-``pg_restore --list`` fed from the same stream), independently of the code that wrote it.
+The five checks are evaluated from one read of the file (hash, decompression to the end, a walk of the
+whole archive inside, and ``pg_restore --list`` fed from the same stream), independently of the code that
+wrote it. Each run checks its own backup: the file its own ``database_backup`` step wrote, not simply the
+newest one (another run may have written a newer one meanwhile).
 """
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import dagster as dg
 
@@ -21,12 +23,16 @@ MIN_SIZE_RATIO = 0.5
 CHECK_DESCRIPTIONS = {
     "backup_archive_decompresses": "The compressed stream is valid to its end (what `gunzip -t` checks) and "
     "holds a pg_dump custom-format archive.",
+    "backup_archive_complete": "The whole archive was read: every data block its table of contents promises "
+    "is present and complete to its end marker, and nothing follows the last one. `pg_restore --list` reads "
+    "only the table of contents, so an archive cut short (pg_dump exited 0, a pipe broke) would pass it.",
     "backup_checksum_matches": "The SHA-256 of the file on disk equals the one computed while writing it "
     "(and the `.sha256` sidecar's).",
     "backup_toc_lists_all_tables": "`pg_restore --list` reads the archive and its table of contents has every "
     "table (and its data) the source had in the dump's snapshot.",
     "backup_size_plausible": "The file is not empty and not under half the size of the previous verified "
-    "backup: a truncated dump reported as success is the commonest silent failure of backup tools.",
+    "backup: a truncated dump reported as success is the commonest silent failure of backup tools. After a "
+    "legitimate purge, relaunch the backup with `accept_size_change: true` to accept the new size.",
 }
 
 
@@ -53,7 +59,9 @@ def _result(name: str, passed: bool, description: str, **metadata) -> dg.AssetCh
 def backup_integrity_checks(
     context: dg.AssetCheckExecutionContext, postgres: PostgresTarget, offsite: OffsiteStorage
 ) -> Iterator[dg.AssetCheckResult]:
-    entry = context.instance.get_latest_materialization_event(BACKUP_ASSET_KEY)
+    entry = backup_of_run(context.instance, context.run_id) or context.instance.get_latest_materialization_event(
+        BACKUP_ASSET_KEY
+    )
     if entry is None:
         raise dg.Failure("database_backup has never been materialized; there is nothing to check")
     meta = metadata_values(entry)
@@ -80,6 +88,7 @@ def backup_integrity_checks(
         results.append(
             _result("backup_archive_decompresses", verdict.ok, verdict.message, decompressed_bytes=verdict.raw_bytes)
         )
+        results.append(_archive_complete_result(path, inspection))
 
         sidecar = integrity.read_sidecar(path)
         problems = []
@@ -117,13 +126,7 @@ def backup_integrity_checks(
                                        f"all {len(manifest.tables)} tables and their data are in the archive",
                                        toc_entries=entries, tables=len(manifest.tables)))
 
-        previous = meta.get("previous_backup_bytes") or None
-        size_verdict = integrity.size_is_plausible(inspection.file_bytes, previous, MIN_SIZE_RATIO)
-        size_meta = {"bytes": inspection.file_bytes, "previous_backup_bytes": previous or 0}
-        if size_verdict.ratio is not None:
-            size_meta["ratio_to_previous"] = round(size_verdict.ratio, 3)
-        results.append(_result("backup_size_plausible", size_verdict.ok, size_verdict.message, **size_meta))
-
+        results.append(_size_result(inspection.file_bytes, meta))
     failed = [r.check_name for r in results if not r.passed]
     if failed and meta.get("pending_upload_id") and offsite.configured:
         abort_pending_upload(offsite.client(), offsite.target().bucket, meta["pending_upload_key"], meta["pending_upload_id"])
@@ -132,6 +135,60 @@ def backup_integrity_checks(
             "nothing was copied offsite"
         )
     yield from results
+
+
+def backup_of_run(instance: dg.DagsterInstance, run_id: str) -> Optional[dg.EventLogEntry]:
+    """The backup materialized by this run (None when the check runs on its own, outside a backup run)."""
+    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    mine = [e for e in entries if e.asset_materialization and e.asset_materialization.asset_key == BACKUP_ASSET_KEY]
+    return mine[-1] if mine else None
+
+
+def _archive_complete_result(path: Path, inspection: integrity.ArchiveInspection) -> dg.AssetCheckResult:
+    summary = inspection.archive
+    if summary is None:
+        return _result(
+            "backup_archive_complete",
+            False,
+            f"{path.name}: {inspection.archive_error}. The backup is not restorable as a whole.",
+            verify_seconds=round(inspection.seconds, 3),
+        )
+    return _result(
+        "backup_archive_complete",
+        True,
+        f"read to the end: {summary.data_blocks} of {summary.data_blocks} data blocks complete, "
+        f"{len(summary.entries)} TOC entries, {summary.archive_bytes} bytes of archive (format {summary.version})",
+        data_blocks=summary.data_blocks,
+        toc_entries=len(summary.entries),
+        archive_bytes=summary.archive_bytes,
+        archive_version=summary.version,
+        verify_seconds=round(inspection.seconds, 3),
+    )
+
+
+ACCEPT_SIZE_HINT = (
+    "If the database legitimately shrank (a large purge), accept the new size once: launch nightly_backup_job "
+    "with `ops: {database_backup: {config: {accept_size_change: true}}}`; later backups compare with this one."
+)
+
+
+def _size_result(size: int, meta: dict) -> dg.AssetCheckResult:
+    previous = meta.get("previous_backup_bytes") or None
+    verdict = integrity.size_is_plausible(size, previous, MIN_SIZE_RATIO)
+    accepted = bool(meta.get("accept_size_change"))
+    size_meta = {"bytes": size, "previous_backup_bytes": previous or 0, "accept_size_change": accepted}
+    if verdict.ratio is not None:
+        size_meta["ratio_to_previous"] = round(verdict.ratio, 3)
+    if verdict.ok:
+        return _result("backup_size_plausible", True, verdict.message, **size_meta)
+    if accepted and size > 0:
+        return _result(
+            "backup_size_plausible",
+            True,
+            f"{verdict.message}; accepted for this run by accept_size_change: true (a legitimate shrink)",
+            **size_meta,
+        )
+    return _result("backup_size_plausible", False, f"{verdict.message}. {ACCEPT_SIZE_HINT}", **size_meta)
 
 
 BACKUP_CHECKS = [backup_integrity_checks]

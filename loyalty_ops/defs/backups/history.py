@@ -15,6 +15,7 @@ BACKUP_ASSET_KEY = dg.AssetKey("database_backup")
 OFFSITE_ASSET_KEY = dg.AssetKey("offsite_backup_copy")
 INTEGRITY_CHECK_NAMES = (
     "backup_archive_decompresses",
+    "backup_archive_complete",
     "backup_checksum_matches",
     "backup_toc_lists_all_tables",
     "backup_size_plausible",

@@ -2,6 +2,9 @@
 
 - :func:`verify_compressed_stream`: the compressed stream is valid to its end (what ``gunzip -t`` /
   ``zstd -t`` check) and holds a PostgreSQL custom-format archive.
+- :func:`inspect_archive`: one read of the file that hashes it, decompresses it to the end, reads the whole
+  archive inside (every data block the TOC promises, complete to its end marker, nothing after the last;
+  :mod:`loyalty_ops.lib.backup.archive`) and feeds ``pg_restore --list``.
 - :func:`file_sha256`: the hash of the bytes on disk, to compare with the one computed while writing.
 - :func:`size_is_plausible`: not empty, and not under a fraction of the previous good backup.
 - :func:`missing_from_toc`: every source table has its TABLE and TABLE DATA entries in ``pg_restore --list``.
@@ -10,13 +13,16 @@
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Optional
+from typing import IO, Callable, Iterable, Iterator, Optional
 
 from isal import isal_zlib
 
+from loyalty_ops.lib.backup.archive import ArchiveFormatError, ArchiveReader, ArchiveSummary
 from loyalty_ops.lib.pg.catalog import TableRef
 
 READ_BYTES = 1024 * 1024
@@ -212,33 +218,59 @@ def start_feeder(path: Path, sink: IO[bytes]) -> threading.Thread:
 
 @dataclass(frozen=True)
 class ArchiveInspection:
-    """Everything one read of a backup file tells: its hash, whether the stream is valid, and its TOC."""
+    """Everything one read of a backup file tells: its hash, whether the stream is valid, whether the archive
+    inside is complete (``archive``: the summary, or None with ``archive_error``), and its TOC."""
 
     sha256: str
     file_bytes: int
     stream: StreamVerdict
     toc_text: Optional[str]
     toc_error: Optional[str]
+    archive: Optional[ArchiveSummary] = None
+    archive_error: Optional[str] = None
+    seconds: float = 0.0
+
+
+class _Worker:
+    """A thread that consumes blocks from a bounded queue (hashing, or walking the archive).
+
+    hashlib, ISA-L and numpy release the GIL, so hashing, decompressing and walking overlap on two cores.
+    """
+
+    def __init__(self, name: str, consume: Callable[[bytes], None]):
+        self.queue: "queue.Queue[Optional[bytes]]" = queue.Queue(maxsize=4)
+        self.error: Optional[BaseException] = None
+        self._consume = consume
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (block := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self._consume(block)
+                except BaseException as exc:  # reported by the caller; keep draining so put() never blocks
+                    self.error = exc
+
+    def put(self, block: bytes) -> None:
+        self.queue.put(block)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self._thread.join()
 
 
 def inspect_archive(path: Path, toc_process=None) -> ArchiveInspection:
-    """Hash the file, decompress it to the end and feed the archive to ``pg_restore --list``, in one read.
+    """Hash the file, decompress it to the end, read the whole archive and feed ``pg_restore --list``, in one read.
 
-    ``toc_process`` is a started tool process (``pg_restore --list`` reading stdin) or None. Hashing runs
-    on its own thread (hashlib releases the GIL), so the pass costs about one decompression.
+    ``toc_process`` is a started tool process (``pg_restore --list`` reading stdin) or None.
     """
-    import queue
-
+    started = time.monotonic()
     path = Path(path)
     digest = hashlib.sha256()
-    blocks: "queue.Queue[Optional[bytes]]" = queue.Queue(maxsize=4)
-
-    def _hash() -> None:
-        while (block := blocks.get()) is not None:
-            digest.update(block)
-
-    hasher = threading.Thread(target=_hash, name="archive-hash", daemon=True)
-    hasher.start()
+    reader = ArchiveReader()
+    hasher = _Worker("archive-hash", digest.update)
+    walker = _Worker("archive-walk", reader.feed)
     toc_chunks: list[bytes] = []
     toc_reader = None
     if toc_process is not None:
@@ -258,7 +290,7 @@ def inspect_archive(path: Path, toc_process=None) -> ArchiveInspection:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(READ_BYTES), b""):
                 size += len(block)
-                blocks.put(block)
+                hasher.put(block)
                 if stream_error:
                     continue  # keep hashing to the end: the checksum verdict is separate
                 try:
@@ -269,12 +301,16 @@ def inspect_archive(path: Path, toc_process=None) -> ArchiveInspection:
                 raw += len(out)
                 if len(head) < len(CUSTOM_FORMAT_MAGIC):
                     head += out[: len(CUSTOM_FORMAT_MAGIC)]
+                if out:
+                    walker.put(out)
                 sink = _feed(sink, out)
         stream_error = stream_error or decomp.truncation_error()
     finally:
-        blocks.put(None)
-        hasher.join()
+        hasher.close()
+        walker.close()
         _feed(sink, None)
+    if hasher.error is not None:
+        raise hasher.error
     if size == 0:
         verdict = StreamVerdict(False, 0, f"{path.name} is empty (0 bytes)")
     elif stream_error:
@@ -283,6 +319,7 @@ def inspect_archive(path: Path, toc_process=None) -> ArchiveInspection:
         verdict = StreamVerdict(False, raw, f"{path.name} decompresses but is not a pg_dump custom-format archive")
     else:
         verdict = StreamVerdict(True, raw, f"{path.name}: compressed stream valid to the end, {raw} bytes of archive")
+    summary, archive_error = _archive_verdict(reader, walker.error, verdict)
     toc_text = toc_error = None
     if toc_process is not None:
         toc_reader.join()
@@ -290,7 +327,24 @@ def inspect_archive(path: Path, toc_process=None) -> ArchiveInspection:
         toc_text = b"".join(toc_chunks).decode("utf-8", errors="replace")
         if code != 0:
             toc_error = f"pg_restore --list failed with exit code {code}: {toc_process.stderr_text().strip()[-1500:]}"
-    return ArchiveInspection(digest.hexdigest(), size, verdict, toc_text, toc_error)
+    return ArchiveInspection(
+        digest.hexdigest(), size, verdict, toc_text, toc_error, summary, archive_error, time.monotonic() - started
+    )
+
+
+def _archive_verdict(
+    reader: ArchiveReader, walk_error: Optional[BaseException], stream: StreamVerdict
+) -> tuple[Optional[ArchiveSummary], Optional[str]]:
+    if walk_error is not None:
+        if not isinstance(walk_error, ArchiveFormatError):
+            raise walk_error
+        return None, str(walk_error)
+    if not stream.ok:
+        return None, f"the archive could not be read to its end: {stream.message}"
+    try:
+        return reader.finish(), None
+    except ArchiveFormatError as exc:
+        return None, str(exc)
 
 
 def _feed(sink: Optional[IO[bytes]], data: Optional[bytes]) -> Optional[IO[bytes]]:
