@@ -11,7 +11,7 @@ from loyalty_ops.defs.environment import backup_max_age_hours
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, last_verified_backup
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, take_backup
-from loyalty_ops.lib.backup.manifest import manifest_for, write_manifest
+from loyalty_ops.lib.backup.manifest import manifest_path
 from loyalty_ops.lib.backup.naming import COMPRESSION_SUFFIXES
 from loyalty_ops.defs.backups.offsite_copy import start_streaming_upload
 from loyalty_ops.lib.backup.offsite import StreamingUpload
@@ -43,6 +43,12 @@ class BackupConfig(dg.Config):
         description="Upload to S3 while dumping, as a multipart upload that stays invisible until the "
         "integrity checks pass (then it is completed) or fail (then it is aborted). Off: upload after the checks.",
     )
+    accept_size_change: bool = Field(
+        default=False,
+        description="Accept a legitimate shrink after a large purge for this one run: the size check passes "
+        "even when this backup is under half the previous verified one. Recorded in the run's metadata; later "
+        "runs compare against this backup.",
+    )
 
 
 def _row_count_table(row_counts: dict[str, int]) -> str:
@@ -70,7 +76,8 @@ def database_backup(
     """A full logical backup of the loyalty database: `pg_dump -Fc` streamed through gzip (or zstd) into
     `LOYALTY_BACKUP_DIR/loyalty_YYYYMMDD_HHMMSS.dump.gz`, with a `sha256sum -c` sidecar and a manifest of
     exact row counts taken in the dump's own snapshot. The file appears under its final name only when
-    complete (mode 0600). Blocking checks verify it before the offsite copy."""
+    complete and after its sidecar and manifest (mode 0600); two runs in the same second get names one
+    second apart, never the same file. Blocking checks verify it before the offsite copy."""
     compression = config.compression or backup_storage.compression
     if compression not in COMPRESSION_SUFFIXES:
         raise dg.Failure(
@@ -109,15 +116,16 @@ def database_backup(
             open_sink=open_sink,
             log=context.log.info,
         )
+        pending = streaming[0].finish() if streaming else None
     except BaseException as exc:
+        # Whatever failed (the dump, the disk, the manifest, the last parts), no multipart upload is left.
         for upload in streaming:
             upload.abort()
         if isinstance(exc, (BackupError, ToolError, ValueError)):
             raise dg.Failure(description=str(exc), metadata={"target": spec.redacted()}) from None
         raise
-    pending = streaming[0].finish() if streaming else None
 
-    manifest_file = write_manifest(result.path, manifest_for(result))
+    manifest_file = manifest_path(result.path)
     duration = result.file.duration_s
     context.log.info(
         f"backup written: {result.path} ({human_bytes(result.file.written_bytes)} from "
@@ -147,6 +155,7 @@ def database_backup(
             "catalog_counts": dg.MetadataValue.json(result.catalog_counts),
             "previous_backup_bytes": previous.bytes if previous and previous.bytes else 0,
             "taken_at": result.name.taken_at.isoformat(),
+            "accept_size_change": bool(config.accept_size_change),
             **(
                 {
                     "pending_upload_id": pending.upload_id,

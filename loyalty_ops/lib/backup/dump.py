@@ -10,18 +10,21 @@ The steps, in order:
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
 import psycopg
 
-from loyalty_ops.lib.backup.naming import BackupName, backup_name
-from loyalty_ops.lib.backup.stream import WrittenFile, remove_stale_partials, stream_to_file
+from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, SIDECAR_SUFFIX, BackupName, backup_name
+from loyalty_ops.lib.backup.stream import BackupWriteError, WrittenFile, remove_stale_partials, stream_to_file
+from loyalty_ops.lib.backup.tempfiles import Claim, claim_path
 from loyalty_ops.lib.pg import catalog
 from loyalty_ops.lib.pg.catalog import TableRef
 from loyalty_ops.lib.pg.connection import ConnectionSpec
@@ -81,7 +84,7 @@ def check_backup_dir(backup_dir: Path) -> None:
         raise BackupError(f"LOYALTY_BACKUP_DIR {backup_dir} cannot be created: {exc.strerror}") from None
     if not backup_dir.is_dir():
         raise BackupError(f"LOYALTY_BACKUP_DIR {backup_dir} is not a directory")
-    probe = backup_dir / f".write-probe-{os.getpid()}"
+    probe = backup_dir / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"  # pids repeat across containers
     try:
         probe.write_bytes(b"")
         probe.unlink()
@@ -101,6 +104,28 @@ def check_tool_versions(pg_dump_version: str, server: tuple[int, int]) -> None:
         )
 
 
+def claim_backup_name(
+    backup_dir: Path, database: str, taken_at: datetime, compression: str, *, max_seconds: int = 3600
+) -> tuple[BackupName, Claim]:
+    """Claim the first free backup name at or after ``taken_at`` for this run.
+
+    Two runs in the same second (a manual materialization beside the nightly one, a second deployment
+    on the same volume) get names one second apart: a name is taken while its backup, sidecar or
+    manifest exists or another live run holds its claim. The claim is atomic, so no run ever replaces
+    another's backup.
+    """
+    for offset in range(max_seconds):
+        name = backup_name(database, taken_at + timedelta(seconds=offset), compression)
+        final = backup_dir / name.filename
+        claim = claim_path(final, also_free=(Path(f"{final}{SIDECAR_SUFFIX}"), Path(f"{final}{MANIFEST_SUFFIX}")))
+        if claim is not None:
+            return name, claim
+    raise BackupError(
+        f"no free backup name in LOYALTY_BACKUP_DIR {backup_dir} within {max_seconds} s of {taken_at:%Y-%m-%d %H:%M:%S}: "
+        "every name is taken by another backup or a run in progress; check for runaway backup runs"
+    )
+
+
 def take_backup(
     spec: ConnectionSpec,
     runner: PgToolRunner,
@@ -111,19 +136,48 @@ def take_backup(
     open_sink: Optional[Callable[[BackupName, int], Optional[Callable[[bytes], None]]]] = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> BackupResult:
-    """Take one backup.
+    """Take one backup: the file, its ``.sha256`` sidecar and its manifest, all or nothing.
 
-    ``open_sink(name, expected_raw_bytes)``, called just before pg_dump starts, may return a callable that
-    receives each compressed block as it is written (a streamed offsite upload).
+    The backup's name is claimed first (see ``claim_backup_name``); the file gets that name only after
+    its sidecar and manifest are written. ``open_sink(name, expected_raw_bytes)``, called just before
+    pg_dump starts with the claimed name, may return a callable that receives each compressed block as
+    it is written (a streamed offsite upload).
     """
-    timings: dict[str, float] = {}
     t0 = time.monotonic()
     backup_dir = Path(request.backup_dir)
     check_backup_dir(backup_dir)
     for stale in remove_stale_partials(backup_dir):
         log(f"removed temporary file {stale.name} left by a killed earlier run")
-    name = backup_name(spec.dbname, taken_at or datetime.now(timezone.utc), request.compression)
-    final_path = backup_dir / name.filename
+    name, claim = claim_backup_name(backup_dir, spec.dbname, taken_at or datetime.now(timezone.utc), request.compression)
+    try:
+        return _dump_to_claimed_name(spec, runner, request, name, claim.path, t0, on_progress, open_sink, log)
+    except BackupWriteError as exc:
+        hint = (
+            f"free space in LOYALTY_BACKUP_DIR ({backup_dir}) or point it elsewhere"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else f"check LOYALTY_BACKUP_DIR ({backup_dir})"
+        )
+        raise BackupError(
+            f"the backup could not be written: {exc.strerror}; {hint}. Nothing was left under the name {name.filename}."
+        ) from None
+    finally:
+        claim.release()
+
+
+def _dump_to_claimed_name(
+    spec: ConnectionSpec,
+    runner: PgToolRunner,
+    request: BackupRequest,
+    name: BackupName,
+    final_path: Path,
+    t0: float,
+    on_progress: Optional[Callable[[ProgressSnapshot], None]],
+    open_sink: Optional[Callable[[BackupName, int], Optional[Callable[[bytes], None]]]],
+    log: Callable[[str], None],
+) -> BackupResult:
+    from loyalty_ops.lib.backup.manifest import manifest_for, manifest_path  # manifest.py imports this module
+
+    timings: dict[str, float] = {}
     pg_dump_version = runner.tool_version("pg_dump")
 
     with connect(spec) as conn:
@@ -171,9 +225,34 @@ def take_backup(
                     stderr=stderr,
                 )
 
+        results: list[BackupResult] = []
+
+        def _manifest(written: WrittenFile) -> dict[Path, str]:
+            """The manifest, written before the backup gets its name: a backup never appears without it."""
+            counter.join()
+            if count_errors:
+                raise BackupError(f"counting rows in the dump's snapshot failed: {count_errors[0]}")
+            timings["dump_s"] = written.duration_s
+            results.append(
+                BackupResult(
+                    name=name,
+                    file=written,
+                    server_version=f"{server[0]}.{server[1]}",
+                    pg_dump_version=pg_dump_version,
+                    tables=tables,
+                    row_counts=row_counts,
+                    catalog_counts=counts_of_catalog,
+                    catalog_details=catalog_details,
+                    expected_raw_bytes=expected,
+                    runner=runner.description,
+                    timings=timings,
+                )
+            )
+            return {manifest_path(final_path): manifest_for(results[0]).to_json()}
+
         try:
             assert proc.stdout is not None
-            written = stream_to_file(
+            stream_to_file(
                 proc.stdout,
                 final_path,
                 compression=request.compression,
@@ -184,6 +263,7 @@ def take_backup(
                 progress_interval_s=request.progress_interval_s,
                 finish=_finish,
                 on_block=on_block,
+                companions=_manifest,
             )
         except ToolError as exc:
             raise BackupError(f"{exc} (target {spec.redacted()}; no backup file was written)") from None
@@ -192,24 +272,7 @@ def take_backup(
             raise
         finally:
             counter.join()
-        timings["dump_s"] = written.duration_s
-        if count_errors:
-            final_path.unlink(missing_ok=True)
-            Path(str(final_path) + ".sha256").unlink(missing_ok=True)
-            raise BackupError(f"counting rows in the dump's snapshot failed: {count_errors[0]}")
         conn.rollback()
 
     timings["total_s"] = time.monotonic() - t0
-    return BackupResult(
-        name=name,
-        file=written,
-        server_version=f"{server[0]}.{server[1]}",
-        pg_dump_version=pg_dump_version,
-        tables=tables,
-        row_counts=row_counts,
-        catalog_counts=counts_of_catalog,
-        catalog_details=catalog_details,
-        expected_raw_bytes=expected,
-        runner=runner.description,
-        timings=timings,
-    )
+    return results[0]

@@ -2,9 +2,10 @@
 
 A reader thread pulls the dump in large chunks so pg_dump never stalls on a full pipe; the calling
 thread compresses, hashes and writes (zlib, zstd and hashlib release the GIL, so the two overlap).
-The file is created 0600 under a temporary name in the destination directory, fsynced, and only then
-renamed to its final name, so a file with a backup's name is always complete. Any failure removes the
-temporary file.
+The file is created 0600 under a locked temporary name in the destination directory and fsynced; its
+sidecar and manifest are written next; only then does it get its final name (a hard link, which never
+replaces an existing file), so a file with a backup's name is always complete and never alone. Any
+failure removes everything this run wrote.
 """
 
 from __future__ import annotations
@@ -15,13 +16,21 @@ import queue
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Optional, Protocol
+from typing import IO, Callable, Iterator, Mapping, Optional, Protocol
 
 from isal import isal_zlib
 
-from loyalty_ops.lib.backup.naming import PARTIAL_MARKER, SIDECAR_SUFFIX
+from loyalty_ops.lib.backup.naming import SIDECAR_SUFFIX
+from loyalty_ops.lib.backup.tempfiles import (  # noqa: F401  (remove_stale_partials: used through this module)
+    create_locked,
+    fsync_directory,
+    locked_partial_path,
+    remove_stale_partials,
+    write_text_atomically,
+)
 from loyalty_ops.lib.progress import ProgressMeter, ProgressSnapshot
 
 CHUNK_BYTES = 1024 * 1024
@@ -69,58 +78,18 @@ class WrittenFile:
     duration_s: float
 
 
-def partial_path_for(final_path: Path) -> Path:
-    return final_path.with_name(f".{final_path.name}{PARTIAL_MARKER}{os.getpid()}")
-
-
-def remove_stale_partials(directory: Path) -> list[Path]:
-    """Remove temporary files that a killed earlier run left behind (their process is gone)."""
-    removed = []
-    if not directory.is_dir():
-        return removed
-    for candidate in directory.glob(f".*{PARTIAL_MARKER}*"):
-        pid_text = candidate.name.rsplit(PARTIAL_MARKER, 1)[-1]
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
-            candidate.unlink(missing_ok=True)
-            removed.append(candidate)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomically(path: Path, text: str, mode: int = 0o600) -> None:
-    tmp = partial_path_for(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def sidecar_text(sha256: str, filename: str) -> str:
     """The line ``sha256sum -c`` reads: hash, two spaces, file name."""
     return f"{sha256}  {filename}\n"
+
+
+class BackupWriteError(OSError):
+    """Writing one of the backup's files failed (a full disk, say); nothing was left under a final name."""
+
+    def __init__(self, step: str, path: Path, cause: OSError):
+        super().__init__(cause.errno, f"{step} {path.name} failed: {cause.strerror or cause}")
+        self.step = step
+        self.path = path
 
 
 def stream_to_file(
@@ -135,13 +104,18 @@ def stream_to_file(
     progress_interval_s: float = 10.0,
     finish: Optional[Callable[[], None]] = None,
     on_block: Optional[Callable[[bytes], None]] = None,
+    companions: Optional[Callable[[WrittenFile], Mapping[Path, str]]] = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> WrittenFile:
-    """Compress ``source`` into ``final_path`` (mode 0600) and write the ``.sha256`` sidecar.
+    """Compress ``source`` into ``final_path`` (mode 0600) with its ``.sha256`` sidecar.
 
-    ``finish`` runs after the source hits EOF and before the rename; it should raise if the producer
-    failed (for a dump: pg_dump's exit code), in which case nothing is left on disk. ``on_block`` sees
-    every compressed block as it is written (for a streamed offsite upload).
+    ``finish`` runs after the source hits EOF and before anything is published; it should raise if the
+    producer failed (for a dump: pg_dump's exit code). ``on_block`` sees every compressed block as it is
+    written (a streamed offsite upload). ``companions(written)`` returns further files that belong to the
+    backup (its manifest), as {path: text}. The sidecar and the companions are written first; the backup
+    file gets its final name last, by a hard link that fails rather than replace an existing file. On any
+    failure every one of them is removed again: a file under a backup's name always comes complete, with
+    its sidecar and manifest beside it.
     """
     started = time.monotonic()
     final_path = Path(final_path)
@@ -165,13 +139,17 @@ def stream_to_file(
         except BaseException as exc:  # surfaced on the writing thread
             chunks.put(exc)
 
-    tmp_path = partial_path_for(final_path)
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp_path = locked_partial_path(final_path)
+    # The lock on this descriptor marks the temporary file as live (see tempfiles); it is held until the
+    # file has its final name or is removed.
+    fd = create_locked(tmp_path)
+    out = os.fdopen(fd, "wb", buffering=0)
     reader = threading.Thread(target=_read, name="dump-reader", daemon=True)
     written = 0
+    created: list[Path] = []  # files under final names, removed again on failure
     try:
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            reader.start()
+        reader.start()
+        with _step("writing the backup data to", tmp_path):
             while True:
                 item = chunks.get()
                 if item is _EOF:
@@ -182,31 +160,66 @@ def stream_to_file(
                 block = compressor.compress(item)  # type: ignore[arg-type]
                 if block:
                     digest.update(block)
-                    out.write(block)
+                    _write_all(out, block)
                     written += len(block)
                     if on_block is not None:
                         on_block(block)
             tail = compressor.flush()
             digest.update(tail)
-            out.write(tail)
+            _write_all(out, tail)
             written += len(tail)
             if on_block is not None and tail:
                 on_block(tail)
-            if finish is not None:
-                finish()
+        if finish is not None:
+            finish()
+        with _step("writing the backup data to", tmp_path):
             os.fsync(out.fileno())
-        sha = digest.hexdigest()
-        write_text_atomically(final_path.with_name(final_path.name + SIDECAR_SUFFIX), sidecar_text(sha, final_path.name))
-        os.replace(tmp_path, final_path)
-        fsync_directory(final_path.parent)
+        result = WrittenFile(final_path, meter.done_bytes, written, digest.hexdigest(), time.monotonic() - started)
+        sidecar = final_path.with_name(final_path.name + SIDECAR_SUFFIX)
+        with _step("writing the checksum sidecar", sidecar):
+            write_text_atomically(sidecar, sidecar_text(result.sha256, final_path.name))
+            created.append(sidecar)
+        for path, text in (companions(result) if companions is not None else {}).items():
+            with _step("writing", path):
+                write_text_atomically(path, text)
+                created.append(path)
+        with _step("publishing the backup as", final_path):
+            os.link(tmp_path, final_path)  # FileExistsError instead of replacing another run's backup
+            created.append(final_path)
+            tmp_path.unlink()
+            fsync_directory(final_path.parent)
     except BaseException:
         stop.set()
         drain_queue(chunks)
+        for path in reversed(created):
+            path.unlink(missing_ok=True)
         tmp_path.unlink(missing_ok=True)
-        final_path.with_name(final_path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
         raise
+    finally:
+        out.close()
     meter.finish()
-    return WrittenFile(final_path, meter.done_bytes, written, sha, time.monotonic() - started)
+    return result
+
+
+def _write_all(out, data: bytes) -> None:
+    """An unbuffered write may be short (a filling disk does that before it says ENOSPC): write the rest."""
+    view = memoryview(data)
+    while view:
+        done = out.write(view)
+        view = view[done:]
+
+
+@contextmanager
+def _step(step: str, path: Path) -> Iterator[None]:
+    """Name the step and file in an OS error (ENOSPC, EIO, ...), so the run says what could not be written."""
+    try:
+        yield
+    except BackupWriteError:
+        raise
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise BackupWriteError(step, path, exc) from exc
 
 
 def drain_queue(chunks: "queue.Queue[object]") -> None:

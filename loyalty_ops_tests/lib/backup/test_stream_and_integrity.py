@@ -10,6 +10,7 @@ import pytest
 
 from loyalty_ops.lib.backup import integrity
 from loyalty_ops.lib.backup.stream import remove_stale_partials, stream_to_file
+from loyalty_ops.lib.backup.tempfiles import claim_path, create_locked, locked_partial_path
 from loyalty_ops.lib.pg.catalog import TableRef
 from loyalty_ops.lib.progress import ProgressMeter
 
@@ -82,6 +83,45 @@ def test_stale_partials_of_dead_processes_are_removed(tmp_path):
         p.write_bytes(b"x")
     assert remove_stale_partials(tmp_path) == [dead]
     assert mine.exists() and other.exists() and not dead.exists()
+
+
+def test_a_locked_temp_file_survives_cleanup_until_its_lock_is_released(tmp_path):
+    final = tmp_path / "loyalty_20260101_000000.dump.gz"
+    live = locked_partial_path(final)
+    fd = create_locked(live)
+    claim = claim_path(final)
+    assert claim is not None and claim_path(final) is None  # a second run cannot claim the same name
+    try:
+        assert remove_stale_partials(tmp_path) == []
+        assert live.exists() and claim.lock_path.exists()
+    finally:
+        os.close(fd)
+        os.close(claim.fd)  # as if the run died: the lock goes, the files stay
+    assert remove_stale_partials(tmp_path) == sorted([live, claim.lock_path])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_companion_files_appear_before_the_backup_and_vanish_with_it(tmp_path):
+    final = tmp_path / "loyalty_20260101_000000.dump.gz"
+    manifest = tmp_path / "loyalty_20260101_000000.dump.gz.manifest.json"
+    seen = []
+
+    def companions(written):
+        seen.append(sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")))
+        return {manifest: f'{{"sha256": "{written.sha256}"}}'}
+
+    written = stream_to_file(io.BytesIO(ARCHIVE), final, companions=companions)
+    assert seen == [["loyalty_20260101_000000.dump.gz.sha256"]]  # sidecar first, backup not yet named
+    assert written.sha256 in manifest.read_text() and final.exists()
+
+    other = tmp_path / "loyalty_20260101_000001.dump.gz"
+
+    def failing(_written):
+        raise RuntimeError("row counts failed")
+
+    with pytest.raises(RuntimeError, match="row counts failed"):
+        stream_to_file(io.BytesIO(ARCHIVE), other, companions=failing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([final.name, final.name + ".sha256", manifest.name])
 
 
 @pytest.fixture
