@@ -16,7 +16,8 @@ import dagster as dg
 from loyalty_ops.defs.alerting.resources import AlertingResource
 from loyalty_ops.lib.alerting.alerts import Alert
 from loyalty_ops.lib.alerting.incidents import IncidentLedger
-from loyalty_ops.lib.alerting.notifiers import FlushReport, Logger, flush_outbox
+from loyalty_ops.lib.alerting.delivery import DeliveryBudget, FlushReport, flush_outbox
+from loyalty_ops.lib.alerting.notifiers import Logger
 
 LEDGER_KEY = "loyalty_ops/alerting/incident_ledger"
 # Sensors of one code location are evaluated in one process, in parallel threads when the daemon's
@@ -57,6 +58,8 @@ class ApplyReport:
         if self.suppressed:
             parts.append(f"already open: {', '.join(self.suppressed)}")
         parts.append(f"{len(self.flush.delivered)} message(s) delivered, {self.flush.still_queued} queued")
+        if self.flush.deferred:
+            parts.append(f"{self.flush.deferred} not tried (the tick's delivery budget was spent)")
         return "; ".join(parts)
 
 
@@ -70,14 +73,18 @@ def apply(
     recoveries: Sequence[Alert] = (),
     now: Optional[float] = None,
     sleep: Callable[[float], None] = time.sleep,
+    budget: Optional[DeliveryBudget] = None,
 ) -> ApplyReport:
     """Record problems (trigger new incidents) and recoveries (resolve open ones), then deliver everything
-    queued. Never raises for an unreachable destination: undelivered messages stay in the ledger."""
+    queued within ``budget`` (the tick's; a new one from the resource when not given, started before
+    waiting for the ledger lock so the wait counts). Never raises for an unreachable destination:
+    undelivered messages stay in the ledger."""
+    budget = budget if budget is not None else alerting.delivery_budget()
     with _LEDGER_LOCK:
-        return _apply(instance, log, alerting, secrets, problems, recoveries, now, sleep)
+        return _apply(instance, log, alerting, secrets, problems, recoveries, now, sleep, budget)
 
 
-def _apply(instance, log, alerting, secrets, problems, recoveries, now, sleep) -> ApplyReport:
+def _apply(instance, log, alerting, secrets, problems, recoveries, now, sleep, budget) -> ApplyReport:
     now = time.time() if now is None else now
     report = ApplyReport()
     ledger = load_ledger(instance, log)
@@ -113,6 +120,8 @@ def _apply(instance, log, alerting, secrets, problems, recoveries, now, sleep) -
                 notifiers,
                 attempts=alerting.delivery_attempts,
                 backoff_s=alerting.retry_backoff_seconds,
+                timeouts=alerting.delivery_timeouts(),
+                budget=budget,
                 sleep=sleep,
                 log=log,
             )

@@ -22,6 +22,9 @@ ENV_VARS = {
     "LOYALTY_ALERT_DELIVERY_ATTEMPTS": "delivery_attempts",
     "LOYALTY_ALERT_RETRY_BACKOFF_SECONDS": "retry_backoff_seconds",
     "LOYALTY_ALERT_PAGE_WARN_CHECKS": "page_warn_checks",
+    "LOYALTY_ALERT_CONNECT_TIMEOUT_SECONDS": "connect_timeout_seconds",
+    "LOYALTY_ALERT_READ_TIMEOUT_SECONDS": "read_timeout_seconds",
+    "LOYALTY_ALERT_TICK_BUDGET_SECONDS": "tick_delivery_budget_seconds",
 }
 
 
@@ -44,5 +47,8 @@ def alerting_resource(environ: Mapping[str, str] = os.environ) -> AlertingResour
         "delivery_attempts": env_number("LOYALTY_ALERT_DELIVERY_ATTEMPTS", environ, int),
         "retry_backoff_seconds": env_number("LOYALTY_ALERT_RETRY_BACKOFF_SECONDS", environ, float),
         "page_warn_checks": env_flag("LOYALTY_ALERT_PAGE_WARN_CHECKS", environ),
+        "connect_timeout_seconds": env_number("LOYALTY_ALERT_CONNECT_TIMEOUT_SECONDS", environ, float),
+        "read_timeout_seconds": env_number("LOYALTY_ALERT_READ_TIMEOUT_SECONDS", environ, float),
+        "tick_delivery_budget_seconds": env_number("LOYALTY_ALERT_TICK_BUDGET_SECONDS", environ, float),
     }
     return AlertingResource(**{k: v for k, v in fields.items() if v is not None})

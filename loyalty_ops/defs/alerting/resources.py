@@ -12,8 +12,10 @@ from dagster_slack import SlackResource
 from pydantic import Field
 from slack_sdk import WebClient
 
+from loyalty_ops.lib.alerting.delivery import DeliveryBudget
 from loyalty_ops.lib.alerting.notifiers import (
     DEFAULT_PAGERDUTY_EVENTS_URL,
+    DeliveryTimeouts,
     Notifier,
     PagerDutyNotifier,
     SlackNotifier,
@@ -66,7 +68,19 @@ class AlertingResource(dg.ConfigurableResource):
     retry_backoff_seconds: float = Field(
         default=2.0, description="Pause before the second try; doubles for each further try."
     )
-    timeout_seconds: float = Field(default=10.0, description="HTTP timeout of one delivery.")
+    connect_timeout_seconds: float = Field(
+        default=3.0, gt=0, description="Time one delivery may take to connect, TLS included "
+        "(LOYALTY_ALERT_CONNECT_TIMEOUT_SECONDS).",
+    )
+    read_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Time one delivery may wait for the endpoint's answer; an endpoint that "
+        "does not answer is not tried again in the same tick (LOYALTY_ALERT_READ_TIMEOUT_SECONDS).",
+    )
+    tick_delivery_budget_seconds: float = Field(
+        default=20.0, gt=0, le=50, description="Total time one sensor tick may spend delivering (all failed runs "
+        "of the tick together); what does not fit stays queued for the next tick. Must stay well under "
+        "Dagster's 60 s sensor timeout (LOYALTY_ALERT_TICK_BUDGET_SECONDS).",
+    )
     backup_max_age_hours: float = Field(
         default=26.0, description="Page when the newest successful backup is older (LOYALTY_BACKUP_MAX_AGE_HOURS)."
     )
@@ -82,6 +96,13 @@ class AlertingResource(dg.ConfigurableResource):
         (PGPASSWORD, AWS_SECRET_ACCESS_KEY, *_TOKEN, LOYALTY_DATABASE_URL, ...) and ``extra``."""
         own = [self.pagerduty_routing_key, self.webhook_url, self.slack.token if self.slack else None]
         return secret_values(os.environ, [*own, *extra])
+
+    def delivery_timeouts(self) -> DeliveryTimeouts:
+        return DeliveryTimeouts(self.connect_timeout_seconds, self.read_timeout_seconds)
+
+    def delivery_budget(self) -> DeliveryBudget:
+        """A fresh budget for one tick; its clock starts now."""
+        return DeliveryBudget(self.tick_delivery_budget_seconds)
 
     def destination_names(self) -> list[str]:
         names = []
@@ -106,7 +127,7 @@ class AlertingResource(dg.ConfigurableResource):
                     self.pagerduty_routing_key,
                     self.pagerduty_events_url,
                     ca_bundle=self.pagerduty_ca_bundle,
-                    timeout_s=self.timeout_seconds,
+                    timeouts=self.delivery_timeouts(),
                     secrets=secrets,
                 ),
             ))
@@ -116,7 +137,7 @@ class AlertingResource(dg.ConfigurableResource):
         if self.webhook_url:
             factories.append((
                 WebhookNotifier.name,
-                lambda: WebhookNotifier(self.webhook_url, timeout_s=self.timeout_seconds, secrets=secrets),
+                lambda: WebhookNotifier(self.webhook_url, timeouts=self.delivery_timeouts(), secrets=secrets),
             ))
         out: list[Notifier] = []
         for name, factory in factories:

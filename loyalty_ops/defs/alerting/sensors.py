@@ -3,12 +3,15 @@ failed checks, and the retry of messages an endpoint did not accept.
 
 All of them are on by default. None raises because a destination is down: the message stays queued in
 the ledger (see ``dispatch``), ``retry_undelivered_alerts`` keeps trying it, and the run-status sensors'
-cursors (kept by Dagster) move on without losing it.
+cursors (kept by Dagster) move on without losing it. None spends more than the alerting resource's
+delivery budget per tick on an endpoint that hangs (see ``loyalty_ops.lib.alerting.delivery``).
 """
 
 import json
 import inspect
+import threading
 import time
+import weakref
 from typing import Optional
 
 import dagster as dg
@@ -19,6 +22,7 @@ from loyalty_ops.defs.alerting.dispatch import apply, load_ledger
 from loyalty_ops.defs.alerting.resources import AlertingResource
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, last_verified_backup
 from loyalty_ops.defs.resources import PostgresTarget
+from loyalty_ops.lib.alerting.delivery import DeliveryBudget
 from loyalty_ops.lib.alerting.alerts import (
     CheckFacts,
     RunFailureFacts,
@@ -57,6 +61,25 @@ def _default_database(postgres: PostgresTarget) -> Optional[str]:
         return postgres.database_name
     except Exception:  # a malformed LOYALTY_DATABASE_URL must not stop paging
         return None
+
+
+# One delivery budget per tick of a run-status sensor. Dagster calls such a sensor's function once per run
+# (up to 5 per tick) and hands every call of one tick that tick's logger, so the logger identifies the tick;
+# weak keys let a finished tick's budget go with its logger.
+_TICK_BUDGETS: "weakref.WeakKeyDictionary[object, DeliveryBudget]" = weakref.WeakKeyDictionary()
+_TICK_BUDGETS_LOCK = threading.Lock()
+
+
+def _tick_budget(context: dg.RunStatusSensorContext, alerting: AlertingResource) -> DeliveryBudget:
+    """The delivery budget of the tick this call belongs to (a new one for the tick's first run)."""
+    with _TICK_BUDGETS_LOCK:
+        try:
+            budget = _TICK_BUDGETS.get(context.log)
+            if budget is None:
+                budget = _TICK_BUDGETS[context.log] = alerting.delivery_budget()
+        except TypeError:  # a logger that cannot be weakly referenced: a budget per run, still bounded
+            budget = alerting.delivery_budget()
+    return budget
 
 
 def _secrets(alerting: AlertingResource, postgres: PostgresTarget) -> list[str]:
@@ -146,7 +169,8 @@ def page_on_run_failure(
     )
     secrets = _secrets(alerting, postgres)
     alert = run_failure_alert(facts, alerting.webserver_base_url, secrets)
-    report = apply(context.instance, context.log, alerting, secrets, problems=[alert])
+    report = apply(context.instance, context.log, alerting, secrets, problems=[alert],
+                   budget=_tick_budget(context, alerting))
     context.log.info(report.describe())
     # Returning None lets Dagster go on to the next failed run in the same tick.
 
@@ -172,7 +196,8 @@ def resolve_on_run_success(
         job, run.run_id, dict(run.tags), _run_end_time(context.instance, run.run_id),
         alerting.webserver_base_url, default_database,
     )
-    report = apply(context.instance, context.log, alerting, _secrets(alerting, postgres), recoveries=[recovery])
+    report = apply(context.instance, context.log, alerting, _secrets(alerting, postgres), recoveries=[recovery],
+                   budget=_tick_budget(context, alerting))
     context.log.info(report.describe())
 
 

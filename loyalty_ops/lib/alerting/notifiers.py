@@ -6,22 +6,20 @@
 * Slack through a ``slack_sdk.WebClient`` (the one dagster-slack's ``SlackResource`` builds).
 * A generic JSON webhook through ``requests``.
 
-Every body is scrubbed of secrets right before it is sent. Retries are one policy for all destinations
-(``attempts`` tries with exponential backoff), the clients' own retry loops are turned down so the
-sensor's tick stays bounded. A failure never raises out of :func:`flush_outbox`: the message stays queued
-and is tried again on the next flush, after the messages queued before it for the same destination.
+Every body is scrubbed of secrets right before it is sent. Every request has a connect and a read
+timeout (:class:`DeliveryTimeouts`, given per call so the caller can cut them to its remaining budget), and
+a :class:`DeliveryError` says whether the endpoint did not answer in time. The clients' own retry loops
+are turned down: retries are one policy for all destinations, in ``loyalty_ops.lib.alerting.delivery``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ssl
-import time
-from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
+from typing import Any, Iterable, Optional, Protocol
 from urllib.parse import urlsplit
 
 from loyalty_ops.lib.alerting.alerts import Alert, pagerduty_event, slack_message, webhook_body
-from loyalty_ops.lib.alerting.incidents import IncidentLedger, PendingDelivery
 from loyalty_ops.lib.alerting.scrub import scrub_payload, scrub_text
 
 DEFAULT_PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -29,7 +27,50 @@ _PAGERDUTY_ENQUEUE_PATH = "/v2/enqueue"
 
 
 class DeliveryError(Exception):
-    """A destination did not accept a message. The message text is already scrubbed."""
+    """A destination did not accept a message. The message text is already scrubbed. ``timed_out``: the
+    endpoint did not connect or answer within the timeouts (it is not retried in the same tick)."""
+
+    def __init__(self, message: str, *, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveryTimeouts:
+    """How long one HTTP request may take to connect (TCP and TLS) and to answer."""
+
+    connect_s: float = 3.0
+    read_s: float = 5.0
+
+    def __post_init__(self):
+        for name, value in (("connect timeout", self.connect_s), ("read timeout", self.read_s)):
+            if not value > 0:
+                raise ValueError(f"the alert delivery {name} must be greater than 0 seconds, got {value!r}")
+
+    def within(self, seconds_left: float) -> "DeliveryTimeouts":
+        """These timeouts, cut so that one request cannot outlast ``seconds_left``."""
+        floor = 0.01
+        return DeliveryTimeouts(max(floor, min(self.connect_s, seconds_left)), max(floor, min(self.read_s, seconds_left)))
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether an HTTP client's error (requests, httpx through PagerDuty's client, urllib through
+    slack_sdk) is a connect or read timeout, looking through wrapped causes."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        current = todo.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, TimeoutError) or any("Timeout" in cls.__name__ for cls in type(current).__mro__):
+            return True
+        todo.extend([current.__cause__, current.__context__, getattr(current, "reason", None), *current.args[:1]])
+    return False
+
+
+def _failure(prefix: str, exc: BaseException, secrets: Iterable[str]) -> DeliveryError:
+    return DeliveryError(scrub_text(f"{prefix}: {type(exc).__name__}: {exc}", secrets), timed_out=is_timeout(exc))
 
 
 class Logger(Protocol):
@@ -41,8 +82,9 @@ class Logger(Protocol):
 class Notifier(Protocol):
     name: str
 
-    def send(self, action: str, alert: Alert) -> None:
-        """Deliver one trigger or resolve; raise on any failure."""
+    def send(self, action: str, alert: Alert, timeouts: Optional[DeliveryTimeouts] = None) -> None:
+        """Deliver one trigger or resolve within ``timeouts`` (default: the notifier's own); raise
+        :class:`DeliveryError` on any failure."""
 
     def close(self) -> None: ...
 
@@ -73,7 +115,7 @@ class PagerDutyNotifier:
         events_url: str = DEFAULT_PAGERDUTY_EVENTS_URL,
         *,
         ca_bundle: Optional[str] = None,
-        timeout_s: float = 10.0,
+        timeouts: DeliveryTimeouts = DeliveryTimeouts(),
         secrets: Iterable[str] = (),
     ):
         import pagerduty  # PagerDuty's maintained client (package ``pagerduty``)
@@ -83,7 +125,7 @@ class PagerDutyNotifier:
         if ca_bundle:
             kwargs["verify"] = ssl.create_default_context(cafile=ca_bundle)
         self._client = pagerduty.EventsApiV2Client(routing_key, base_url=base_url, **kwargs)
-        self._client.timeout = timeout_s
+        self._timeouts = timeouts
         # One retry policy for every destination (flush_outbox); the client fails fast instead of sleeping
         # 3-12 s per network error inside a sensor tick. A 429 is retried once after a short pause.
         self._client.max_network_attempts = 0
@@ -91,15 +133,23 @@ class PagerDutyNotifier:
         self._client.retry = {429: 1}
         self._secrets = tuple(secrets) + (routing_key,)
 
-    def send(self, action: str, alert: Alert) -> None:
+    def send(self, action: str, alert: Alert, timeouts: Optional[DeliveryTimeouts] = None) -> None:
         import pagerduty
 
+        timeouts = timeouts or self._timeouts
+        # The client's HTTP layer (httpx) takes (connect, read, write, pool): connect covers TCP and the TLS
+        # handshake; reading, writing and waiting for a pooled connection get the read timeout.
+        self._client.timeout = (timeouts.connect_s, timeouts.read_s, timeouts.read_s, timeouts.read_s)
         event = scrub_payload(pagerduty_event(action, alert), self._secrets)
         properties = {k: v for k, v in event.items() if k not in ("event_action", "dedup_key")}
         try:
             self._client.send_event(event["event_action"], dedup_key=event["dedup_key"], **properties)
         except pagerduty.Error as exc:
-            raise DeliveryError(scrub_text(f"PagerDuty: {exc}", self._secrets)) from None
+            # The client's message hides the network error ("Non-transient network error ..."): name it.
+            cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ is not None else ""
+            raise DeliveryError(scrub_text(f"PagerDuty: {exc}{cause}", self._secrets), timed_out=is_timeout(exc)) from None
+        except Exception as exc:  # the HTTP layer's own errors (a timeout while reading a redirect ...)
+            raise _failure("PagerDuty", exc, self._secrets) from None
 
     def close(self) -> None:
         self._client.close()
@@ -113,12 +163,15 @@ class SlackNotifier:
         self._channel = channel
         self._secrets = tuple(secrets) + ((client.token,) if getattr(client, "token", None) else ())
 
-    def send(self, action: str, alert: Alert) -> None:
+    def send(self, action: str, alert: Alert, timeouts: Optional[DeliveryTimeouts] = None) -> None:
+        if timeouts is not None:
+            # urllib has one timeout for connecting and for each read.
+            self._client.timeout = max(timeouts.connect_s, timeouts.read_s)
         message = scrub_payload(slack_message(action, alert), self._secrets)
         try:
             response = self._client.chat_postMessage(channel=self._channel, text=message["text"], blocks=message["blocks"])
         except Exception as exc:  # slack_sdk raises SlackApiError, URLError, timeouts ...
-            raise DeliveryError(scrub_text(f"Slack: {type(exc).__name__}: {exc}", self._secrets)) from None
+            raise _failure("Slack", exc, self._secrets) from None
         if not response.get("ok", False):
             raise DeliveryError(f"Slack: chat.postMessage answered ok=false ({response.get('error')})")
 
@@ -129,102 +182,23 @@ class SlackNotifier:
 class WebhookNotifier:
     name = "webhook"
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0, secrets: Iterable[str] = ()):
+    def __init__(self, url: str, *, timeouts: DeliveryTimeouts = DeliveryTimeouts(), secrets: Iterable[str] = ()):
         import requests
 
         self._session = requests.Session()
         self._url = url
-        self._timeout = timeout_s
+        self._timeouts = timeouts
         self._secrets = tuple(secrets) + (url,)
 
-    def send(self, action: str, alert: Alert) -> None:
+    def send(self, action: str, alert: Alert, timeouts: Optional[DeliveryTimeouts] = None) -> None:
+        timeouts = timeouts or self._timeouts
         body = scrub_payload(webhook_body(action, alert), self._secrets)
         try:
-            response = self._session.post(self._url, json=body, timeout=self._timeout)
+            response = self._session.post(self._url, json=body, timeout=(timeouts.connect_s, timeouts.read_s))
         except Exception as exc:
-            raise DeliveryError(scrub_text(f"webhook: {type(exc).__name__}: {exc}", self._secrets)) from None
+            raise _failure("webhook", exc, self._secrets) from None
         if response.status_code >= 300:
             raise DeliveryError(f"webhook answered HTTP {response.status_code}")
 
     def close(self) -> None:
         self._session.close()
-
-
-@dataclasses.dataclass
-class FlushReport:
-    delivered: list[PendingDelivery] = dataclasses.field(default_factory=list)
-    failed: list[PendingDelivery] = dataclasses.field(default_factory=list)  # head of line, still queued
-    still_queued: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
-def deliver_once_with_retries(
-    notifier: Notifier,
-    item: PendingDelivery,
-    *,
-    attempts: int,
-    backoff_s: float,
-    sleep: Callable[[float], None],
-    log: Logger,
-) -> Optional[str]:
-    """Try one message up to ``attempts`` times; None on success, else the last (scrubbed) error."""
-    alert = Alert.from_dict(item.alert)
-    error: Optional[str] = None
-    for attempt in range(1, max(1, attempts) + 1):
-        item.attempts += 1
-        try:
-            notifier.send(item.action, alert)
-            return None
-        except DeliveryError as exc:
-            error = str(exc)
-        except Exception as exc:  # a bug or an unexpected library error must not crash the sensor
-            error = scrub_text(f"{notifier.name}: {type(exc).__name__}: {exc}")
-        if attempt < attempts:
-            delay = backoff_s * (2 ** (attempt - 1))
-            log.warning(
-                f"{notifier.name}: {item.action} for {alert.dedup_key} failed (attempt {attempt} of {attempts}): "
-                f"{error}; retrying in {delay:g} s"
-            )
-            sleep(delay)
-    return error
-
-
-def flush_outbox(
-    ledger: IncidentLedger,
-    notifiers: Sequence[Notifier],
-    *,
-    attempts: int = 3,
-    backoff_s: float = 1.0,
-    sleep: Callable[[float], None] = time.sleep,
-    log: Logger,
-) -> FlushReport:
-    """Deliver queued messages in order, per destination. A destination that still fails after its
-    retries keeps that message and everything queued after it for the next flush."""
-    report = FlushReport()
-    by_name = {n.name: n for n in notifiers}
-    blocked: set[str] = set()
-    remaining: list[PendingDelivery] = []
-    for item in ledger.outbox:
-        notifier = by_name.get(item.destination)
-        if notifier is None or item.destination in blocked:
-            remaining.append(item)
-            continue
-        error = deliver_once_with_retries(notifier, item, attempts=attempts, backoff_s=backoff_s, sleep=sleep, log=log)
-        if error is None:
-            report.delivered.append(item)
-            log.info(f"{item.destination}: sent {item.action} for {item.alert.get('dedup_key')}")
-            continue
-        item.last_error = error
-        blocked.add(item.destination)
-        remaining.append(item)
-        report.failed.append(item)
-        log.error(
-            f"{item.destination}: could not send {item.action} for {item.alert.get('dedup_key')} after "
-            f"{attempts} attempt(s): {error}. It stays queued and is retried on the next tick."
-        )
-    ledger.outbox = remaining
-    report.still_queued = len(remaining)
-    return report

@@ -72,7 +72,7 @@ def alerting_for(pagerduty_url: str, tls_cert, slack: Optional[RecordingServer],
         slack=AlertSlack(token=SLACK_TOKEN, base_url=f"{slack.url}/api/", channel="#loyalty-ops") if slack else None,
         webhook_url=f"{webhook.url}/hooks/{WEBHOOK_SECRET}" if webhook else None,
         retry_backoff_seconds=0.01,
-        timeout_seconds=3,
+        read_timeout_seconds=3,
         **kw,
     )
 

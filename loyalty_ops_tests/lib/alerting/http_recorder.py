@@ -145,3 +145,38 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class HangingServer:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers (no TLS handshake, no
+    HTTP response): what a wedged proxy or an overloaded endpoint looks like to a client."""
+
+    def __init__(self):
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def url(self, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.connections.append(connection)  # held open, never read or written
+
+    def __enter__(self) -> "HangingServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for connection in self.connections:
+            connection.close()
+        self._listener.close()

@@ -1,18 +1,21 @@
 """Delivery to real HTTP(S) servers on 127.0.0.1: PagerDuty's client, Slack's WebClient, a webhook."""
 
+import time
+
 import pytest
 from slack_sdk import WebClient
 
 from loyalty_ops.lib.alerting.alerts import RunFailureFacts, run_failure_alert
+from loyalty_ops.lib.alerting.delivery import DeliveryBudget, flush_outbox
 from loyalty_ops.lib.alerting.incidents import IncidentLedger
 from loyalty_ops.lib.alerting.notifiers import (
+    DeliveryTimeouts,
     PagerDutyNotifier,
     SlackNotifier,
     WebhookNotifier,
-    flush_outbox,
     split_pagerduty_events_url,
 )
-from loyalty_ops_tests.lib.alerting.http_recorder import unused_port
+from loyalty_ops_tests.lib.alerting.http_recorder import HangingServer, unused_port
 
 ROUTING_KEY = "R0UTINGKEY0123456789abcdef012345"
 
@@ -112,7 +115,7 @@ def test_slack_and_webhook_receive_the_message(slack_server, webhook_server):
 
 
 def test_unreachable_endpoint_retries_logs_and_keeps_the_message(webhook_server, tls_cert):
-    dead = PagerDutyNotifier(ROUTING_KEY, f"https://127.0.0.1:{unused_port()}/v2/enqueue", ca_bundle=str(tls_cert[0]), timeout_s=2)
+    dead = PagerDutyNotifier(ROUTING_KEY, f"https://127.0.0.1:{unused_port()}/v2/enqueue", ca_bundle=str(tls_cert[0]), timeouts=DeliveryTimeouts(2, 2))
     webhook = WebhookNotifier(f"{webhook_server.url}/hook")
     ledger = IncidentLedger()
     ledger.enqueue(["pagerduty", "webhook"], "trigger", _alert(), 0.0)
@@ -141,3 +144,53 @@ def test_a_server_error_is_retried_and_then_delivered(pagerduty_server, tls_cert
     assert report.ok and ledger.outbox == []
     assert [r.json["event_action"] for r in pagerduty_server.requests] == ["trigger", "trigger"]
     assert len(log.at("warning")) == 1 and not log.at("error")
+
+
+def test_a_hanging_endpoint_costs_one_timeout_not_three_and_its_messages_stay_queued(webhook_server, tls_cert):
+    with HangingServer() as hanging:
+        pagerduty = PagerDutyNotifier(ROUTING_KEY, f"{hanging.url('https')}/v2/enqueue", ca_bundle=str(tls_cert[0]))
+        webhook = WebhookNotifier(f"{hanging.url()}/hook")
+        slack = SlackNotifier(WebClient(token="xoxb-test-token-1", base_url=f"{webhook_server.url}/api/", retry_handlers=[]), "#ops")
+        ledger = IncidentLedger()
+        ledger.enqueue(["pagerduty", "slack", "webhook"], "trigger", _alert(), 0.0)
+        ledger.enqueue(["pagerduty", "slack", "webhook"], "resolve", _alert(), 1.0)
+        log = ListLog()
+        started = time.monotonic()
+        report = flush_outbox(ledger, [pagerduty, slack, webhook], attempts=3, backoff_s=0.01,
+                              timeouts=DeliveryTimeouts(connect_s=0.5, read_s=0.5), log=log)
+        elapsed = time.monotonic() - started
+    # one try each for the two hanging endpoints (TLS handshake and HTTP answer never come), no retries
+    assert 0.9 < elapsed < 2.0, elapsed
+    assert [(p.destination, p.action, p.attempts) for p in ledger.outbox] == [
+        ("pagerduty", "trigger", 1), ("webhook", "trigger", 1), ("pagerduty", "resolve", 0), ("webhook", "resolve", 0),
+    ]
+    assert "Timeout" in ledger.outbox[0].last_error and "Timeout" in ledger.outbox[1].last_error
+    errors = log.at("error")
+    assert len(errors) == 2 and all("a hanging endpoint is not tried again in this tick" in e for e in errors)
+    assert not log.at("warning")  # nothing was retried
+    assert [r.path for r in webhook_server.requests] == ["/api/chat.postMessage"] * 2  # Slack got both, unhindered
+    assert len(report.failed) == 2 and report.still_queued == 4
+
+
+def test_the_tick_budget_caps_the_time_and_defers_the_rest_in_order(webhook_server):
+    with HangingServer() as hanging:
+        webhook = WebhookNotifier(f"{hanging.url()}/hook")
+        ledger = IncidentLedger()
+        for n in range(3):
+            ledger.enqueue(["webhook"], "trigger", _alert(secret=f"pw{n}"), float(n))
+        budget = DeliveryBudget(0.6)
+        log = ListLog()
+        started = time.monotonic()
+        first = flush_outbox(ledger, [webhook], timeouts=DeliveryTimeouts(connect_s=5, read_s=5), budget=budget, log=log)
+        # a second flush in the same tick (the next failed run) finds the destination already failed
+        second = flush_outbox(ledger, [webhook], timeouts=DeliveryTimeouts(connect_s=5, read_s=5), budget=budget, log=log)
+        elapsed = time.monotonic() - started
+    assert 0.55 < elapsed < 1.2, elapsed  # the 5 s read timeout was cut to the 0.6 s budget
+    assert [p.attempts for p in ledger.outbox] == [1, 0, 0] and len(ledger.outbox) == 3
+    assert first.still_queued == second.still_queued == 3 and not second.delivered
+    # budget spent: a fresh destination would not be tried either, its message is deferred, not dropped
+    ledger.enqueue(["slack"], "trigger", _alert(), 9.0)
+    slack = SlackNotifier(WebClient(token="xoxb-test-token-1", base_url=f"{webhook_server.url}/api/", retry_handlers=[]), "#ops")
+    third = flush_outbox(ledger, [webhook, slack], budget=budget, log=log)
+    assert third.deferred == 1 and len(ledger.outbox) == 4 and not webhook_server.requests
+    assert any("delivery budget of 0.6 s for this tick is spent" in w for w in log.at("warning"))

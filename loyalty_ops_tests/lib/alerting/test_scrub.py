@@ -1,6 +1,5 @@
 """Secrets never leave in a page: patterns and known values are scrubbed from every string."""
 
-import json
 import string
 
 from hypothesis import assume, given, settings
