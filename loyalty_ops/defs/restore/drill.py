@@ -1,6 +1,6 @@
 """``restore_drill``: after a nightly backup, prove it restores. Restores the newest backup into a scratch
-database, compares every table's row count and the catalog counts with the manifest, records the RTO,
-and always drops the scratch database. Its check ``restore_drill_matches_source`` fails (and the run with
+database, compares every table's row count, the catalog counts and the materialized views with the
+manifest, records the RTO, and always drops the scratch database. Its check ``restore_drill_matches_source`` fails (and the run with
 it, so it pages) when any step or table does not match."""
 
 from typing import Iterator, Optional
@@ -11,13 +11,13 @@ from pydantic import Field
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, metadata_values, recent_backups
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.defs.restore.common import restore_environment
+from loyalty_ops.defs.restore.history import DRILL_ASSET_KEY
 from loyalty_ops.defs.restore.resources import RestoreSettings
 from loyalty_ops.lib.concurrency import DATABASE_POOL
 from loyalty_ops.lib.restore.plan import BackupRef, drill_due
 from loyalty_ops.lib.restore.run import run_drill
 from loyalty_ops.lib.restore.verify import row_count_table
 
-DRILL_ASSET_KEY = dg.AssetKey("restore_drill")
 DRILL_CHECK_NAME = "restore_drill_matches_source"
 
 
@@ -61,9 +61,9 @@ def restore_drill(
     offsite: OffsiteStorage,
     restore_settings: RestoreSettings,
 ) -> Iterator[dg.MaterializeResult]:
-    """A restore drill of the newest backup into `loyalty_drill_<timestamp>`: pg_restore -j, exact row counts
-    per table and catalog counts against the manifest, measured RTO and restored size; the scratch database
-    is always dropped. Runs every LOYALTY_DRILL_EVERY_N_BACKUPS backups (default every one)."""
+    """A restore drill of the newest backup into `loyalty_drill_<timestamp>_<suffix>` (with the source's encoding
+    and locale): pg_restore -j, exact row counts per table, catalog counts and materialized views (populated or
+    not, rows) against the manifest, measured RTO and restored size; the scratch database is always dropped. Runs every LOYALTY_DRILL_EVERY_N_BACKUPS backups (default every one)."""
     backups = recent_backups(context.instance, limit=1)
     newest = backups[0] if backups else None
     newest_name = newest.metadata.get("filename") if newest else None
@@ -103,6 +103,11 @@ def restore_drill(
         "rows_compared": sum(result.expected_rows.values()),
         "row_counts": dg.MetadataValue.md(row_count_table(result.expected_rows, result.actual_rows)),
         "catalog_counts": dg.MetadataValue.json(result.actual_catalog),
+        "materialized_views_compared": len(result.expected_matviews),
+        "materialized_views": dg.MetadataValue.json(
+            {"at_dump": result.expected_matviews, "restored": result.actual_matviews}
+        ),
+        "database_locale": result.database_locale,
         "timings": dg.MetadataValue.json({k: round(v, 3) for k, v in result.timings.items()}),
     }
     metadata["mismatches"] = dg.MetadataValue.json(

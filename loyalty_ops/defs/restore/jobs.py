@@ -9,6 +9,7 @@ from loyalty_ops.defs.environment import target_database_name
 from loyalty_ops.lib.concurrency import DATABASE_POOL, job_tags
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.defs.restore.common import restore_environment
+from loyalty_ops.defs.restore.history import backup_history
 from loyalty_ops.defs.restore.resources import RestoreSettings
 from loyalty_ops.lib.progress import human_bytes
 from loyalty_ops.lib.restore.errors import RestoreRefused, RestoreStepError
@@ -21,8 +22,9 @@ class RestoreConfig(dg.Config):
 
     backup: str = Field(
         default="latest",
-        description="'latest' (newest backup, local or S3), a file name in the backup directory such as "
-        "loyalty_20261127_020000.dump.gz, or an S3 key such as backups/2026/11/27/loyalty_20261127_020000.dump.gz.",
+        description="'latest' (the newest backup that passed its integrity checks and drill, local or S3), a file "
+        "name in the backup directory such as loyalty_20261127_020000.dump.gz, safety/<file> for the safety backup "
+        "a replace took, or an S3 key such as backups/2026/11/27/loyalty_20261127_020000.dump.gz.",
     )
     target_database: str = Field(
         default="",
@@ -53,7 +55,8 @@ def restore_database(
     offsite: OffsiteStorage,
     restore_settings: RestoreSettings,
 ) -> dict:
-    """Find the backup (downloading it from S3 if needed), verify its SHA-256, take a safety backup before a
+    """Find the backup ('latest': the newest that passed its checks and drill; a damaged local file falls back to
+    its intact S3 copy), download it from S3 if needed, verify its SHA-256, take a safety backup before a
     replace, pg_restore -j N --exit-on-error, compare row counts with the manifest, and (replace) swap the
     restored database in. Any mistake in the config or the backup is refused before anything changes."""
     now = datetime.now(timezone.utc)
@@ -75,6 +78,8 @@ def restore_database(
     env = restore_environment(
         context, postgres, backup_storage, offsite, work_dir=restore_settings.work_dir, progress_interval_s=interval
     )
+    if request.backup.kind == "latest":
+        env.history = backup_history(context.instance)
     context.log.info(
         f"restore plan ({request.mode}, target {request.target_database} on {env.spec.with_database(target).redacted()}):\n"
         + "\n".join(f"  {i}. {step}" for i, step in enumerate(plan_steps(request), 1))
@@ -106,9 +111,13 @@ def restore_database(
         "safety_backup": str(outcome.safety_backup) if outcome.safety_backup else "",
         "terminated_connections": outcome.terminated_connections,
         "rows_verified": outcome.comparison.rows_compared if outcome.comparison else 0,
+        "materialized_views_verified": outcome.comparison.matviews_compared if outcome.comparison else 0,
+        "database_locale": outcome.database_locale,
     }
     metadata: dict = dict(summary)
     metadata["timings"] = dg.MetadataValue.json({k: round(v, 3) for k, v in outcome.timings.items()})
+    metadata["skipped_backups"] = dg.MetadataValue.json(outcome.skipped_backups)
+    metadata["how_chosen"] = dg.MetadataValue.md("\n".join(f"- {note}" for note in outcome.notes) or "- named in the config")
     if outcome.comparison is not None:
         metadata["verification"] = outcome.comparison.summary()
     context.add_output_metadata(metadata)

@@ -17,7 +17,7 @@ from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX
 from loyalty_ops.lib.backup.stream import write_text_atomically
 from loyalty_ops.lib.pg.catalog import TableRef
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: materialized_views and database_locale are recorded
 
 
 @dataclass
@@ -39,6 +39,11 @@ class BackupManifest:
     # {"encoding", "lc_collate", "lc_ctype", "locale_provider"[, "icu_locale"]}; empty in older manifests
     database_locale: dict[str, str] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
+
+    @property
+    def records_materialized_views(self) -> bool:
+        """False for manifests written before materialized views were recorded (nothing to compare them with)."""
+        return self.version >= 2
 
     def table_refs(self) -> list[TableRef]:
         return [TableRef(t["schema"], t["name"], t.get("owner", ""), t.get("kind", "r")) for t in self.tables]

@@ -7,7 +7,7 @@ CREATE/DROP/ALTER DATABASE cannot run inside a transaction. Names always go thro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import psycopg
 from psycopg import sql
@@ -70,15 +70,55 @@ def can_create_databases(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def create_database(conn: psycopg.Connection, name: str, *, like: Optional[DatabaseInfo] = None) -> None:
-    """An empty database from template0 (so nothing of template1 leaks in); with ``like``, the same owner,
-    encoding and locale as the database it replaces."""
+def create_database(
+    conn: psycopg.Connection,
+    name: str,
+    *,
+    like: Optional[DatabaseInfo] = None,
+    locale: Optional[Mapping[str, str]] = None,
+) -> None:
+    """An empty database from template0 (so nothing of template1 leaks in).
+
+    ``locale`` (a manifest's ``database_locale``) gives it the source database's encoding, LC_COLLATE, LC_CTYPE
+    and locale provider, so a LATIN1 database comes back LATIN1; ``like`` (the database a replace swaps out)
+    gives it that database's owner, and its encoding and locale when ``locale`` is empty.
+    """
     query = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
     if like is not None:
-        query = sql.SQL("{} OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-            query, sql.Identifier(like.owner), sql.Literal(like.encoding), sql.Literal(like.collate), sql.Literal(like.ctype)
+        query = sql.SQL("{} OWNER {}").format(query, sql.Identifier(like.owner))
+    settings = dict(locale or {})
+    if not settings.get("encoding") and like is not None:
+        settings = {"encoding": like.encoding, "lc_collate": like.collate, "lc_ctype": like.ctype}
+    if settings.get("encoding"):
+        query = sql.SQL("{} ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            query, sql.Literal(settings["encoding"]), sql.Literal(settings["lc_collate"]), sql.Literal(settings["lc_ctype"])
         )
+        if settings.get("locale_provider") == "icu":
+            query = sql.SQL("{} LOCALE_PROVIDER icu ICU_LOCALE {}").format(query, sql.Literal(settings.get("icu_locale", "")))
     conn.execute(query)
+
+
+def describe_locale(locale: Optional[Mapping[str, str]]) -> str:
+    if not locale or not locale.get("encoding"):
+        return "the server's default encoding and locale (the manifest records none)"
+    text = f"ENCODING {locale['encoding']} LC_COLLATE {locale['lc_collate']} LC_CTYPE {locale['lc_ctype']}"
+    if locale.get("locale_provider") == "icu":
+        text += f" LOCALE_PROVIDER icu ICU_LOCALE {locale.get('icu_locale', '')}"
+    return text
+
+
+# Session advisory locks (in the maintenance database) that a live drill holds on its scratch database's
+# name, so a concurrent drill's leftover cleanup never drops it, even on another host.
+DRILL_LOCK_CLASS = 0x4C4F5944  # "LOYD"
+
+
+def try_lock_drill(conn: psycopg.Connection, name: str) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (DRILL_LOCK_CLASS, name)).fetchone()
+    return bool(row and row[0])
+
+
+def unlock_drill(conn: psycopg.Connection, name: str) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (DRILL_LOCK_CLASS, name))
 
 
 def drop_database(conn: psycopg.Connection, name: str) -> None:

@@ -17,6 +17,7 @@ class RestoreRefused(RestoreStepError):
     """The restore was refused before anything was changed (no database created, dropped or written)."""
 
     def __init__(self, step: str, message: str):
+        self.reason = message.rstrip().rstrip(".")  # without "Nothing was changed.", to quote in a longer message
         message = message.rstrip()
         if not message.endswith("."):
             message += "."
@@ -29,3 +30,7 @@ class BackupNotFound(RestoreRefused):
 
 class ChecksumMismatch(RestoreRefused):
     pass
+
+
+class IncompleteBackup(RestoreRefused):
+    """A backup without its manifest (or sidecar) where a complete one is required."""

@@ -8,6 +8,7 @@ request will take, in order, so the run log says up front what is about to happe
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping, Optional
@@ -22,6 +23,7 @@ _DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 MAX_IDENTIFIER_BYTES = 63
 DRILL_PREFIX = "loyalty_drill_"
 DRILL_EVERY_ENV = "LOYALTY_DRILL_EVERY_N_BACKUPS"
+SAFETY_SUBDIR = "safety"  # safety backups taken by a replace: LOYALTY_BACKUP_DIR/safety/, restored as safety/<file>
 
 
 class RestoreConfigError(ValueError):
@@ -30,10 +32,14 @@ class RestoreConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BackupRef:
-    """Which backup to restore: the newest one, a file name, or an S3 key."""
+    """Which backup to restore: the newest one, a file name (``safety/<file>`` for a safety backup), or an S3 key."""
 
     kind: str  # "latest" | "file" | "s3_key"
     value: str = ""
+
+    @property
+    def is_safety(self) -> bool:
+        return self.kind == "file" and self.value.startswith(f"{SAFETY_SUBDIR}/")
 
     @property
     def filename(self) -> Optional[str]:
@@ -45,14 +51,15 @@ class BackupRef:
 
     def describe(self) -> str:
         if self.kind == "latest":
-            return "the newest backup"
+            return "the newest backup that passed its integrity checks (and its drill, when one ran)"
         if self.kind == "s3_key":
             return f"s3 key {self.value}"
         return f"file {self.value}"
 
 
 def parse_backup_ref(text: str) -> BackupRef:
-    """``latest``, ``loyalty_20261127_020000.dump.gz`` (or a path to it), ``s3://bucket/key`` or ``prefix/.../file``."""
+    """``latest``, ``loyalty_20261127_020000.dump.gz`` (or a path to it), ``safety/<file>`` (a safety backup
+    in the backup directory), ``s3://bucket/key`` or ``prefix/.../file``."""
     value = (text or "").strip()
     if not value:
         raise RestoreConfigError(
@@ -68,6 +75,8 @@ def parse_backup_ref(text: str) -> BackupRef:
         kind = "s3_key"
     elif value.startswith("/") or value.startswith("./"):
         kind = "file"
+    elif value.startswith(f"{SAFETY_SUBDIR}/") and value.count("/") == 1:
+        kind = "file"  # the documented undo of a replace: the safety backup it took, never an S3 key
     else:
         kind = "s3_key" if "/" in value else "file"
     name = value.rsplit("/", 1)[-1]
@@ -181,19 +190,26 @@ def retired_database_name(target: str, now: datetime) -> str:
     return target[: MAX_IDENTIFIER_BYTES - len(suffix)] + suffix
 
 
-def drill_database_name(now: datetime) -> str:
-    return f"{DRILL_PREFIX}{now.astimezone(timezone.utc):%Y%m%d_%H%M%S}"
+def drill_database_name(now: datetime, token: Optional[str] = None) -> str:
+    """``loyalty_drill_<YYYYMMDD_HHMMSS>_<8 hex>``: unique even for two drills started in the same second."""
+    token = token or secrets.token_hex(4)
+    return f"{DRILL_PREFIX}{now.astimezone(timezone.utc):%Y%m%d_%H%M%S}_{token}"
 
 
-_DRILL_NAME_RE = re.compile(rf"^{DRILL_PREFIX}(\d{{8}}_\d{{6}})$")
+# The suffix is optional: drills before it existed named their scratch database by the second alone.
+_DRILL_NAME_RE = re.compile(rf"^{DRILL_PREFIX}(\d{{4}})(\d\d)(\d\d)_(\d\d)(\d\d)(\d\d)(?:_[0-9a-f]{{8}})?$")
 
 
 def drill_database_time(name: str) -> Optional[datetime]:
-    """When a scratch database was created, from its name; None when it is not a drill's."""
+    """When a scratch database was created, from its name; None when it is not a drill's (also for an
+    impossible timestamp such as month 13: such a database is left alone)."""
     match = _DRILL_NAME_RE.match(name)
     if not match:
         return None
-    return datetime.strptime(match.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=timezone.utc)
+    try:
+        return datetime(*(int(part) for part in match.groups()), tzinfo=timezone.utc)  # type: ignore[misc]
+    except ValueError:
+        return None
 
 
 def parse_drill_every(environ: Mapping[str, str]) -> int:

@@ -11,140 +11,42 @@ Order of a restore (:func:`restore_backup`):
    by renaming, drop the old one. A failure before this step leaves the target exactly as it was.
 Temporary files are removed whatever happens; a database this run created is dropped if the run fails.
 
-A drill (:func:`run_drill`) restores into ``loyalty_drill_<timestamp>``, compares, records the RTO and
-restored size, and always drops the scratch database.
+Which backup ``latest`` means, and the fall back to the S3 copy of a damaged file, live in ``fetch.py``;
+the drill (:func:`run_drill`) in ``drill.py``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, connect, take_backup
-from loyalty_ops.lib.backup.manifest import BackupManifest, manifest_for, write_manifest
-from loyalty_ops.lib.pg import catalog
-from loyalty_ops.lib.pg.connection import ConnectionSpec
-from loyalty_ops.lib.pg.tools import PgToolRunner, ToolError
-from loyalty_ops.lib.progress import ProgressSnapshot, human_bytes
+from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, take_backup
+from loyalty_ops.lib.backup.manifest import manifest_for, write_manifest
+from loyalty_ops.lib.pg.tools import ToolError
 from loyalty_ops.lib.restore import database as db
+from loyalty_ops.lib.restore.counts import compare_restored
+from loyalty_ops.lib.restore.drill import DrillResult, drop_leftover_drills, run_drill
+from loyalty_ops.lib.restore.environment import RestoreEnvironment
 from loyalty_ops.lib.restore.errors import RestoreRefused, RestoreStepError
-from loyalty_ops.lib.restore.plan import (
-    DRILL_PREFIX,
-    BackupRef,
-    RestoreRequest,
-    drill_database_name,
-    drill_database_time,
-    retired_database_name,
-    side_database_name,
-)
+from loyalty_ops.lib.restore.fetch import FetchedArchive, fetch_and_verify
+from loyalty_ops.lib.restore.plan import SAFETY_SUBDIR, RestoreRequest, retired_database_name, side_database_name
 from loyalty_ops.lib.restore.pg_restore import run_pg_restore
-from loyalty_ops.lib.restore.source import (
-    LocatedBackup,
-    PreparedArchive,
-    S3Location,
-    fetch_backup,
-    locate_backup,
-    prepare_archive,
-)
-from loyalty_ops.lib.restore.verify import Comparison, compare_with_manifest
+from loyalty_ops.lib.restore.verify import Comparison
 
-LEFTOVER_DRILL_AGE = timedelta(minutes=10)
-
-
-def _quiet(_msg: str) -> None:
-    pass
-
-
-@dataclass
-class RestoreEnvironment:
-    """Everything a restore needs from outside: the server, the tools, where files live, how to report."""
-
-    spec: ConnectionSpec  # the server; ``dbname`` is the source database (whose backups 'latest' means)
-    runner: PgToolRunner
-    backup_dir: Path
-    work_dir: Optional[Path] = None  # for the decompressed archive and downloads; default backup_dir
-    s3: Optional[S3Location] = None
-    log: Callable[[str], None] = _quiet
-    warn: Callable[[str], None] = _quiet
-    on_progress: Optional[Callable[[ProgressSnapshot], None]] = None
-    progress_interval_s: float = 10.0
-    compression: str = "gzip"  # for the safety backup
-
-    @property
-    def scratch_dir(self) -> Path:
-        return Path(self.work_dir or self.backup_dir)
-
-
-@dataclass
-class FetchedArchive:
-    located: LocatedBackup
-    archive: PreparedArchive
-    downloaded: Optional[Path]
-    timings: dict[str, float]
-
-    def cleanup(self) -> None:
-        self.archive.path.unlink(missing_ok=True)
-        if self.downloaded is not None:
-            self.downloaded.unlink(missing_ok=True)
-
-
-def fetch_and_verify(ref: BackupRef, env: RestoreEnvironment) -> FetchedArchive:
-    """Steps 2-3: find, download if needed, hash and decompress. Raises :class:`RestoreRefused`."""
-    timings: dict[str, float] = {}
-    t0 = time.monotonic()
-    located = locate_backup(ref, env.backup_dir, database=env.spec.dbname, s3=env.s3)
-    env.log(
-        f"backup: {located.where} ({human_bytes(located.size or 0)}), expected SHA-256 {located.expected_sha256} "
-        f"from {', '.join(located.checksum_sources)}"
-    )
-    timings["find_s"] = time.monotonic() - t0
-    t1 = time.monotonic()
-    path, downloaded = fetch_backup(
-        located, env.scratch_dir, env.s3, on_progress=env.on_progress, progress_interval_s=env.progress_interval_s
-    )
-    if downloaded:
-        timings["download_s"] = time.monotonic() - t1
-        env.log(f"downloaded {located.where} in {timings['download_s']:.1f} s")
-    try:
-        t2 = time.monotonic()
-        archive = prepare_archive(
-            path,
-            located.expected_sha256,
-            env.scratch_dir,
-            filename=located.filename,
-            on_progress=env.on_progress,
-            progress_interval_s=env.progress_interval_s,
-        )
-        timings["verify_decompress_s"] = time.monotonic() - t2
-    except BaseException:
-        if downloaded:
-            path.unlink(missing_ok=True)
-        raise
-    env.log(
-        f"checksum verified ({archive.sha256}); {human_bytes(archive.raw_bytes)} archive decompressed to a private "
-        f"temporary file in {timings['verify_decompress_s']:.1f} s"
-    )
-    return FetchedArchive(located, archive, path if downloaded else None, timings)
-
-
-def actual_counts(spec: ConnectionSpec, database: str) -> tuple[dict[str, int], dict[str, int]]:
-    with connect(spec.with_database(database)) as conn:
-        tables = catalog.list_user_tables(conn)
-        rows = catalog.count_rows(conn, tables)
-        counts = catalog.catalog_counts(conn)
-        conn.rollback()
-    return rows, counts
-
-
-def compare_restored(spec: ConnectionSpec, database: str, manifest: BackupManifest) -> Comparison:
-    rows, counts = actual_counts(spec, database)
-    return compare_with_manifest(manifest.row_counts, manifest.catalog_counts, rows, counts)
-
-
-SAFETY_SUBDIR = "safety"
+__all__ = [
+    "DrillResult",
+    "FetchedArchive",
+    "RestoreEnvironment",
+    "RestoreOutcome",
+    "drop_leftover_drills",
+    "fetch_and_verify",
+    "restore_backup",
+    "run_drill",
+    "take_safety_backup",
+]
 
 
 def take_safety_backup(env: RestoreEnvironment, database: str) -> Path:
@@ -180,6 +82,9 @@ class RestoreOutcome:
     safety_backup: Optional[Path] = None
     terminated_connections: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    skipped_backups: list[str] = field(default_factory=list)  # newer backups `latest` passed over, with why
+    notes: list[str] = field(default_factory=list)  # how the backup was chosen and where it was read from
+    database_locale: str = ""  # the encoding and locale the restored database was created with
 
 
 def _admin(env: RestoreEnvironment, step: str):
@@ -237,13 +142,24 @@ def restore_backup(
 
         # 5. Create and restore (replace: into a side database; the target is untouched so far).
         restore_into = side_database_name(target, now) if request.replace else target
+        like = info if request.replace else None
+        locale = dict(manifest.database_locale) if manifest is not None else {}
+        if not locale.get("encoding") and like is not None:
+            locale = {"encoding": like.encoding, "lc_collate": like.collate, "lc_ctype": like.ctype}
         with _admin(env, "create database") as conn:
             try:
-                db.create_database(conn, restore_into, like=info if request.replace else None)
+                db.create_database(conn, restore_into, like=like, locale=locale)
             except Exception as exc:
-                raise RestoreStepError("create database", f"CREATE DATABASE {restore_into} failed: {exc}") from None
+                raise RestoreStepError(
+                    "create database",
+                    f"CREATE DATABASE {restore_into} with {db.describe_locale(locale)} failed: {exc}. If that locale "
+                    "does not exist on this server, install it (locale-gen) or restore on a server that has it",
+                ) from None
         created = restore_into
-        env.log(f"created database {restore_into}; running pg_restore -j {request.jobs} --exit-on-error")
+        env.log(
+            f"created database {restore_into} with {db.describe_locale(locale)}; "
+            f"running pg_restore -j {request.jobs} --exit-on-error"
+        )
         t = time.monotonic()
         try:
             result = run_pg_restore(
@@ -294,6 +210,9 @@ def restore_backup(
             safety_backup=safety,
             terminated_connections=terminated,
             timings=timings,
+            skipped_backups=list(fetched.skipped),
+            notes=list(fetched.notes),
+            database_locale=db.describe_locale(locale),
         )
     finally:
         fetched.cleanup()
@@ -336,139 +255,3 @@ def _swap_in(env: RestoreEnvironment, side: str, target: str, retired: str) -> i
         except Exception as exc:
             env.warn(f"could not drop the replaced database {retired}: {exc}; drop it by hand")
     return terminated
-
-
-# ----------------------------------------------------------------------------------------------- drill
-
-
-@dataclass
-class DrillResult:
-    passed: bool
-    backup_filename: str
-    scratch_database: str
-    failed_step: Optional[str] = None
-    message: str = ""
-    rto_s: float = 0.0
-    restored_bytes: int = 0
-    archive_bytes: int = 0
-    comparison: Optional[Comparison] = None
-    expected_rows: dict[str, int] = field(default_factory=dict)
-    actual_rows: dict[str, int] = field(default_factory=dict)
-    actual_catalog: dict[str, int] = field(default_factory=dict)
-    expected_catalog: dict[str, int] = field(default_factory=dict)
-    scratch_dropped: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def drop_leftover_drills(env: RestoreEnvironment, now: datetime) -> list[str]:
-    """Scratch databases of drills that were killed before they could clean up (idle and not recent)."""
-    dropped = []
-    with db.admin_connection(env.spec) as conn:
-        for name, sessions in db.list_databases(conn, DRILL_PREFIX):
-            created_at = drill_database_time(name)
-            if created_at is None or sessions or now - created_at < LEFTOVER_DRILL_AGE:
-                continue
-            db.drop_database(conn, name)
-            dropped.append(name)
-    for name in dropped:
-        env.warn(f"dropped {name}, the scratch database of an earlier drill that did not finish")
-    return dropped
-
-
-def run_drill(
-    env: RestoreEnvironment, ref: BackupRef, *, jobs: int = 2, now: Optional[datetime] = None
-) -> DrillResult:
-    """Restore ``ref`` into a scratch database, compare with the manifest, always drop the scratch database.
-
-    Never raises for a failed drill: the result says which step failed and why.
-    """
-    started = time.monotonic()
-    now = now or datetime.now(timezone.utc)
-    scratch = drill_database_name(now)
-    result = DrillResult(passed=False, backup_filename=ref.filename or "", scratch_database=scratch)
-    step = "prepare"
-    fetched: Optional[FetchedArchive] = None
-    created = False
-    try:
-        drop_leftover_drills(env, now)
-        step = "find backup"
-        fetched = fetch_and_verify(ref, env)
-        result.timings.update(fetched.timings)
-        result.backup_filename = fetched.located.filename
-        result.archive_bytes = fetched.archive.raw_bytes
-        manifest = fetched.located.manifest
-        if manifest is None:
-            raise RestoreStepError("read manifest", f"{fetched.located.filename} has no manifest: nothing to compare with")
-        result.expected_rows = dict(manifest.row_counts)
-        result.expected_catalog = dict(manifest.catalog_counts)
-        step = "create database"
-        with db.admin_connection(env.spec) as conn:
-            if db.database_exists(conn, scratch):
-                raise RestoreStepError(step, f"scratch database {scratch} already exists")
-            db.create_database(conn, scratch)
-        created = True
-        step = "pg_restore"
-        env.log(f"drill: restoring {fetched.located.filename} into {scratch} with pg_restore -j {jobs}")
-        restored = run_pg_restore(
-            env.runner,
-            env.spec,
-            fetched.archive.path,
-            scratch,
-            jobs=jobs,
-            expected_bytes=fetched.archive.raw_bytes,
-            log=env.log,
-            progress_interval_s=env.progress_interval_s,
-        )
-        result.timings["pg_restore_s"] = restored.duration_s
-        result.rto_s = time.monotonic() - started
-        step = "measure"
-        with db.admin_connection(env.spec) as conn:
-            result.restored_bytes = db.database_size(conn, scratch)
-        step = "compare with manifest"
-        t = time.monotonic()
-        result.actual_rows, result.actual_catalog = actual_counts(env.spec, scratch)
-        result.comparison = compare_with_manifest(
-            result.expected_rows, result.expected_catalog, result.actual_rows, result.actual_catalog
-        )
-        result.timings["compare_s"] = time.monotonic() - t
-        if not result.comparison.passed:
-            raise RestoreStepError(step, result.comparison.summary())
-        result.passed = True
-        result.message = (
-            f"{result.backup_filename} restored into {scratch} in {result.rto_s:.1f} s "
-            f"({human_bytes(result.restored_bytes)}); {result.comparison.summary()}"
-        )
-    except RestoreStepError as exc:
-        result.failed_step = exc.step
-        result.message = f"drill failed at step '{exc.step}': {exc.detail}"
-    except ToolError as exc:
-        result.failed_step = step
-        result.message = f"drill failed at step '{step}': {exc}"
-    except Exception as exc:  # a drill reports every failure as a failed drill, with its step
-        result.failed_step = step
-        result.message = f"drill failed at step '{step}': {type(exc).__name__}: {exc}"
-    finally:
-        if fetched is not None:
-            fetched.cleanup()
-        result.scratch_dropped = _drop_scratch(env, scratch, created, result)
-        result.timings["total_s"] = time.monotonic() - started
-    return result
-
-
-def _drop_scratch(env: RestoreEnvironment, scratch: str, created: bool, result: DrillResult) -> bool:
-    t = time.monotonic()
-    try:
-        with db.admin_connection(env.spec) as conn:
-            db.drop_database(conn, scratch)
-            gone = not db.database_exists(conn, scratch)
-    except Exception as exc:
-        env.warn(f"could not drop the drill's scratch database {scratch}: {exc}; drop it by hand")
-        if result.passed:
-            result.passed = False
-            result.failed_step = "drop scratch database"
-            result.message = f"drill failed at step 'drop scratch database': {exc}"
-        return False
-    result.timings["drop_s"] = time.monotonic() - t
-    if created:
-        env.log(f"dropped the drill's scratch database {scratch}")
-    return gone

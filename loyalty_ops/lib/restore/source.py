@@ -22,7 +22,15 @@ from typing import Any, Callable, Optional
 
 from loyalty_ops.lib.backup.integrity import CUSTOM_FORMAT_MAGIC, StreamDecompressor, compression_of, read_sidecar
 from loyalty_ops.lib.backup.manifest import BackupManifest, read_manifest
-from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, PARTIAL_MARKER, SIDECAR_SUFFIX, normalize_prefix, parse_backup_name
+from loyalty_ops.lib.backup.naming import (
+    MANIFEST_SUFFIX,
+    PARTIAL_MARKER,
+    SIDECAR_SUFFIX,
+    BackupName,
+    normalize_prefix,
+    parse_backup_key,
+    parse_backup_name,
+)
 from loyalty_ops.lib.backup.stream import drain_queue, remove_stale_partials
 from loyalty_ops.lib.progress import ProgressMeter, ProgressSnapshot
 from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, RestoreRefused
@@ -59,25 +67,39 @@ class LocatedBackup:
         return f"s3://{self.bucket}/{self.s3_key}"
 
 
-def _local_candidates(backup_dir: Path, database: Optional[str]) -> list[tuple[Any, Path]]:
-    found = []
-    if backup_dir.is_dir():
-        for path in backup_dir.iterdir():
+@dataclass
+class Candidate:
+    """One backup that ``latest`` may choose: its local file and/or its S3 key."""
+
+    name: BackupName
+    local_path: Optional[Path] = None
+    s3_key: Optional[str] = None
+
+    @property
+    def filename(self) -> str:
+        return self.name.filename
+
+
+def list_candidates(backup_dir: Path, database: Optional[str], s3: Optional[S3Location] = None) -> list[Candidate]:
+    """Every backup of ``database`` in ``backup_dir`` and under the S3 prefix, newest first, one entry per backup.
+
+    Only names the strict parser accepts count: a stray ``loyalty_20251301_000000.dump.gz`` (month 13), a
+    sidecar or a key outside ``PREFIX/YYYY/MM/DD/`` is left alone.
+    """
+    found: dict[str, Candidate] = {}
+    if Path(backup_dir).is_dir():
+        for path in Path(backup_dir).iterdir():
             name = parse_backup_name(path.name)
             if name and (database is None or name.database == database) and path.is_file():
-                found.append((name, path))
-    return found
-
-
-def _s3_candidates(s3: S3Location, database: Optional[str]) -> list[tuple[Any, str]]:
-    found = []
-    paginator = s3.client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=s3.bucket, Prefix=normalize_prefix(s3.prefix)):
-        for obj in page.get("Contents", []):
-            name = parse_backup_name(obj["Key"].rsplit("/", 1)[-1])
-            if name and (database is None or name.database == database):
-                found.append((name, obj["Key"]))
-    return found
+                found[name.filename] = Candidate(name, local_path=path)
+    if s3 is not None:
+        paginator = s3.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=s3.bucket, Prefix=normalize_prefix(s3.prefix)):
+            for obj in page.get("Contents", []):
+                name = parse_backup_key(obj["Key"], s3.prefix)
+                if name and (database is None or name.database == database):
+                    found.setdefault(name.filename, Candidate(name)).s3_key = obj["Key"]
+    return sorted(found.values(), key=lambda c: (c.name.taken_at, c.filename), reverse=True)
 
 
 def _s3_text(s3: S3Location, key: str) -> Optional[str]:
@@ -106,7 +128,8 @@ def _expected_sha(filename: str, sources: dict[str, Optional[str]]) -> tuple[str
     return values.pop(), sorted(known)
 
 
-def _local_backup(path: Path) -> LocatedBackup:
+def locate_local(path: Path) -> LocatedBackup:
+    """A local backup file with the SHA-256 its sidecar and manifest record (refused when they disagree or are missing)."""
     manifest = read_manifest(path)
     sha, sources = _expected_sha(
         path.name, {"sidecar": read_sidecar(path), "manifest": manifest.sha256 if manifest else None}
@@ -114,7 +137,8 @@ def _local_backup(path: Path) -> LocatedBackup:
     return LocatedBackup(path.name, sha, local_path=path, size=path.stat().st_size, manifest=manifest, checksum_sources=sources)
 
 
-def _s3_backup(s3: S3Location, key: str) -> LocatedBackup:
+def locate_s3(s3: S3Location, key: str) -> LocatedBackup:
+    """An S3 object with the SHA-256 its sidecar, manifest and object metadata record."""
     from botocore.exceptions import ClientError
 
     filename = key.rsplit("/", 1)[-1]
@@ -149,25 +173,22 @@ def locate_backup(
     """The backup ``ref`` names, with its expected SHA-256. Raises :class:`BackupNotFound` (nothing touched)."""
     backup_dir = Path(backup_dir)
     if ref.kind == "latest":
-        local = _local_candidates(backup_dir, database)
-        remote = _s3_candidates(s3, database) if s3 is not None else []
-        if not local and not remote:
-            where = f"{backup_dir}" + (f" or s3://{s3.bucket}/{normalize_prefix(s3.prefix)}" if s3 else "")
-            raise BackupNotFound("find backup", f"there is no backup of {database or 'any database'} in {where}")
-        newest_local = max(local, key=lambda item: item[0]) if local else None
-        newest_remote = max(remote, key=lambda item: item[0]) if remote else None
-        if newest_local and (not newest_remote or newest_local[0] >= newest_remote[0]):
-            return _local_backup(newest_local[1])
-        assert newest_remote is not None and s3 is not None
-        return _s3_backup(s3, newest_remote[1])
+        candidates = list_candidates(backup_dir, database, s3)
+        if not candidates:
+            raise BackupNotFound("find backup", f"there is no backup of {database or 'any database'} in {where_backups_live(backup_dir, s3)}")
+        newest = candidates[0]
+        if newest.local_path is not None:
+            return locate_local(newest.local_path)
+        assert s3 is not None and newest.s3_key is not None
+        return locate_s3(s3, newest.s3_key)
     if ref.kind == "file":
         path = Path(ref.value) if Path(ref.value).is_absolute() else backup_dir / ref.value
         if path.is_file():
-            return _local_backup(path)
-        name = parse_backup_name(path.name)
+            return locate_local(path)
+        name = parse_backup_name(path.name) if not ref.is_safety else None  # safety backups are never offsite
         if s3 is not None and name is not None:
             try:
-                return _s3_backup(s3, name.s3_key(s3.prefix))
+                return locate_s3(s3, name.s3_key(s3.prefix))
             except BackupNotFound:
                 pass
         where = f"{path}" + (f" nor at s3://{s3.bucket}/{name.s3_key(s3.prefix)}" if s3 and name else "")
@@ -176,7 +197,11 @@ def locate_backup(
         raise BackupNotFound(
             "find backup", f"backup {ref.value} is an S3 key but no offsite bucket is configured (LOYALTY_S3_BUCKET)"
         )
-    return _s3_backup(s3, ref.value)
+    return locate_s3(s3, ref.value)
+
+
+def where_backups_live(backup_dir: Path, s3: Optional[S3Location]) -> str:
+    return f"{backup_dir}" + (f" or s3://{s3.bucket}/{normalize_prefix(s3.prefix)}" if s3 else "")
 
 
 def work_file(work_dir: Path, filename: str, role: str) -> Path:

@@ -19,6 +19,7 @@ from loyalty_ops.lib.restore.plan import (
     side_database_name,
     validate_request,
 )
+from loyalty_ops.lib.restore.history import build_history
 from loyalty_ops.lib.restore.verify import compare_with_manifest, row_count_table
 
 NAME = "loyalty_20261127_020000.dump.gz"
@@ -94,8 +95,9 @@ def test_plan_lists_safety_backup_and_swap_only_for_replace():
 
 def test_database_names():
     now = datetime(2026, 11, 27, 2, 0, 5, tzinfo=timezone.utc)
-    assert drill_database_name(now) == "loyalty_drill_20261127_020005"
-    assert drill_database_time("loyalty_drill_20261127_020005") == now
+    assert drill_database_name(now, "0a1b2c3d") == "loyalty_drill_20261127_020005_0a1b2c3d"
+    assert drill_database_time("loyalty_drill_20261127_020005_0a1b2c3d") == now
+    assert drill_database_time("loyalty_drill_20261127_020005") == now  # named by an older version
     assert drill_database_time("loyalty_drill_manual") is None
     long = side_database_name("x" * 63, now)
     assert len(long) <= 63 and long.endswith("_restore_20261127_020005")
@@ -133,3 +135,70 @@ def test_comparison_exact_and_named():
     same = compare_with_manifest(expected_rows, expected_cat, dict(expected_rows), dict(expected_cat))
     assert same.passed and "111 rows match" in same.summary()
     assert "MISMATCH" in row_count_table(expected_rows, actual_rows)
+
+
+def test_two_drills_in_the_same_second_get_different_scratch_databases():
+    now = datetime(2026, 11, 27, 2, 0, 5, tzinfo=timezone.utc)
+    names = {drill_database_name(now) for _ in range(50)}
+    assert len(names) == 50 and all(drill_database_time(n) == now for n in names)
+    assert all(len(n) <= MAX_IDENTIFIER_BYTES for n in names)
+
+
+@pytest.mark.parametrize(
+    "name", ["loyalty_drill_20251301_000000", "loyalty_drill_20251301_000000_0a1b2c3d", "loyalty_drill_20260230_250000"]
+)
+def test_a_drill_name_with_an_impossible_timestamp_is_left_alone(name):
+    assert drill_database_time(name) is None
+
+
+def test_the_documented_rollback_undo_names_the_safety_backup_not_an_s3_key():
+    ref = parse_backup_ref("safety/loyalty_20261127_020000.dump.gz")
+    assert ref == BackupRef("file", "safety/loyalty_20261127_020000.dump.gz") and ref.is_safety
+    assert ref.filename == "loyalty_20261127_020000.dump.gz"
+    # Deeper paths are still S3 keys, and a key under a prefix is never a safety backup.
+    assert parse_backup_ref("backups/2026/11/27/loyalty_20261127_020000.dump.gz").kind == "s3_key"
+    assert not parse_backup_ref("loyalty_20261127_020000.dump.gz").is_safety
+
+
+def test_materialized_views_are_compared_populated_or_not_and_by_rows():
+    rows, catalog = {"public.t": 3}, {"views": 2}
+    at_dump = {"public.mv_full": {"populated": True, "rows": 3}, "public.mv_empty": {"populated": False, "rows": None}}
+    same = compare_with_manifest(rows, catalog, rows, catalog, at_dump, {k: dict(v) for k, v in at_dump.items()})
+    assert same.passed and same.matviews_compared == 2 and "2 materialized view(s)" in same.summary()
+    wrong = {"public.mv_full": {"populated": True, "rows": 2}, "public.mv_empty": {"populated": True, "rows": 0}}
+    result = compare_with_manifest(rows, catalog, rows, catalog, at_dump, wrong)
+    text = result.summary()
+    assert not result.passed and len(result.mismatches) == 2
+    assert "materialized view public.mv_full: populated with 2 rows after restore, populated with 3 rows at dump time" in text
+    assert "materialized view public.mv_empty: populated with 0 rows after restore, not populated at dump time" in text
+    missing = compare_with_manifest(rows, catalog, rows, catalog, at_dump, {"public.mv_full": at_dump["public.mv_full"]})
+    assert [m.what for m in missing.mismatches] == ["materialized view public.mv_empty"]
+    # A manifest from before views were recorded: nothing to compare them with.
+    assert compare_with_manifest(rows, catalog, rows, catalog, None, wrong).passed
+
+
+def test_latest_skips_what_history_says_failed():
+    checks_ok = {name: True for name in ("a", "b", "c", "d")}
+    history = build_history(
+        [
+            ("loyalty_20261202_020000.dump.gz", {**checks_ok, "backup_size_plausible": False}),
+            ("loyalty_20261201_020000.dump.gz", checks_ok),
+            ("loyalty_20261130_020000.dump.gz", checks_ok),
+            ("loyalty_20261129_020000.dump.gz", {**checks_ok, "d": None}),
+        ],
+        [
+            ("loyalty_20261130_020000.dump.gz", False, "drill failed at step 'pg_restore': boom"),
+            ("loyalty_20261201_020000.dump.gz", True, "ok"),
+            ("loyalty_20261130_020000.dump.gz", True, "an older, passed drill of the same file"),
+        ],
+    )
+    newest = history.verdict("loyalty_20261202_020000.dump.gz")
+    assert not newest.passed and "backup_size_plausible failed" in newest.reason
+    good = history.verdict("loyalty_20261201_020000.dump.gz")
+    assert good.passed and "restore drill" in good.reason
+    drilled_bad = history.verdict("loyalty_20261130_020000.dump.gz")  # the newest drill of it counts
+    assert not drilled_bad.passed and "restore drill failed" in drilled_bad.reason and "boom" in drilled_bad.reason
+    unchecked = history.verdict("loyalty_20261129_020000.dump.gz")
+    assert not unchecked.passed and "never ran" in unchecked.reason
+    assert history.verdict("loyalty_20261128_020000.dump.gz") is None and not history.empty
+    assert build_history([], []).empty

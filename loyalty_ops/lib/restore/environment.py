@@ -1,0 +1,41 @@
+"""What a restore or drill needs from outside: the server, the tools, where backups live, how to report,
+and (for ``latest``) what the backup history says about each backup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.pg.tools import PgToolRunner
+from loyalty_ops.lib.progress import ProgressSnapshot
+from loyalty_ops.lib.restore.history import BackupHistory
+from loyalty_ops.lib.restore.source import S3Location
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class RestoreEnvironment:
+    """Everything a restore needs from outside: the server, the tools, where files live, how to report."""
+
+    spec: ConnectionSpec  # the server; ``dbname`` is the source database (whose backups 'latest' means)
+    runner: PgToolRunner
+    backup_dir: Path
+    work_dir: Optional[Path] = None  # for the decompressed archive and downloads; default backup_dir
+    s3: Optional[S3Location] = None
+    log: Callable[[str], None] = _quiet
+    warn: Callable[[str], None] = _quiet
+    on_progress: Optional[Callable[[ProgressSnapshot], None]] = None
+    progress_interval_s: float = 10.0
+    compression: str = "gzip"  # for the safety backup
+    # Verdicts of the integrity checks and drills of past backups; None or empty: no history to consult
+    # (``latest`` then picks the newest backup whose own file verifies).
+    history: Optional[BackupHistory] = None
+
+    @property
+    def scratch_dir(self) -> Path:
+        return Path(self.work_dir or self.backup_dir)

@@ -1,0 +1,212 @@
+"""Choosing the backup to restore and turning it into a checked archive, with the fallbacks on-call would
+take by hand.
+
+- ``latest`` is the newest backup that passed its integrity checks (and its drill, when one ran for it),
+  according to the backup history; never simply the newest file. Every newer backup passed over is named in
+  the log with the reason. With no history at all (a new ops box), it is the newest backup whose own file
+  verifies: ``.sha256`` sidecar and manifest present and the SHA-256 matching.
+- When a local file is damaged (its SHA-256 does not match, or its sidecar is missing) and its S3 copy is
+  intact, the log says so and the S3 copy is restored; when both are bad, the refusal names both.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from loyalty_ops.lib.backup.naming import parse_backup_name
+from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.restore.environment import RestoreEnvironment
+from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, IncompleteBackup, RestoreRefused
+from loyalty_ops.lib.restore.plan import BackupRef
+from loyalty_ops.lib.restore.source import (
+    Candidate,
+    LocatedBackup,
+    PreparedArchive,
+    fetch_backup,
+    list_candidates,
+    locate_backup,
+    locate_local,
+    locate_s3,
+    prepare_archive,
+    where_backups_live,
+)
+
+
+@dataclass
+class FetchedArchive:
+    located: LocatedBackup
+    archive: PreparedArchive
+    downloaded: Optional[Path]
+    timings: dict[str, float]
+    skipped: list[str] = field(default_factory=list)  # "<file>: <why>" for each newer backup `latest` passed over
+    notes: list[str] = field(default_factory=list)  # how it was chosen, e.g. the S3 copy used for a damaged file
+
+    def cleanup(self) -> None:
+        self.archive.path.unlink(missing_ok=True)
+        if self.downloaded is not None:
+            self.downloaded.unlink(missing_ok=True)
+
+
+def _prepare(located: LocatedBackup, env: RestoreEnvironment) -> FetchedArchive:
+    """Download if needed, hash and decompress. Raises :class:`RestoreRefused`."""
+    timings: dict[str, float] = {}
+    env.log(
+        f"backup: {located.where} ({human_bytes(located.size or 0)}), expected SHA-256 {located.expected_sha256} "
+        f"from {', '.join(located.checksum_sources)}"
+    )
+    t1 = time.monotonic()
+    path, downloaded = fetch_backup(
+        located, env.scratch_dir, env.s3, on_progress=env.on_progress, progress_interval_s=env.progress_interval_s
+    )
+    if downloaded:
+        timings["download_s"] = time.monotonic() - t1
+        env.log(f"downloaded {located.where} in {timings['download_s']:.1f} s")
+    try:
+        t2 = time.monotonic()
+        archive = prepare_archive(
+            path,
+            located.expected_sha256,
+            env.scratch_dir,
+            filename=located.filename,
+            on_progress=env.on_progress,
+            progress_interval_s=env.progress_interval_s,
+        )
+        timings["verify_decompress_s"] = time.monotonic() - t2
+    except BaseException:
+        if downloaded:
+            path.unlink(missing_ok=True)
+        raise
+    env.log(
+        f"checksum verified ({archive.sha256}); {human_bytes(archive.raw_bytes)} archive decompressed to a private "
+        f"temporary file in {timings['verify_decompress_s']:.1f} s"
+    )
+    return FetchedArchive(located, archive, path if downloaded else None, timings)
+
+
+def _require_complete(located: LocatedBackup) -> None:
+    """Without history, a backup counts only when its file carries everything that proves it."""
+    if located.manifest is None:
+        raise IncompleteBackup("find backup", f"{located.where} has no manifest (.manifest.json)")
+    if not {"sidecar", "object metadata"} & set(located.checksum_sources):
+        raise IncompleteBackup("find backup", f"{located.where} has no .sha256 sidecar")
+
+
+def _fetch_candidate(candidate: Candidate, env: RestoreEnvironment, *, require_complete: bool = False) -> FetchedArchive:
+    """The local copy if it verifies, else the S3 copy (saying why). Raises :class:`RestoreRefused`."""
+    failures: list[tuple[str, RestoreRefused]] = []
+    if candidate.local_path is not None:
+        try:
+            located = locate_local(candidate.local_path)
+            if require_complete:
+                _require_complete(located)
+            return _prepare(located, env)
+        except (ChecksumMismatch, IncompleteBackup) as exc:  # damaged or incomplete here; the S3 copy may be whole
+            failures.append((f"the local copy {candidate.local_path}", exc))
+    s3_key = candidate.s3_key
+    if s3_key is None and env.s3 is not None and candidate.local_path is not None:
+        s3_key = candidate.name.s3_key(env.s3.prefix)  # where the offsite copy of this file would be
+    if s3_key is not None and env.s3 is not None:
+        where = f"s3://{env.s3.bucket}/{s3_key}"
+        if failures:
+            env.warn(f"{failures[0][0]} cannot be used: {failures[0][1].reason}; trying its S3 copy {where}")
+        try:
+            located = locate_s3(env.s3, s3_key)
+            if require_complete:
+                _require_complete(located)
+            fetched = _prepare(located, env)
+        except RestoreRefused as exc:
+            if not failures:
+                raise
+            failures.append((f"the S3 copy {where}", exc))
+        else:
+            if failures:
+                note = (
+                    f"{failures[0][0]} is damaged ({failures[0][1].reason}); restored from the S3 copy {where}, "
+                    "which matches its recorded SHA-256"
+                )
+                env.warn(note)
+                fetched.notes.append(note)
+            return fetched
+    elif failures:
+        failures.append(("an S3 copy", RestoreRefused("find backup", "no offsite bucket is configured (LOYALTY_S3_BUCKET)")))
+    first = failures[0][1]
+    if len(failures) == 1:
+        raise first
+    detail = "; ".join(f"{where}: {exc.reason}" for where, exc in failures)
+    raise type(first)(first.step, f"no intact copy of {candidate.filename}: {detail}")
+
+
+def fetch_latest(env: RestoreEnvironment) -> FetchedArchive:
+    """The newest backup that passed its checks (and drill), or without history, whose file verifies."""
+    database = env.spec.dbname
+    candidates = list_candidates(env.backup_dir, database, env.s3)
+    if not candidates:
+        raise BackupNotFound(
+            "find backup", f"there is no backup of {database or 'any database'} in {where_backups_live(env.backup_dir, env.s3)}"
+        )
+    history = env.history
+    use_history = history is not None and not history.empty
+    if not use_history:
+        env.log(
+            "latest: this Dagster instance has no backup history (a new ops box?), so the integrity checks of past "
+            "backups are unknown: choosing the newest backup whose file verifies (its .sha256 sidecar and manifest "
+            "present and its SHA-256 matching)"
+        )
+    skipped: list[str] = []
+
+    def _skip(filename: str, reason: str) -> None:
+        skipped.append(f"{filename}: {reason}")
+        env.warn(f"latest: skipping {filename}: {reason}")
+
+    for candidate in candidates:
+        chosen_because = "its file verifies"
+        if use_history:
+            assert history is not None
+            verdict = history.verdict(candidate.filename)
+            if verdict is None:
+                _skip(candidate.filename, "it is not in this instance's backup history, so its integrity checks are unknown")
+                continue
+            if not verdict.passed:
+                _skip(candidate.filename, verdict.reason)
+                continue
+            chosen_because = verdict.reason
+        try:
+            fetched = _fetch_candidate(candidate, env, require_complete=not use_history)
+        except RestoreRefused as exc:
+            _skip(candidate.filename, exc.reason)
+            continue
+        note = f"latest is {candidate.filename}: {chosen_because}" + (
+            f" ({len(skipped)} newer backup(s) skipped)" if skipped else ""
+        )
+        env.log(note)
+        fetched.notes.insert(0, note)
+        fetched.skipped = skipped
+        return fetched
+    raise BackupNotFound(
+        "find backup",
+        f"no backup of {database} can be restored as 'latest': " + "; ".join(skipped)
+        + f". To restore one of them anyway, name it in `backup` (e.g. backup: {candidates[0].filename})",
+    )
+
+
+def fetch_and_verify(ref: BackupRef, env: RestoreEnvironment) -> FetchedArchive:
+    """Find, download if needed, hash and decompress the backup ``ref`` names. Raises :class:`RestoreRefused`."""
+    t0 = time.monotonic()
+    if ref.kind == "latest":
+        fetched = fetch_latest(env)
+    elif ref.kind == "file":
+        path = Path(ref.value) if Path(ref.value).is_absolute() else Path(env.backup_dir) / ref.value
+        name = parse_backup_name(path.name)
+        if path.is_file() and name is not None:
+            # A damaged local file falls back to its S3 copy; safety backups are never offsite.
+            candidate = Candidate(name, local_path=path)
+            fetched = _fetch_candidate(candidate, env) if not ref.is_safety else _prepare(locate_local(path), env)
+        else:
+            fetched = _prepare(locate_backup(ref, env.backup_dir, database=env.spec.dbname, s3=env.s3), env)
+    else:
+        fetched = _prepare(locate_backup(ref, env.backup_dir, database=env.spec.dbname, s3=env.s3), env)
+    fetched.timings["find_s"] = time.monotonic() - t0 - sum(fetched.timings.values())
+    return fetched
