@@ -8,6 +8,10 @@
 Prints each wall time, peak RSS, output sizes and the ratios c/a, c/b, and size(c)/size(pg_dump -Fc).
 Targets (issue 2): c/a <= 1.3, c/b <= 0.6, size ratio <= 1.4, peak RSS of the backup <= 150 MB.
 
+Then the verification pass on (c)'s file, with and without the walk of the whole archive (every data
+block to its end marker), alternated over --verify-rounds rounds; the median of each, as a ratio to the
+floor (a). Target (issue 12): the full read adds <= 0.15 x the floor to the pass.
+
     .venv/bin/python benchmarks/backup_throughput.py --size-mb 1000
 """
 
@@ -68,6 +72,7 @@ print(json.dumps({
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=float, default=1000, help="sample database size on disk (default 1000)")
+    parser.add_argument("--verify-rounds", type=int, default=3, help="rounds of the verification comparison")
     args = parser.parse_args()
 
     with sample_cluster(args.size_mb) as cluster, moto_process() as endpoint, tempfile.TemporaryDirectory() as tmp:
@@ -113,6 +118,8 @@ def main() -> int:
             print(child.stdout[-3000:], child.stderr[-5000:])
             return 1
         ours = json.loads(child.stdout.strip().splitlines()[-1])
+        backup_file = next((work / "ours").glob("loyalty_*.dump.gz"))
+        verify = verification_cost(backup_file, args.verify_rounds)
 
     c = ours["elapsed_s"]
     print()
@@ -134,7 +141,34 @@ def main() -> int:
     )
     print(f"largest child process of the benchmark (any): {children_peak_rss_mb():.0f} MB")
     print(f"uploaded: {ours['uploaded']}")
+    print()
+    print(f"verification pass on {backup_file.name} (median of {args.verify_rounds} rounds, alternated):")
+    print(f"  decompress + hash:                      {verify['without']:.2f} s = {verify['without'] / floor:.3f} x floor")
+    print(f"  decompress + hash + whole-archive read: {verify['with']:.2f} s = {verify['with'] / floor:.3f} x floor")
+    added = verify["with"] - verify["without"]
+    print(f"  the full read adds {added:.2f} s = {added / floor:.3f} x floor   (target <= 0.15)"
+          f"   [{verify['blocks']} data blocks, {verify['archive_mb']:.0f} MB of archive]")
     return 0
+
+
+def verification_cost(path: Path, rounds: int) -> dict:
+    """The integrity pass on one file, with and without the archive walk, alternated; medians in seconds."""
+    from statistics import median
+
+    from loyalty_ops.lib.backup.integrity import inspect_archive
+
+    with_walk, without_walk = [], []
+    blocks = archive_mb = 0
+    for _ in range(rounds):
+        started = time.monotonic()
+        inspection = inspect_archive(path, read_archive=False)
+        without_walk.append(time.monotonic() - started)
+        started = time.monotonic()
+        inspection = inspect_archive(path)
+        with_walk.append(time.monotonic() - started)
+        assert inspection.archive is not None, inspection.archive_error
+        blocks, archive_mb = inspection.archive.data_blocks, inspection.archive.archive_bytes / 1e6
+    return {"with": median(with_walk), "without": median(without_walk), "blocks": blocks, "archive_mb": archive_mb}
 
 
 if __name__ == "__main__":

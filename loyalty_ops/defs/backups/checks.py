@@ -59,7 +59,7 @@ def _result(name: str, passed: bool, description: str, **metadata) -> dg.AssetCh
 def backup_integrity_checks(
     context: dg.AssetCheckExecutionContext, postgres: PostgresTarget, offsite: OffsiteStorage
 ) -> Iterator[dg.AssetCheckResult]:
-    entry = backup_of_run(context.instance, context.run_id) or context.instance.get_latest_materialization_event(
+    entry = backup_of_run(context.instance, context.run.run_id) or context.instance.get_latest_materialization_event(
         BACKUP_ASSET_KEY
     )
     if entry is None:
