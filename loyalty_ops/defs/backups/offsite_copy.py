@@ -1,43 +1,69 @@
-"""The offsite copy (``offsite_backup_copy``): the verified backup in S3, streamed during the dump or
-uploaded after the checks, then HEADed and compared with the local file."""
+"""The offsite copy (``offsite_backup_copy``): this run's verified backup in S3, streamed during the dump or
+uploaded after the checks, with both sidecars, verified as a whole before it counts."""
 
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import dagster as dg
-from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 
-from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, recent_backups
+from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, BackupRecord, recent_backups
 from loyalty_ops.defs.resources import OffsiteStorage
 from loyalty_ops.lib.backup.naming import parse_backup_name
 from loyalty_ops.lib.backup.offsite import (
+    S3_ERRORS,
     OffsiteError,
+    OffsiteTarget,
     PendingUpload,
+    PendingUploadGone,
     StreamingUpload,
+    abort_abandoned_uploads,
     check_bucket,
     complete_pending_upload,
-    sidecar_paths,
+    require_complete_copy,
     streaming_part_bytes,
     upload_backup,
+    upload_sidecars,
 )
 from loyalty_ops.lib.progress import human_bytes
 
 OWNERS = ["team:platform"]
 
 
+def abort_abandoned(context, client, target: OffsiteTarget, database: str) -> list[str]:
+    """Abort what earlier, dead runs left half-uploaded for this database; log each one. Never fails."""
+    try:
+        aborted = abort_abandoned_uploads(client, target.bucket, target.prefix, database)
+    except OffsiteError as exc:
+        context.log.warning(f"could not look for abandoned multipart uploads ({exc}); retention will still find them")
+        return []
+    for upload in aborted:
+        context.log.warning(
+            f"aborted an abandoned multipart upload of s3://{target.bucket}/{upload.key} "
+            f"(started {upload.age_hours} h ago by a run that no longer runs)"
+        )
+    return [upload.key for upload in aborted]
+
+
 def start_streaming_upload(context, offsite: OffsiteStorage, name, expected_bytes: int):
-    """Begin the offsite multipart upload alongside the dump, or say why the upload will happen later."""
-    part_bytes = streaming_part_bytes(expected_bytes)
-    if part_bytes is None:
-        context.log.info("database too large for a bounded-memory streamed upload; uploading after the checks")
-        return None
+    """Begin the offsite multipart upload alongside the dump, or say why the upload will happen later.
+    First aborts the uploads that earlier runs of this database left behind when they were killed."""
     target = offsite.target()
     client = offsite.client()
     try:
         check_bucket(client, target.bucket)
+    except OffsiteError as exc:
+        context.log.warning(f"offsite copy cannot start now ({exc}); the backup continues and the offsite step will retry")
+        return None
+    abort_abandoned(context, client, target, name.database)
+    part_bytes = streaming_part_bytes(expected_bytes)
+    if part_bytes is None:
+        context.log.info("database too large for a bounded-memory streamed upload; uploading after the checks")
+        return None
+    try:
         return StreamingUpload(client, target, name.s3_key(target.prefix), part_bytes, log=context.log.warning)
-    except (OffsiteError, ClientError, BotoCoreError) as exc:
+    except (OffsiteError, *S3_ERRORS) as exc:
         context.log.warning(f"offsite copy cannot start now ({exc}); the backup continues and the offsite step will retry")
         return None
 
@@ -46,7 +72,44 @@ class OffsiteConfig(dg.Config):
     """Launchpad options for the offsite copy."""
 
     progress_interval_seconds: float = Field(default=10.0, description="How often the upload reports progress.")
-    max_attempts: int = Field(default=4, description="Upload attempts on transient S3 errors (with backoff).")
+    max_attempts: Optional[int] = Field(
+        default=None,
+        description="Retries per S3 request on transient errors (botocore's standard retry mode, with "
+        "backoff). Empty uses the S3 resource's setting.",
+    )
+
+
+def _runs_of_this_copy(context: dg.AssetExecutionContext) -> list[str]:
+    """This run, then the run it re-executes and that run's root (a retry of a failed offsite step)."""
+    run = context.run
+    ids = [context.run_id, run.parent_run_id, run.tags.get("dagster/parent_run_id"), run.root_run_id,
+           run.tags.get("dagster/root_run_id")]
+    return list(dict.fromkeys(i for i in ids if i))
+
+
+def backup_for_this_run(context: dg.AssetExecutionContext) -> Optional[BackupRecord]:
+    """The backup this copy acts on: the one ``database_backup`` materialized in this same run (or in the
+    run this one re-executes), never a concurrent run's newer one. Launched alone, the newest."""
+    own_ids: list[int] = []
+    for run_id in _runs_of_this_copy(context):
+        records = context.instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        own_ids = [
+            r.storage_id for r in records
+            if r.event_log_entry.asset_materialization
+            and r.event_log_entry.asset_materialization.asset_key == BACKUP_ASSET_KEY
+        ]
+        if own_ids:
+            break
+    backups = recent_backups(context.instance, limit=50 if own_ids else 1)
+    if not own_ids:
+        return backups[0] if backups else None
+    for record in backups:
+        if record.storage_id == max(own_ids):
+            return record
+    raise dg.Failure(
+        f"this run's backup (run {context.run_id}) is no longer among the 50 newest backups, so its checks "
+        "cannot be read; launch offsite_backup_copy alone to copy the newest verified backup instead"
+    )
 
 
 @dg.asset(
@@ -60,79 +123,79 @@ class OffsiteConfig(dg.Config):
 def offsite_backup_copy(
     context: dg.AssetExecutionContext, config: OffsiteConfig, offsite: OffsiteStorage
 ) -> Iterator[dg.MaterializeResult]:
-    """The newest verified backup copied to S3 at `PREFIX/YYYY/MM/DD/<file>` with its sidecars, using
-    multipart upload, SHA-256 checksums, server-side encryption and the configured storage class. After
-    the upload the object is HEADed and its size and checksum compared with the local file. With no
-    bucket configured nothing is uploaded and nothing is reported as uploaded."""
+    """This run's verified backup (or, launched alone, the newest) copied to S3 at `PREFIX/YYYY/MM/DD/<file>`
+    with its `.sha256` and `.manifest.json`, using multipart upload, SHA-256 checksums (also in the object's
+    `x-amz-meta-sha256`), server-side encryption and the configured storage class. `verified: true` only when
+    object and both sidecars are in S3 and agree with the local file. With no bucket nothing is uploaded."""
     if not offsite.configured:
         context.log.warning(
             "No offsite copy is configured (LOYALTY_S3_BUCKET is unset): this backup exists only on this "
             "machine. Nothing was uploaded."
         )
         return
-    backups = recent_backups(context.instance, limit=1)
-    if not backups or not backups[0].path:
+    backup = backup_for_this_run(context)
+    if backup is None or not backup.path:
         raise dg.Failure("there is no backup to copy offsite yet: materialize database_backup first")
-    latest = backups[0]
-    if not latest.verified:
-        failed = [name for name, ok in latest.checks.items() if ok is not True]
+    if not backup.verified:
+        failed = [name for name, ok in backup.checks.items() if ok is not True]
         raise dg.Failure(
-            f"the newest backup {latest.metadata.get('filename')} did not pass its integrity checks "
+            f"the backup {backup.metadata.get('filename')} did not pass its integrity checks "
             f"({', '.join(failed)}); refusing to copy it offsite"
         )
-    path = Path(latest.path)
+    path = Path(backup.path)
     name = parse_backup_name(path.name)
     if name is None or not path.exists():
         raise dg.Failure(f"backup file {path} is missing on this machine; it cannot be copied offsite")
     target = offsite.target()
     key = name.s3_key(target.prefix)
-    meta = latest.metadata
-    if meta.get("pending_upload_id") and meta.get("pending_upload_key") == key:
-        yield _complete_streamed_upload(context, offsite, path, latest, target)
-        return
+    client = offsite.s3.model_copy(update={"max_attempts": config.max_attempts}).get_client() if config.max_attempts else offsite.client()
+    meta = backup.metadata
+    started = time.monotonic()
+    streamed = bool(meta.get("pending_upload_id") and meta.get("pending_upload_key") == key)
     try:
-        uploaded = upload_backup(
-            offsite.client(),
-            target,
-            path,
-            key,
-            latest.metadata["sha256"],
-            sidecars=sidecar_paths(path),
-            on_progress=lambda snap: context.log.info(snap.message()),
-            progress_interval_s=config.progress_interval_seconds,
-            max_attempts=config.max_attempts,
-            log=context.log.warning,
-        )
+        if streamed:
+            size, checksum = _complete_streamed_upload(context, client, path, backup, target)
+        else:
+            uploaded = upload_backup(
+                client, target, path, key, meta["sha256"],
+                on_progress=lambda snap: context.log.info(snap.message()),
+                progress_interval_s=config.progress_interval_seconds,
+                log=context.log.info,
+            )
+            size, checksum = uploaded.bytes, uploaded.checksum_sha256
+        status = require_complete_copy(client, target.bucket, key, sha256_hex=meta["sha256"], size=path.stat().st_size)
     except OffsiteError as exc:
-        raise dg.Failure(description=str(exc), metadata={"bucket": target.bucket, "key": key}) from None
-    context.log.info(f"offsite copy verified: {uploaded.uri} ({human_bytes(uploaded.bytes)})")
+        raise dg.Failure(description=str(exc), metadata={"bucket": target.bucket, "key": key, "verified": False}) from None
+    duration = time.monotonic() - started
+    aborted = [] if streamed else abort_abandoned(context, client, target, name.database)
+    context.log.info(f"offsite copy verified: {status.uri} ({human_bytes(size)}) with both sidecars")
     yield dg.MaterializeResult(
         metadata={
-            "uri": dg.MetadataValue.url(uploaded.uri),
-            "bucket": uploaded.bucket,
-            "key": uploaded.key,
+            "uri": dg.MetadataValue.url(status.uri),
+            "bucket": target.bucket,
+            "key": key,
             "filename": path.name,
-            "bytes": uploaded.bytes,
-            "sha256": uploaded.sha256_hex,
-            "s3_checksum_sha256": uploaded.checksum_sha256,
-            "verified": uploaded.verified,
-            "duration_s": round(uploaded.duration_s, 3),
-            "throughput_mb_s": round(uploaded.bytes / 1e6 / max(uploaded.duration_s, 1e-6), 2),
-            "attempts": uploaded.attempts,
+            "bytes": size,
+            "sha256": meta["sha256"],
+            "s3_checksum_sha256": checksum,
+            "verified": status.complete,
+            "duration_s": round(duration, 3),
+            "throughput_mb_s": round(size / 1e6 / max(duration, 1e-6), 2),
             "sse": target.sse,
             "storage_class": target.storage_class,
-            "sidecar_keys": dg.MetadataValue.json(list(uploaded.sidecar_keys)),
-            "source_run_id": latest.run_id,
-            "streamed": False,
+            "sidecar_keys": dg.MetadataValue.json(list(status.sidecar_keys)),
+            "source_run_id": backup.run_id,
+            "streamed": streamed,
+            **({"parts": meta["pending_upload_parts"]} if streamed else {}),
+            "abandoned_uploads_aborted": len(aborted),
         }
     )
 
 
-def _complete_streamed_upload(context, offsite: OffsiteStorage, path, latest, target) -> dg.MaterializeResult:
-    """The parts were uploaded during the dump: check them against the file, complete, verify, add sidecars."""
-    import time
-
-    meta = latest.metadata
+def _complete_streamed_upload(context, client, path: Path, backup: BackupRecord, target: OffsiteTarget) -> tuple[int, str]:
+    """The parts were uploaded during the dump: check them against the file, complete, stamp, add sidecars.
+    When the pending upload is gone (an earlier attempt completed or aborted it), upload the file instead."""
+    meta = backup.metadata
     pending = PendingUpload(
         bucket=target.bucket,
         key=meta["pending_upload_key"],
@@ -141,38 +204,12 @@ def _complete_streamed_upload(context, offsite: OffsiteStorage, path, latest, ta
         part_bytes=meta["pending_upload_part_bytes"],
         bytes=meta["bytes"],
     )
-    started = time.monotonic()
-    client = offsite.client()
     try:
-        size, checksum = complete_pending_upload(client, pending, path, meta["sha256"])
-        sidecar_keys = []
-        for sidecar in sidecar_paths(path):
-            sidecar_key = pending.key + sidecar.name[len(path.name):]
-            client.upload_file(str(sidecar), target.bucket, sidecar_key, ExtraArgs=target.extra_args())
-            sidecar_keys.append(sidecar_key)
-    except (OffsiteError, ClientError, BotoCoreError) as exc:
-        raise dg.Failure(description=f"completing the streamed offsite copy failed: {exc}",
-                         metadata={"bucket": target.bucket, "key": pending.key}) from None
-    duration = time.monotonic() - started
-    uri = f"s3://{target.bucket}/{pending.key}"
-    context.log.info(f"offsite copy verified: {uri} ({human_bytes(size)}, {pending.parts} parts streamed during the dump)")
-    return dg.MaterializeResult(
-        metadata={
-            "uri": dg.MetadataValue.url(uri),
-            "bucket": target.bucket,
-            "key": pending.key,
-            "filename": path.name,
-            "bytes": size,
-            "sha256": meta["sha256"],
-            "s3_checksum_sha256": checksum,
-            "verified": True,
-            "duration_s": round(duration, 3),
-            "parts": pending.parts,
-            "attempts": 1,
-            "sse": target.sse,
-            "storage_class": target.storage_class,
-            "sidecar_keys": dg.MetadataValue.json(sidecar_keys),
-            "source_run_id": latest.run_id,
-            "streamed": True,
-        }
-    )
+        size, checksum = complete_pending_upload(client, pending, path, meta["sha256"], target=target)
+    except PendingUploadGone as exc:
+        context.log.warning(f"{exc}; uploading the finished file instead")
+        uploaded = upload_backup(client, target, path, pending.key, meta["sha256"], log=context.log.info)
+        return uploaded.bytes, uploaded.checksum_sha256
+    upload_sidecars(client, target, path, pending.key)
+    context.log.info(f"streamed upload completed: {pending.parts} parts sent during the dump")
+    return size, checksum
