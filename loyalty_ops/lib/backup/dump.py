@@ -148,20 +148,27 @@ def take_backup(
     check_backup_dir(backup_dir)
     for stale in remove_stale_partials(backup_dir):
         log(f"removed temporary file {stale.name} left by a killed earlier run")
-    name, claim = claim_backup_name(backup_dir, spec.dbname, taken_at or datetime.now(timezone.utc), request.compression)
+    try:
+        name, claim = claim_backup_name(backup_dir, spec.dbname, taken_at or datetime.now(timezone.utc), request.compression)
+    except OSError as exc:
+        raise BackupError(
+            f"cannot claim a backup name in LOYALTY_BACKUP_DIR: {exc.strerror}; {_disk_hint(exc, backup_dir)}"
+        ) from None
     try:
         return _dump_to_claimed_name(spec, runner, request, name, claim.path, t0, on_progress, open_sink, log)
     except BackupWriteError as exc:
-        hint = (
-            f"free space in LOYALTY_BACKUP_DIR ({backup_dir}) or point it elsewhere"
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            else f"check LOYALTY_BACKUP_DIR ({backup_dir})"
-        )
         raise BackupError(
-            f"the backup could not be written: {exc.strerror}; {hint}. Nothing was left under the name {name.filename}."
+            f"the backup could not be written: {exc.strerror}; {_disk_hint(exc, backup_dir)}. "
+            f"Nothing was left under the name {name.filename}."
         ) from None
     finally:
         claim.release()
+
+
+def _disk_hint(exc: OSError, backup_dir: Path) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free space in LOYALTY_BACKUP_DIR ({backup_dir}) or point it elsewhere"
+    return f"check LOYALTY_BACKUP_DIR ({backup_dir}): permissions, mount, disk health"
 
 
 def _dump_to_claimed_name(

@@ -142,7 +142,8 @@ def stream_to_file(
     tmp_path = locked_partial_path(final_path)
     # The lock on this descriptor marks the temporary file as live (see tempfiles); it is held until the
     # file has its final name or is removed.
-    fd = create_locked(tmp_path)
+    with _step("creating the backup file", tmp_path):
+        fd = create_locked(tmp_path)
     out = os.fdopen(fd, "wb", buffering=0)
     reader = threading.Thread(target=_read, name="dump-reader", daemon=True)
     written = 0
