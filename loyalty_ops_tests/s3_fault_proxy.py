@@ -115,7 +115,9 @@ class S3FaultProxy:
                 for name, value in headers:
                     if name.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
+                upstream_length = next((v for k, v in headers if k.lower() == "content-length"), None)
+                # A HEAD answer has no body but announces the object's length.
+                self.send_header("Content-Length", upstream_length if self.command == "HEAD" and upstream_length else str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)
