@@ -25,6 +25,7 @@ from loyalty_ops.lib.restore.errors import RestoreStepError
 from loyalty_ops.lib.restore.fetch import FetchedArchive, fetch_and_verify
 from loyalty_ops.lib.restore.plan import DRILL_PREFIX, BackupRef, drill_database_name, drill_database_time
 from loyalty_ops.lib.restore.pg_restore import run_pg_restore
+from loyalty_ops.lib.restore.source import list_candidates, where_backups_live
 from loyalty_ops.lib.restore.verify import Comparison
 
 LEFTOVER_DRILL_AGE = timedelta(minutes=10)
@@ -76,6 +77,19 @@ def drop_leftover_drills(env: RestoreEnvironment, now: datetime) -> list[str]:
     return dropped
 
 
+def newest_backup_ref(env: RestoreEnvironment) -> BackupRef:
+    """A drill proves the newest backup restores: it never passes over a bad one to drill an older one."""
+    candidates = list_candidates(env.backup_dir, env.spec.dbname, env.s3)
+    if not candidates:
+        raise RestoreStepError(
+            "find backup", f"there is no backup of {env.spec.dbname} in {where_backups_live(env.backup_dir, env.s3)}"
+        )
+    newest = candidates[0]
+    if newest.local_path is not None:
+        return BackupRef("file", str(newest.local_path))
+    return BackupRef("s3_key", str(newest.s3_key))
+
+
 def _claim_scratch(env: RestoreEnvironment, scratch: str) -> psycopg.Connection:
     """A maintenance connection holding the scratch database's lock for the drill's life."""
     conn = db.admin_connection(env.spec)
@@ -104,7 +118,7 @@ def run_drill(
         lock = _claim_scratch(env, scratch)
         drop_leftover_drills(env, now)
         step = "find backup"
-        fetched = fetch_and_verify(ref, env)
+        fetched = fetch_and_verify(newest_backup_ref(env) if ref.kind == "latest" else ref, env)
         result.timings.update(fetched.timings)
         result.backup_filename = fetched.located.filename
         result.archive_bytes = fetched.archive.raw_bytes
