@@ -35,6 +35,7 @@ MAINTENANCE_ASSET_KEY = "weekly_maintenance"
 # apart from backups and restores.
 MAINTENANCE_POOL = DATABASE_POOL  # shared with dumps and restores: never two at once on the database
 MODES = ("smart", "full")
+WORK_DONE_CHECK = "planned_work_done"
 
 
 class MaintenanceConfig(dg.Config):
@@ -164,6 +165,40 @@ def _report_metadata(report: MaintenanceReport, plan: MaintenancePlan | None) ->
     return metadata
 
 
+def _dry_run_check() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=WORK_DONE_CHECK, passed=True, description="dry run: only planned, nothing was meant to be done"
+    )
+
+
+def _work_done_check(report: MaintenanceReport) -> dg.AssetCheckResult:
+    """Fails (blocking, so the run fails and pages) when a kind of work was planned and none of it was
+    done: "0 of 10 indexes rebuilt", naming the session that blocked it."""
+    shortfalls = report.shortfalls()
+    planned = {
+        action: sum(1 for i in report.items if i.action == action and (i.status != "skipped" or i.gave_up_waiting))
+        for action in ("vacuum", "reindex")
+    }
+    return dg.AssetCheckResult(
+        check_name=WORK_DONE_CHECK,
+        passed=not shortfalls,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(shortfalls) if shortfalls else (
+            f"{report.tables_vacuumed} of {planned['vacuum']} tables vacuumed, "
+            f"{report.indexes_reindexed} of {planned['reindex']} indexes rebuilt"
+        ),
+        metadata={
+            "tables_planned": planned["vacuum"],
+            "tables_vacuumed": report.tables_vacuumed,
+            "indexes_planned": planned["reindex"],
+            "indexes_reindexed": report.indexes_reindexed,
+            "blocked_by": dg.MetadataValue.json(
+                sorted({b["pid"]: b for i in report.items for b in i.blocked_by}.values(), key=lambda b: b["pid"])
+            ),
+        },
+    )
+
+
 @dg.asset(
     key=MAINTENANCE_ASSET_KEY,
     group_name="maintenance",
@@ -171,6 +206,15 @@ def _report_metadata(report: MaintenanceReport, plan: MaintenancePlan | None) ->
     owners=OWNERS,
     pool=MAINTENANCE_POOL,
     output_required=False,
+    check_specs=[
+        dg.AssetCheckSpec(
+            WORK_DONE_CHECK,
+            asset=MAINTENANCE_ASSET_KEY,
+            blocking=True,
+            description="Fails the run when maintenance had work planned (tables to vacuum or indexes to rebuild) "
+            "and did none of it, naming the session that blocked it (pid, state, transaction age, query).",
+        )
+    ],
 )
 def weekly_maintenance(
     context: dg.AssetExecutionContext, config: MaintenanceConfig, postgres: PostgresTarget
@@ -181,7 +225,8 @@ def weekly_maintenance(
     which rule chose what). Then, one object at a time under lock_timeout/statement_timeout:
     `VACUUM (ANALYZE, SKIP_LOCKED)` and `REINDEX INDEX CONCURRENTLY`; locked objects are retried and then
     skipped, leftovers of failed rebuilds are dropped. `dry_run` only plans (logged as an observation);
-    `mode: full` runs the guide's database-wide VACUUM ANALYZE and REINDEX DATABASE."""
+    `mode: full` runs the guide's database-wide VACUUM ANALYZE and REINDEX DATABASE. Every skip names who
+    blocked it (pid, state, transaction age, query); when nothing planned was done the run fails."""
     started = time.monotonic()
     thresholds, settings = _check_config(config)
     try:
@@ -224,6 +269,7 @@ def weekly_maintenance(
                         },
                     )
                 )
+                yield _dry_run_check()
                 return
         elif config.dry_run:
             context.log_event(
@@ -233,7 +279,7 @@ def weekly_maintenance(
                         "dry_run": True,
                         "mode": "full",
                         "plan": dg.MetadataValue.md(
-                            f"**full plan**: `VACUUM (ANALYZE, SKIP_LOCKED)` of the whole database, then "
+                            "**full plan**: `VACUUM (ANALYZE, SKIP_LOCKED)` of the whole database, then "
                             + ("`REINDEX DATABASE`" if config.full_reindex == "database"
                                else "`REINDEX INDEX CONCURRENTLY` of every index")
                             + f", under lock_timeout {config.lock_timeout_s:g} s."
@@ -241,6 +287,7 @@ def weekly_maintenance(
                     },
                 )
             )
+            yield _dry_run_check()
             return
         planned_s = time.monotonic() - started
         executor = MaintenanceExecutor(conn, settings, context.log, spec=spec)
@@ -261,5 +308,8 @@ def weekly_maintenance(
     metadata = _report_metadata(report, plan)
     metadata["duration_s"] = round(time.monotonic() - started, 3)
     metadata["plan_duration_s"] = round(planned_s, 3)
-    yield dg.MaterializeResult(metadata=metadata)
+    check = _work_done_check(report)
+    if not check.passed:
+        context.log.error(f"maintenance did none of its planned work: {check.description}")
+    yield dg.MaterializeResult(metadata=metadata, check_results=[check])
 
