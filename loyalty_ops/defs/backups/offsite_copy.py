@@ -87,28 +87,28 @@ def _runs_of_this_copy(context: dg.AssetExecutionContext) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
+def _took_a_backup(context: dg.AssetExecutionContext, run_id: str) -> bool:
+    records = context.instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return any(
+        r.event_log_entry.asset_materialization is not None
+        and r.event_log_entry.asset_materialization.asset_key == BACKUP_ASSET_KEY
+        for r in records
+    )
+
+
 def backup_for_this_run(context: dg.AssetExecutionContext) -> Optional[BackupRecord]:
     """The backup this copy acts on: the one ``database_backup`` materialized in this same run (or in the
     run this one re-executes), never a concurrent run's newer one. Launched alone, the newest."""
-    own_ids: list[int] = []
-    for run_id in _runs_of_this_copy(context):
-        records = context.instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-        own_ids = [
-            r.storage_id for r in records
-            if r.event_log_entry.asset_materialization
-            and r.event_log_entry.asset_materialization.asset_key == BACKUP_ASSET_KEY
-        ]
-        if own_ids:
-            break
-    backups = recent_backups(context.instance, limit=50 if own_ids else 1)
-    if not own_ids:
-        return backups[0] if backups else None
-    for record in backups:
-        if record.storage_id == max(own_ids):
+    source_run = next((run_id for run_id in _runs_of_this_copy(context) if _took_a_backup(context, run_id)), None)
+    if source_run is None:
+        newest = recent_backups(context.instance, limit=1)
+        return newest[0] if newest else None
+    for record in recent_backups(context.instance, limit=50):
+        if record.run_id == source_run:
             return record
     raise dg.Failure(
-        f"this run's backup (run {context.run_id}) is no longer among the 50 newest backups, so its checks "
-        "cannot be read; launch offsite_backup_copy alone to copy the newest verified backup instead"
+        f"the backup of run {source_run} is no longer among the 50 newest backups, so its checks cannot be "
+        "read; launch offsite_backup_copy alone to copy the newest verified backup instead"
     )
 
 
@@ -154,7 +154,7 @@ def offsite_backup_copy(
     streamed = bool(meta.get("pending_upload_id") and meta.get("pending_upload_key") == key)
     try:
         if streamed:
-            size, checksum = _complete_streamed_upload(context, client, path, backup, target)
+            size, checksum, streamed = _complete_streamed_upload(context, client, path, backup, target)
         else:
             uploaded = upload_backup(
                 client, target, path, key, meta["sha256"],
@@ -192,9 +192,12 @@ def offsite_backup_copy(
     )
 
 
-def _complete_streamed_upload(context, client, path: Path, backup: BackupRecord, target: OffsiteTarget) -> tuple[int, str]:
+def _complete_streamed_upload(
+    context, client, path: Path, backup: BackupRecord, target: OffsiteTarget
+) -> tuple[int, str, bool]:
     """The parts were uploaded during the dump: check them against the file, complete, stamp, add sidecars.
-    When the pending upload is gone (an earlier attempt completed or aborted it), upload the file instead."""
+    When the pending upload is gone (an earlier attempt completed or aborted it), upload the file instead.
+    Returns (size, ChecksumSHA256, whether the streamed parts were used)."""
     meta = backup.metadata
     pending = PendingUpload(
         bucket=target.bucket,
@@ -209,7 +212,7 @@ def _complete_streamed_upload(context, client, path: Path, backup: BackupRecord,
     except PendingUploadGone as exc:
         context.log.warning(f"{exc}; uploading the finished file instead")
         uploaded = upload_backup(client, target, path, pending.key, meta["sha256"], log=context.log.info)
-        return uploaded.bytes, uploaded.checksum_sha256
+        return uploaded.bytes, uploaded.checksum_sha256, False
     upload_sidecars(client, target, path, pending.key)
     context.log.info(f"streamed upload completed: {pending.parts} parts sent during the dump")
-    return size, checksum
+    return size, checksum, True

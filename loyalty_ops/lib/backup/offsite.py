@@ -114,7 +114,7 @@ def upload_sidecars(client: Any, target: OffsiteTarget, path: Path, key: str) ->
             raise OffsiteError(
                 f"{s3_failure('uploading the sidecar', target.bucket, sidecar_key, exc)}. The object "
                 f"s3://{target.bucket}/{key} carries its sha256 in its metadata but is NOT counted as offsite "
-                "until both sidecars are there: run offsite_backup_copy again"
+                "until both sidecars are there"
             ) from None
         keys.append(sidecar_key)
     return tuple(keys)
