@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import math
 import os
 import sys
@@ -30,9 +31,10 @@ from zoneinfo import ZoneInfo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loyalty_ops.devstack.s3_endpoint import LocalS3  # noqa: E402
-from loyalty_ops.lib.backup.naming import backup_name  # noqa: E402
-from loyalty_ops.lib.retention import plan as plan_module  # noqa: E402
+from loyalty_ops.lib.backup.naming import backup_name, parse_backup_name  # noqa: E402
 from loyalty_ops.lib.retention.cleanup import carry_out  # noqa: E402
+from loyalty_ops.lib.retention.gates import apply_reverification  # noqa: E402
+from loyalty_ops.lib.retention.reverify import reverify  # noqa: E402
 from loyalty_ops.lib.retention.inventory import list_multipart_uploads, list_objects  # noqa: E402
 from loyalty_ops.lib.retention.plan import Evidence, IntegrityResult, Inventory, RetentionPolicy, plan_retention  # noqa: E402
 
@@ -50,11 +52,14 @@ def populate(bucket: str, n: int, now: datetime) -> tuple[int, dict]:
     integrity = {}
     written = 0
     hour = 0
+    body = b"b" * 64
+    digest = hashlib.sha256(body).hexdigest()
     while written + 3 <= n:
         name = backup_name(DB, now - timedelta(hours=hour, minutes=10))
         key = name.s3_key(PREFIX)
-        backend.put_object(bucket, key, b"b" * 64)
-        backend.put_object(bucket, key + ".sha256", b"s" * 16)
+        # As offsite_backup_copy leaves it: sha256 in the object's metadata, a sha256sum-style sidecar.
+        backend.put_object(bucket, key, body).set_metadata({"x-amz-meta-sha256": digest})
+        backend.put_object(bucket, key + ".sha256", f"{digest}  {name.filename}\n".encode())
         backend.put_object(bucket, key + ".manifest.json", b"m" * 32)
         if hour < 400:
             integrity[name.filename] = IntegrityResult(True)
@@ -104,7 +109,7 @@ def main() -> int:
         evidence = Evidence(integrity=integrity)
         walls, cpus = [], []
         for _ in range(args.repeat):
-            plan_module._parse_strict.cache_clear()  # cold: no name parsed before
+            parse_backup_name.cache_clear()  # cold: no name parsed before
             t0, c0 = time.perf_counter(), time.process_time()
             plan = plan_retention(inventory, evidence, policy, now, tz=ZoneInfo("Africa/Harare"))
             walls.append(time.perf_counter() - t0)
@@ -117,6 +122,12 @@ def main() -> int:
         t0 = time.perf_counter()
         markdown = plan.markdown()
         md_s = time.perf_counter() - t0
+        # Re-verify what the plan relies on (here: the floor's objects, HEAD + sidecar GET each), as the job does.
+        reverify_stats: dict = {}
+        plan = apply_reverification(
+            plan, reverify(plan.to_reverify, backup_dir=Path(backup_dir), client=client, bucket=bucket, stats=reverify_stats)
+        )
+        assert not plan.blocked, plan.blocked
         to_delete = len(plan.deletions_at("s3"))
 
         t0 = time.perf_counter()
@@ -150,6 +161,8 @@ def main() -> int:
     print(f"planning target < 1 s: {'OK' if best < 1 else 'MISSED'} (best wall), {'OK' if min(cpus) < 1 else 'MISSED'} (CPU)")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"markdown: {md_s:.3f} s, {len(markdown):,} chars")
+    print(f"re-verification: {len(plan.reverification)} copies, {reverify_stats.get('s3_requests', 0)} requests, "
+          f"{reverify_stats.get('seconds', 0.0):.3f} s")
     print(f"listing: {list_s:.2f} s; deleting: {delete_s:.2f} s; errors: {len(outcome.errors)}")
     print(f"after: {len(left):,} objects left (expected {kept + len(plan.ignored_remote):,})")
     ok = objects_requests <= target and not outcome.errors and len(left) == kept + len(plan.ignored_remote)

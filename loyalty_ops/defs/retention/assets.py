@@ -22,10 +22,14 @@ from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.progress import human_bytes
 from loyalty_ops.lib.retention.cleanup import carry_out
 from loyalty_ops.lib.retention.inventory import list_multipart_uploads, list_objects, resolve_log_dir, scan_backup_dir, scan_log_dir
-from loyalty_ops.lib.retention.plan import Inventory, PolicyError, RetentionPlan, RetentionPolicy, plan_summary, plan_retention, restrict_to
+from loyalty_ops.lib.retention.gates import plan_with_reverification
+from loyalty_ops.lib.retention.plan import Inventory, PolicyError, RetentionPlan, RetentionPolicy, restrict_to
+from loyalty_ops.lib.retention.render import plan_summary
+from loyalty_ops.lib.retention.reverify import reverify
 
 OWNERS = ["team:platform"]
 GROUP = "retention"
+LEFT_ALONE_LIMIT = 200
 
 
 class RetentionPlanConfig(dg.Config):
@@ -115,9 +119,21 @@ def make_plan(
     evidence = gather_evidence(context.instance, settings.history_limit)
     inventory = Inventory(where["database"], local, remote, prefix, multipart, logs)
     started = time.monotonic()
-    plan = plan_retention(inventory, evidence, policy, datetime.now(timezone.utc), tz=ZoneInfo(PLATFORM_TIMEZONE))
+    checked: dict = {}
+
+    def check(requests):
+        # The I/O of re-verification: re-hash the floor's files, HEAD the objects (and GET their sidecars).
+        context.log.info(f"re-verifying {len(requests)} copies the plan relies on before anything is deleted")
+        return reverify(requests, backup_dir=backup_dir, client=client, bucket=bucket, stats=checked)
+
+    plan = plan_with_reverification(
+        inventory, evidence, policy, datetime.now(timezone.utc), ZoneInfo(PLATFORM_TIMEZONE), check
+    )
     stats = {
-        "planning_s": round(time.monotonic() - started, 4),
+        "planning_s": round(time.monotonic() - started - checked.get("seconds", 0.0), 4),
+        "reverify_s": float(checked.get("seconds", 0.0)),
+        "reverify_bytes_hashed": int(checked.get("bytes_hashed", 0)),
+        "reverify_s3_requests": int(checked.get("s3_requests", 0)),
         "listing_s": round(list_s, 3),
         "local_files_listed": len(local),
         "s3_objects_listed": len(remote or ()),
@@ -138,9 +154,10 @@ def retention_plan(
 ) -> dg.Output[RetentionPlan]:
     """What retention would keep and delete, with the reason for every backup, local file, S3 object,
     stale multipart upload and log file: the newest verified backups (the floor) are always kept, nothing
-    younger than keep_days is deleted, a local backup without a confirmed offsite copy is kept, and if the
-    newest backup is not verified the plan is BLOCKED and nothing is deleted. Read the `plan` metadata
-    before the cleanup runs."""
+    younger than keep_days is deleted, a local backup without a confirmed offsite copy (object and
+    sidecars) is kept, and if the newest backup is not verified the plan is BLOCKED and nothing is
+    deleted. Before deciding, the floor's files are re-hashed and the S3 copies it relies on re-checked:
+    a backup damaged since its checks BLOCKS the plan. Read the `plan` metadata before the cleanup runs."""
     policy = retention_settings.policy(
         keep_days=config.keep_days, min_keep=config.min_keep,
         gfs_daily=config.gfs_daily, gfs_weekly=config.gfs_weekly, gfs_monthly=config.gfs_monthly,
@@ -165,6 +182,10 @@ def retention_plan(
             "database": plan.database,
             "backup_dir": dg.MetadataValue.path(str(found.backup_dir)),
             "s3_prefix": f"s3://{found.bucket}/{plan.prefix}" if found.bucket else "not configured",
+            # Names that are not this database's backups (month 13, other databases, temp files): never touched.
+            "left_alone": dg.MetadataValue.json(
+                {"local": list(plan.ignored_local[:LEFT_ALONE_LIMIT]), "s3": list(plan.ignored_remote[:LEFT_ALONE_LIMIT])}
+            ),
             **summary,
             **found.stats,
         },

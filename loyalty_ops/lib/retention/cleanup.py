@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from loyalty_ops.lib.retention.plan import LOCAL, LOGS, S3, PlanItem, RetentionPlan
+from loyalty_ops.lib.retention.types import LOCAL, LOGS, S3, PlanItem, RetentionPlan
 
 BATCH_SIZE = 1000
 
@@ -118,9 +118,15 @@ def carry_out(
     log: Callable[[str], None] = lambda _m: None,
     batch_size: int = BATCH_SIZE,
 ) -> CleanupOutcome:
-    """Carry out ``plan``'s deletions. Raises RetentionBlocked for a blocked plan (nothing is touched)."""
+    """Carry out ``plan``'s deletions. Raises RetentionBlocked for a blocked plan, or one whose floor and
+    offsite copies were not re-verified (``gates.apply_reverification``): nothing is touched."""
     if plan.blocked:
         raise RetentionBlocked(plan.blocked)
+    if plan.deletions and not plan.reverified:
+        raise RetentionBlocked(
+            "the plan was not re-verified (the floor's files re-hashed, the offsite copies re-checked); "
+            "plan with plan_with_reverification before carrying it out"
+        )
     outcome = CleanupOutcome(dry_run=dry_run)
     s3_items = [i for i in plan.deletions_at(S3) if i.kind in ("backup", "sidecar")]
     uploads = [i for i in plan.deletions_at(S3) if i.kind == "multipart"]

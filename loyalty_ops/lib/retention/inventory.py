@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from loyalty_ops.lib.backup.naming import normalize_prefix
-from loyalty_ops.lib.retention.plan import LocalFile, LogFile, MultipartUpload, RemoteObject
+from loyalty_ops.lib.retention.types import LocalFile, LogFile, MultipartUpload, RemoteObject
 
 PAGE_SIZE = 1000
 

@@ -76,16 +76,20 @@ class BackupWorld:
         name = backup_name(DB, self.now - timedelta(days=days_ago))
         body = os.urandom(size)
         path = self.backup_dir / name.filename
+        digest = hashlib.sha256(body).hexdigest()
+        sidecar = f"{digest}  {name.filename}\n".encode()
         if local:
             path.write_bytes(body)
-            (self.backup_dir / (name.filename + ".sha256")).write_text(f"{hashlib.sha256(body).hexdigest()}  {name.filename}\n")
+            (self.backup_dir / (name.filename + ".sha256")).write_bytes(sidecar)
             (self.backup_dir / (name.filename + ".manifest.json")).write_text("{}")
             mtime = name.taken_at.timestamp()
             os.utime(path, (mtime, mtime))
         if offsite:
+            # As offsite_backup_copy leaves it: the object (sha256 in its metadata) and both sidecars.
             key = name.s3_key(PREFIX)
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
-            self.client.put_object(Bucket=self.bucket, Key=key + ".sha256", Body=b"sum")
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata={"sha256": digest}, ChecksumAlgorithm="SHA256")
+            self.client.put_object(Bucket=self.bucket, Key=key + ".sha256", Body=sidecar)
+            self.client.put_object(Bucket=self.bucket, Key=key + ".manifest.json", Body=b"{}")
             record_offsite(self.instance, name, size)
         self.names[days_ago] = name
         return name

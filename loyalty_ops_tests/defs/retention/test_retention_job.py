@@ -81,7 +81,7 @@ def test_dry_run_then_cleanup_keeps_floor_and_recent_and_leaves_odd_files_alone(
     assert result.success
     plan_meta = materialization_metadata(result, "retention_plan")
     assert plan_meta["blocked"] is False
-    assert plan_meta["local_delete"] == 4 * 3 and plan_meta["s3_delete"] == 4 * 2
+    assert plan_meta["local_delete"] == 4 * 3 and plan_meta["s3_delete"] == 4 * 3
     assert plan_meta["logs_delete"] == 2 and plan_meta["multipart_abort"] == 1
     assert plan_meta["bytes_to_free"] > 0 and isinstance(plan_meta["planning_s"], float)
     assert "# Retention plan for `loyalty`" in plan_meta["plan"] and "younger than 7 days" in plan_meta["plan"]
@@ -92,7 +92,7 @@ def test_dry_run_then_cleanup_keeps_floor_and_recent_and_leaves_odd_files_alone(
     result = run_retention(world, s3_server, log_dir=log_dir, multipart_max_age_hours=0, keep_days=7)
     assert result.success
     meta = materialization_metadata(result, "retention_cleanup")
-    assert meta["deleted_local_backups"] == 4 and meta["deleted_s3_objects"] == 8 and meta["replanned"] is False
+    assert meta["deleted_local_backups"] == 4 and meta["deleted_s3_objects"] == 12 and meta["replanned"] is False
     assert meta["aborted_multipart_uploads"] == 1 and meta["deleted_logs"] == 2 and meta["errors"] == 0
     local_after, keys_after = world.local_names(), world.keys()
     for d in range(0, 11):

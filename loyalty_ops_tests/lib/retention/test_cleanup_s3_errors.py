@@ -19,6 +19,8 @@ from botocore.config import Config
 from loyalty_ops.devstack.s3_endpoint import LOCAL_CREDENTIALS, LocalS3
 from loyalty_ops.lib.backup.naming import backup_name
 from loyalty_ops.lib.retention.cleanup import carry_out
+from loyalty_ops.lib.retention.gates import plan_with_reverification
+from loyalty_ops.lib.retention.reverify import reverify
 from loyalty_ops.lib.retention.inventory import list_objects, scan_backup_dir
 from loyalty_ops.lib.retention.plan import Evidence, IntegrityResult, Inventory, RetentionPolicy, plan_retention
 
@@ -45,8 +47,10 @@ def make_backups(backup_dir: Path, client, bucket: str, days) -> dict:
         name = backup_name(DB, NOW - timedelta(days=d, minutes=1))
         body = os.urandom(512)
         (backup_dir / name.filename).write_bytes(body)
-        (backup_dir / (name.filename + ".sha256")).write_text(hashlib.sha256(body).hexdigest())
-        client.put_object(Bucket=bucket, Key=name.s3_key(PREFIX), Body=body)
+        digest = hashlib.sha256(body).hexdigest()
+        (backup_dir / (name.filename + ".sha256")).write_text(digest)
+        client.put_object(Bucket=bucket, Key=name.s3_key(PREFIX), Body=body, Metadata={"sha256": digest})
+        client.put_object(Bucket=bucket, Key=name.s3_key(PREFIX) + ".sha256", Body=digest.encode())
         names[d] = name
     return names
 
@@ -54,7 +58,10 @@ def make_backups(backup_dir: Path, client, bucket: str, days) -> dict:
 def make_plan(backup_dir: Path, client, bucket: str, names: dict):
     inventory = Inventory(DB, scan_backup_dir(backup_dir), list_objects(client, bucket, PREFIX), PREFIX)
     evidence = Evidence(integrity={n.filename: IntegrityResult(True) for n in names.values()})
-    return plan_retention(inventory, evidence, RetentionPolicy(keep_days=5, min_keep=3), NOW)
+    return plan_with_reverification(
+        inventory, evidence, RetentionPolicy(keep_days=5, min_keep=3), NOW, timezone.utc,
+        lambda requests: reverify(requests, backup_dir=backup_dir, client=client, bucket=bucket),
+    )
 
 
 def assert_no_local_backup_lost(deleted_local: set[str], names: dict, client, bucket: str, s3_deleted: set[str]):
@@ -126,7 +133,7 @@ def test_server_stops_between_delete_batches(tmp_path):
         names = make_backups(backup_dir, client, bucket, range(0, 12))
         plan = make_plan(backup_dir, client, bucket, names)
         to_delete = [i for i in plan.deletions_at("s3")]
-        assert len(to_delete) == 7
+        assert len(to_delete) == 7 * 2  # objects and their .sha256 sidecars
 
         # After the first DeleteObjects answer, the endpoint goes away for real.
         batches = []
@@ -176,3 +183,24 @@ def test_blocked_plan_cannot_be_carried_out(tmp_path):
     plan = plan_retention(Inventory(DB, (), None, PREFIX), Evidence(), RetentionPolicy(), NOW)
     with pytest.raises(RetentionBlocked):
         carry_out(plan, backup_dir=tmp_path)
+
+
+def test_a_plan_that_was_not_re_verified_cannot_be_carried_out(tmp_path, s3_server):
+    """The floor's files re-hashed and the offsite copies re-checked are a precondition of any deletion."""
+    from loyalty_ops.lib.retention.cleanup import RetentionBlocked
+
+    client = fast_client(s3_server)
+    bucket = f"loyalty-ret-{uuid.uuid4().hex[:10]}"
+    client.create_bucket(Bucket=bucket)
+    backup_dir = tmp_path / "backups"
+    backup_dir.mkdir()
+    names = make_backups(backup_dir, client, bucket, range(0, 8))
+    inventory = Inventory(DB, scan_backup_dir(backup_dir), list_objects(client, bucket, PREFIX), PREFIX)
+    evidence = Evidence(integrity={n.filename: IntegrityResult(True) for n in names.values()})
+    unverified = plan_retention(inventory, evidence, RetentionPolicy(keep_days=5, min_keep=3), NOW)
+    assert unverified.deletions and not unverified.reverified
+    assert "Not re-verified yet" in unverified.markdown()
+    before = sorted(os.listdir(backup_dir))
+    with pytest.raises(RetentionBlocked, match="not re-verified"):
+        carry_out(unverified, backup_dir=backup_dir, client=client, bucket=bucket)
+    assert sorted(os.listdir(backup_dir)) == before

@@ -53,6 +53,7 @@ def world(days, *, verified=None, offsite=True, size=1000, sidecars=True, extra_
             remote.append(RemoteObject(name.s3_key(PREFIX), size, mtime))
             if sidecars:
                 remote.append(RemoteObject(name.s3_key(PREFIX) + ".sha256", 90, mtime))
+                remote.append(RemoteObject(name.s3_key(PREFIX) + ".manifest.json", 400, mtime))
         integrity[name.filename] = OK if (verified is None or d in verified) else BAD
     inv = Inventory(
         DB,
@@ -80,7 +81,7 @@ def test_keeps_everything_younger_than_keep_days_and_deletes_older_with_sidecars
     assert actions(plan, "local", "sidecar")[nightly(5).filename + ".manifest.json"] == KEEP
     assert actions(plan, "s3", "sidecar")[nightly(35).s3_key(PREFIX) + ".sha256"] == DELETE
     assert actions(plan, "s3")[nightly(35).s3_key(PREFIX)] == DELETE
-    assert plan.bytes_to_free == 10 * (1000 + 90 + 400) + 10 * (1000 + 90)
+    assert plan.bytes_to_free == 2 * 10 * (1000 + 90 + 400)
     md = plan.markdown()
     assert "over 30 days" in md and "younger than 30 days" in md
 
@@ -300,6 +301,8 @@ def worlds(draw):
         if draw(st.booleans()):
             remote_size = size if draw(st.integers(0, 4)) else size + 1
             remote.append(RemoteObject(name.s3_key(PREFIX), remote_size, name.taken_at))
+            if draw(st.integers(0, 4)):
+                remote.append(RemoteObject(name.s3_key(PREFIX) + ".sha256", 64, name.taken_at))
         verdict = draw(st.sampled_from(["ok", "ok", "ok", "bad", "unknown"]))
         if verdict != "unknown":
             integrity[name.filename] = IntegrityResult(verdict == "ok")
@@ -345,13 +348,19 @@ def test_property_floor_always_holds(w):
     floor_names = {n.filename for n in floor[: policy.min_keep]}
     for item in plan.deletions:
         assert item.backup not in floor_names, item
-    # A local backup is deleted only with a same-size S3 copy when offsite is configured.
+    # A local backup is deleted only with a same-size S3 copy and its .sha256 sidecar when offsite is configured.
     if inv.offsite_configured:
         remote_sizes = {o.key: o.size for o in inv.remote}
         for item in plan.deletions_at("local"):
             if item.kind == "backup":
                 name = classify_local(item.name, DB)[0]
                 assert remote_sizes.get(name.s3_key(PREFIX)) == item.size
+                assert name.s3_key(PREFIX) + ".sha256" in remote_sizes
+    # Every floor copy is listed for re-verification.
+    listed = {(r.location, r.filename) for r in plan.to_reverify if r.purpose == "floor"}
+    for n in floor_names:
+        if any(f.name == n for f in inv.local):
+            assert ("local", n) in listed
     if plan.blocked:
         assert plan.deletions == ()
 
@@ -396,17 +405,35 @@ stamp_like = st.builds(
 
 @settings(max_examples=200, deadline=None)
 @given(st.one_of(stamp_like, st.builds(lambda d: backup_name(DB, d).filename, st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(timezone.utc)))))
-def test_property_fast_parser_equals_parse_backup_name(filename):
-    from loyalty_ops.lib.backup.naming import parse_backup_name
-    from loyalty_ops.lib.retention.plan import _parse_strict
+def test_property_retention_scope_is_exactly_the_one_strict_parser(filename):
+    """Retention has no parser of its own: a name is in scope exactly when parse_backup_name accepts it
+    (month 13 and other impossible stamps are left alone), and its S3 key exactly when parse_backup_key does."""
+    from loyalty_ops.lib.backup.naming import parse_backup_key, parse_backup_name
 
-    try:
-        reference = parse_backup_name(filename)
-    except ValueError:
-        reference = None
-    if reference is not None and reference.filename != filename:
-        reference = None
-    assert _parse_strict(filename) == reference
+    from loyalty_ops.lib.retention.classify import split_sidecar
+
+    base, suffix = split_sidecar(filename)
+    reference = parse_backup_name(base)
+    db = reference.database if reference is not None else DB
+    assert classify_local(filename, db)[:2] == ((reference, suffix) if reference is not None else (None, None))
     if reference is not None:
+        assert reference.filename == base
         for prefix in ("backups/", "", "a/b"):
-            assert classify_key(reference.s3_key(prefix), prefix, reference.database)[0] == reference
+            key = reference.s3_key(prefix)
+            assert classify_key(key, prefix, reference.database)[0] == reference == parse_backup_key(key, prefix)
+
+
+_dates = st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(timezone.utc))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_dates, _dates, st.booleans(), st.sampled_from(["backups/", "", "a/b", "/x/"]), st.sampled_from(["", "/", "x/"]))
+def test_property_s3_scope_equals_parse_backup_key(taken, other, same_day, prefix, junk):
+    """An S3 key is a backup exactly when parse_backup_key says so: right prefix, the file's own date path."""
+    from loyalty_ops.lib.backup.naming import normalize_prefix, parse_backup_key
+
+    name = backup_name(DB, taken)
+    day = name.taken_at if same_day else other
+    key = f"{normalize_prefix(prefix)}{junk}{day:%Y/%m/%d}/{name.filename}"
+    assert classify_key(key, prefix, DB)[0] == parse_backup_key(key, prefix)
+    assert classify_key(key + ".sha256", prefix, DB)[0] == parse_backup_key(key, prefix)
