@@ -23,9 +23,9 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
-from loyalty_ops.lib.backup.naming import PARTIAL_MARKER
+from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, PARTIAL_MARKER, SIDECAR_SUFFIX
 
 LOCKED_SUFFIX = ".locked"
 CLAIM_SUFFIX = ".claim"
@@ -110,6 +110,8 @@ def remove_stale_partials(directory: Path, *, staging_grace_s: float = STAGING_G
     """Remove temporary files and claims of runs that are gone; never one whose run is alive.
 
     "Gone" means nobody holds the file's lock, which is true across PID namespaces and containers.
+    A run killed after writing its sidecar and manifest but before publishing its backup leaves them
+    beside a stale claim: they are removed with the claim (never when the backup itself exists).
     Temporary files of the older, lock-less kind (``.partial-PID``, still made by restore work files)
     are removed only when nobody holds a lock on them and their process is gone from this namespace.
     """
@@ -135,19 +137,32 @@ def remove_stale_partials(directory: Path, *, staging_grace_s: float = STAGING_G
             stale = pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
         else:
             continue
-        if stale and _remove_if_unlocked(path):
+        leftovers = _unpublished_companions(path) if name.endswith(CLAIM_SUFFIX) else None
+        if stale and _remove_if_unlocked(path, leftovers):
             removed.append(path)
     return sorted(removed)
 
 
-def _remove_if_unlocked(path: Path) -> bool:
-    """Unlink ``path`` only while holding its lock ourselves (so its owner is gone). True if removed."""
+def _unpublished_companions(claim: Path) -> Callable[[], None]:
+    final = claim.with_name(claim.name[1 : -len(CLAIM_SUFFIX)])
+
+    def _remove() -> None:
+        if not final.exists():
+            for suffix in (SIDECAR_SUFFIX, MANIFEST_SUFFIX):
+                Path(f"{final}{suffix}").unlink(missing_ok=True)
+
+    return _remove
+
+
+def _remove_if_unlocked(path: Path, before_unlink: Optional[Callable[[], None]] = None) -> bool:
+    """Unlink ``path`` only while holding its lock ourselves (so its owner is gone). True if removed.
+
+    A file this process may not open or remove (another user's) is left alone: it cannot be judged.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except (FileNotFoundError, IsADirectoryError):
-        return False
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno in (errno.ENOENT, errno.EISDIR, errno.ELOOP, errno.EACCES, errno.EPERM):
             return False
         raise
     try:
@@ -155,19 +170,29 @@ def _remove_if_unlocked(path: Path) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # a live run holds it, in this namespace or another
+        if not _same_file(path, fd):
+            return False
+        if before_unlink is not None:
+            before_unlink()
         return _unlink_if_same(path, fd)
+    except PermissionError:
+        return False
     finally:
         os.close(fd)
 
 
-def _unlink_if_same(path: Path, fd: int) -> bool:
-    """Unlink ``path`` if it is still the file open as ``fd`` (not a newer file under the same name)."""
+def _same_file(path: Path, fd: int) -> bool:
+    """Is ``path`` still the file open as ``fd`` (not a newer file under the same name)?"""
     try:
         mine = os.fstat(fd)
         current = os.lstat(path)
     except FileNotFoundError:
         return False
-    if (mine.st_dev, mine.st_ino) != (current.st_dev, current.st_ino):
+    return (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
+
+
+def _unlink_if_same(path: Path, fd: int) -> bool:
+    if not _same_file(path, fd):
         return False
     path.unlink(missing_ok=True)
     return True

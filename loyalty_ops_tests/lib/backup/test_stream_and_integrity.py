@@ -3,7 +3,9 @@
 import gzip
 import io
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,35 @@ def test_a_locked_temp_file_survives_cleanup_until_its_lock_is_released(tmp_path
         os.close(claim.fd)  # as if the run died: the lock goes, the files stay
     assert remove_stale_partials(tmp_path) == sorted([live, claim.lock_path])
     assert list(tmp_path.iterdir()) == []
+
+
+KILLED_BEFORE_PUBLISH = """
+import os, signal, sys
+from pathlib import Path
+from loyalty_ops.lib.backup.tempfiles import claim_path
+final = Path(sys.argv[1])
+claim = claim_path(final)
+Path(f"{final}.sha256").write_text("sidecar")
+Path(f"{final}.manifest.json").write_text("{}")
+if sys.argv[2] == "published":
+    final.write_bytes(b"complete backup")
+os.kill(os.getpid(), signal.SIGKILL)  # killed holding the claim, no cleanup code runs
+"""
+
+
+def test_a_run_killed_before_publishing_leaves_nothing_after_the_next_cleanup(tmp_path):
+    unpublished = tmp_path / "loyalty_20260101_000000.dump.gz"
+    published = tmp_path / "loyalty_20260102_000000.dump.gz"
+    repo = Path(__file__).resolve().parents[3]
+    for final, state in ((unpublished, "unpublished"), (published, "published")):
+        run = subprocess.run([sys.executable, "-c", KILLED_BEFORE_PUBLISH, str(final), state], cwd=repo,
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+        assert run.returncode == -signal.SIGKILL
+    assert claim_path(unpublished) is None  # the stale claim still blocks that name ...
+    removed = remove_stale_partials(tmp_path)
+    assert [p.name for p in removed] == [".loyalty_20260101_000000.dump.gz.claim", ".loyalty_20260102_000000.dump.gz.claim"]
+    # ... the next cleanup removes it with the unpublished run's sidecar and manifest, and keeps a published backup whole.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [published.name, published.name + ".manifest.json", published.name + ".sha256"]
 
 
 def test_companion_files_appear_before_the_backup_and_vanish_with_it(tmp_path):
