@@ -57,17 +57,23 @@ def without_none(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def postgres_target(environ: Mapping[str, str] = os.environ) -> PostgresTarget:
+    from loyalty_ops.lib.pg.connection import libpq_passthrough, parse_connect_timeout
+
     port = env_plain("PGPORT", environ)
+    if port is not None and not port.isdigit():
+        raise ValueError(f"PGPORT must be a number, got {port!r}; example: PGPORT=5432")
     return PostgresTarget(
         **without_none(
             {
                 "database_url": env_secret("LOYALTY_DATABASE_URL", environ),
                 "host": env_plain("PGHOST", environ),
-                "port": int(port) if port and port.isdigit() else None,
+                "port": int(port) if port else None,
                 "user": env_plain("PGUSER", environ),
                 "password": env_secret("PGPASSWORD", environ),
                 "database": env_plain("PGDATABASE", environ),
                 "sslmode": env_plain("PGSSLMODE", environ),
+                "connect_timeout": parse_connect_timeout(env_plain("PGCONNECT_TIMEOUT", environ)),
+                "libpq_settings": libpq_passthrough(environ) or None,
                 "runner": env_plain("LOYALTY_PG_RUNNER", environ) or ("docker" if environ.get("LOYALTY_DB_CONTAINER") else None),
                 "container": env_plain("LOYALTY_DB_CONTAINER", environ),
                 "docker_host": env_plain("DOCKER_HOST", environ),

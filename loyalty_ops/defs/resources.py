@@ -2,6 +2,7 @@
 copy on S3. Each is a thin Dagster wrapper over a pure ``loyalty_ops.lib`` object."""
 
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +27,12 @@ class PostgresTarget(dg.ConfigurableResource):
     password: Optional[str] = Field(default=None, description="Password (PGPASSWORD); read through EnvVar.")
     database: str = Field(default=DEFAULT_DATABASE, description="Database name (PGDATABASE), default loyalty.")
     sslmode: Optional[str] = Field(default=None, description="libpq sslmode (PGSSLMODE).")
+    connect_timeout: int = Field(default=10, description="Seconds to wait for a connection (PGCONNECT_TIMEOUT).")
+    libpq_settings: dict[str, str] = Field(
+        default_factory=dict,
+        description="Further libpq settings given to the tools and the driver alike: PGSSLROOTCERT, PGSSLCERT, "
+        "PGSSLKEY, PGSSLCRL, PGPASSFILE, PGSERVICE, PGSERVICEFILE, PGAPPNAME, PGTARGETSESSIONATTRS, PGOPTIONS.",
+    )
     runner: str = Field(
         default="host",
         description="Where pg_dump/pg_restore/psql run: 'host' (local binaries) or 'docker' (exec in a container).",
@@ -39,6 +46,7 @@ class PostgresTarget(dg.ConfigurableResource):
     def spec(self, database: Optional[str] = None) -> ConnectionSpec:
         if self.database_url:
             spec = ConnectionSpec.from_url(self.database_url)
+            spec = dataclasses.replace(spec, extra_env={**self.libpq_settings, **spec.extra_env})
         else:
             spec = ConnectionSpec(
                 host=self.host,
@@ -47,6 +55,8 @@ class PostgresTarget(dg.ConfigurableResource):
                 password=self.password,
                 dbname=self.database,
                 sslmode=self.sslmode,
+                connect_timeout=self.connect_timeout,
+                extra_env=dict(self.libpq_settings),
             )
         return spec.with_database(database) if database else spec
 

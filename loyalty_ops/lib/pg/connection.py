@@ -1,31 +1,55 @@
 """Connection settings for the target database, read the way libpq users expect.
 
 A :class:`ConnectionSpec` is built from a ``postgresql://`` URL or from libpq's own ``PG*`` variables. It
-never puts the password on a command line: tools get it through their environment (``PGPASSWORD``), and
-``redacted()`` is the only form that goes into logs and metadata.
+never puts the password on a command line: tools get it through their environment (``PGPASSWORD``) or a
+passfile, and ``redacted()`` is the only form that goes into logs and metadata.
+
+The tools (pg_dump, pg_restore, psql: :meth:`ConnectionSpec.libpq_env`) and the driver (psycopg:
+:meth:`ConnectionSpec.psycopg_kwargs`) are given the same settings from the same spec, explicitly: TLS
+files, passfile, service, options and application name included. Neither relies on what happens to be in
+the process environment, so they cannot disagree about where and how to connect.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import getpass
+import os
+from pathlib import Path
 from typing import Mapping, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_DATABASE = "loyalty"
 
-# libpq variables passed through to tools and drivers as they are (password handled separately).
-_LIBPQ_PASSTHROUGH = (
-    "PGSSLROOTCERT",
-    "PGSSLCERT",
-    "PGSSLKEY",
-    "PGPASSFILE",
-    "PGSERVICE",
-    "PGSERVICEFILE",
-    "PGCONNECT_TIMEOUT",
-    "PGAPPNAME",
-    "PGTARGETSESSIONATTRS",
-    "PGOPTIONS",
-)
+# libpq variables passed through to tools and drivers as they are (password and timeout handled apart),
+# with the connection-string keyword psycopg is given for each (None: environment only, e.g. the
+# service file's location, which libpq reads from the environment for the driver too).
+LIBPQ_PASSTHROUGH: dict[str, Optional[str]] = {
+    "PGSSLROOTCERT": "sslrootcert",
+    "PGSSLCERT": "sslcert",
+    "PGSSLKEY": "sslkey",
+    "PGSSLCRL": "sslcrl",
+    "PGPASSFILE": "passfile",
+    "PGSERVICE": "service",
+    "PGSERVICEFILE": None,
+    "PGAPPNAME": "application_name",
+    "PGTARGETSESSIONATTRS": "target_session_attrs",
+    "PGOPTIONS": "options",
+}
+DEFAULT_APPLICATION_NAME = "loyalty_ops"
+
+
+def libpq_passthrough(environ: Mapping[str, str]) -> dict[str, str]:
+    """The passed-through libpq settings that are set in ``environ``."""
+    return {name: environ[name] for name in LIBPQ_PASSTHROUGH if environ.get(name)}
+
+
+def parse_connect_timeout(value: Optional[str], field_name: str = "PGCONNECT_TIMEOUT") -> int:
+    if value is None or value == "":
+        return 10
+    if not value.strip().isdigit() or int(value) <= 0:
+        raise ConnectionConfigError(f"{field_name} must be a whole number of seconds, got {value!r}; example: {field_name}=10")
+    return int(value)
 
 
 class ConnectionConfigError(ValueError):
@@ -66,15 +90,20 @@ class ConnectionSpec:
             password=unquote(parts.password) if parts.password else query.get("password"),
             dbname=dbname,
             sslmode=query.get("sslmode"),
-            connect_timeout=int(query.get("connect_timeout", 10)),
+            connect_timeout=parse_connect_timeout(query.get("connect_timeout"), f"{field_name}'s connect_timeout"),
+            extra_env={
+                env: query[keyword] for env, keyword in LIBPQ_PASSTHROUGH.items() if keyword and query.get(keyword)
+            },
         )
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> "ConnectionSpec":
         """``LOYALTY_DATABASE_URL`` if set, otherwise libpq's ``PG*`` variables (database defaults to loyalty)."""
-        extra = {k: environ[k] for k in _LIBPQ_PASSTHROUGH if environ.get(k)}
+        extra = libpq_passthrough(environ)
+        timeout = parse_connect_timeout(environ.get("PGCONNECT_TIMEOUT"))
         if environ.get("LOYALTY_DATABASE_URL"):
-            return dataclasses.replace(cls.from_url(environ["LOYALTY_DATABASE_URL"]), extra_env=extra)
+            spec = cls.from_url(environ["LOYALTY_DATABASE_URL"])
+            return dataclasses.replace(spec, extra_env={**extra, **spec.extra_env})
         port = environ.get("PGPORT")
         if port is not None and not port.isdigit():
             raise ConnectionConfigError(f"PGPORT must be a number, got {port!r}; example: PGPORT=5432")
@@ -85,6 +114,7 @@ class ConnectionSpec:
             password=environ.get("PGPASSWORD") or None,
             dbname=environ.get("PGDATABASE") or DEFAULT_DATABASE,
             sslmode=environ.get("PGSSLMODE") or None,
+            connect_timeout=timeout,
             extra_env=extra,
         )
 
@@ -93,7 +123,7 @@ class ConnectionSpec:
 
     def libpq_env(self) -> dict[str, str]:
         """Environment variables that make libpq tools (pg_dump, psql, ...) connect here, password included."""
-        env = dict(self.extra_env)
+        env = {"PGAPPNAME": DEFAULT_APPLICATION_NAME, **self.extra_env}
         pairs = {
             "PGHOST": self.host,
             "PGPORT": str(self.port) if self.port else None,
@@ -107,14 +137,25 @@ class ConnectionSpec:
         return env
 
     def psycopg_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for ``psycopg.connect``."""
-        kwargs: dict[str, object] = {"dbname": self.dbname, "connect_timeout": self.connect_timeout}
+        """Keyword arguments for ``psycopg.connect``: the same settings the tools get from :meth:`libpq_env`."""
+        kwargs: dict[str, object] = {
+            "dbname": self.dbname,
+            "connect_timeout": self.connect_timeout,
+            "application_name": DEFAULT_APPLICATION_NAME,
+        }
+        for env_name, keyword in LIBPQ_PASSTHROUGH.items():
+            if keyword and self.extra_env.get(env_name):
+                kwargs[keyword] = self.extra_env[env_name]
         for key in ("host", "port", "user", "password", "sslmode"):
             value = getattr(self, key)
             if value:
                 kwargs[key] = value
-        kwargs["application_name"] = "loyalty_ops"
         return kwargs
+
+    def passfile_password(self) -> Optional[str]:
+        """The password libpq would take from the passfile (``PGPASSFILE``, else ``~/.pgpass``) for this target."""
+        path = self.extra_env.get("PGPASSFILE") or os.path.expanduser("~/.pgpass")
+        return password_from_passfile(path, self.host, self.port, self.dbname, self.user)
 
     def redacted(self) -> str:
         """A description safe for logs, events and metadata: never includes the password."""
@@ -122,3 +163,44 @@ class ConnectionSpec:
         host = self.host or "(local socket)"
         port = f":{self.port}" if self.port else ""
         return f"postgresql://{user}{host}{port}/{self.dbname}"
+
+
+def _passfile_fields(line: str) -> list[str]:
+    """Split one passfile line on unescaped colons (libpq's ``\\:`` and ``\\\\`` escapes)."""
+    fields, current, escaped = [], [], False
+    for char in line:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":" and len(fields) < 4:
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return fields
+
+
+def password_from_passfile(
+    path: str, host: Optional[str], port: Optional[int], dbname: str, user: Optional[str]
+) -> Optional[str]:
+    """The password of the first matching ``hostname:port:database:username:password`` line, as libpq reads
+    it (``*`` matches anything; a socket directory or no host matches ``localhost``). None when no line
+    matches or the file cannot be read."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    wanted_host = "localhost" if not host or host.startswith("/") else host
+    wanted = (wanted_host, str(port or 5432), dbname, user or getpass.getuser())
+    for raw in text.splitlines():
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        fields = _passfile_fields(raw)
+        if len(fields) != 5:
+            continue
+        if all(field in ("*", value) for field, value in zip(fields[:4], wanted)):
+            return fields[4]
+    return None

@@ -421,11 +421,15 @@ class DockerExecToolRunner:
             )
         return container
 
+    def exec_password(self) -> Optional[str]:
+        """The password sent on stdin: the configured one, else the host's passfile entry for the target."""
+        return self.spec.password or self.spec.passfile_password()
+
     def exec_environment(self, database: Optional[str]) -> dict[str, str]:
         """The exec's environment: libpq settings without the password (that travels on stdin)."""
         env = self.spec.libpq_env()
         env.pop("PGPASSWORD", None)
-        env.pop("PGPASSFILE", None)  # a host path means nothing inside the container
+        env.pop("PGPASSFILE", None)  # read on the host (exec_password); its path means nothing inside the container
         if self.exec_host == LOCAL_SOCKET:
             env.pop("PGHOST", None)
         elif self.exec_host:
@@ -486,7 +490,7 @@ class DockerExecToolRunner:
         stream = ExecStream(
             api, exec_id, response, tool=tool, container=self.container, want_stdin=stdin, token=token
         )
-        password_line = (self.spec.password or "").replace("\n", "") + "\n"
+        password_line = (self.exec_password() or "").replace("\n", "") + "\n"
         try:
             stream._sock.sendall(password_line.encode())
             if not stdin:

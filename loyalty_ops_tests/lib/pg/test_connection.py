@@ -40,3 +40,54 @@ def test_bad_settings_name_the_field(env, field):
 )
 def test_parse_tool_version(text, expected):
     assert parse_version(text) == expected
+
+
+def test_passfile_lines_match_as_libpq_reads_them(tmp_path):
+    from loyalty_ops.lib.pg.connection import password_from_passfile
+
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(
+        "# comment\n"
+        "other.example:5432:*:ops:wrong\n"
+        "db.example:6432:loyalty:ops:not-this-port\n"
+        r"db.example:5432:loyalty:ops:pa\:ss\\word" "\n"
+        "*:*:*:*:fallback\n"
+    )
+    assert password_from_passfile(str(passfile), "db.example", 5432, "loyalty", "ops") == "pa:ss\\word"
+    assert password_from_passfile(str(passfile), "db.example", None, "loyalty", "ops") == "pa:ss\\word"
+    assert password_from_passfile(str(passfile), "elsewhere", 1, "x", "y") == "fallback"
+    assert password_from_passfile(str(tmp_path / "missing"), "h", 1, "d", "u") is None
+
+
+def test_container_runner_sends_the_hosts_passfile_password_on_stdin_not_in_env(tmp_path):
+    from loyalty_ops.lib.pg.docker_runner import DockerExecToolRunner
+
+    passfile = tmp_path / "pgpass"
+    passfile.write_text("db.example:5432:loyalty:ops:from-passfile\n")
+    spec = ConnectionSpec(host="db.example", port=5432, user="ops", dbname="loyalty", extra_env={"PGPASSFILE": str(passfile)})
+    runner = DockerExecToolRunner(spec, "loyalty-db-prod")
+    assert runner.exec_password() == "from-passfile"
+    env = runner.exec_environment("loyalty")
+    assert "PGPASSFILE" not in env and "PGPASSWORD" not in env and "from-passfile" not in str(env)
+
+
+def test_libpq_settings_reach_tools_and_driver_alike():
+    spec = ConnectionSpec.from_environment(
+        {"PGHOST": "h", "PGSSLMODE": "verify-full", "PGSSLROOTCERT": "/ca.crt", "PGOPTIONS": "-c search_path=x",
+         "PGAPPNAME": "ops", "PGCONNECT_TIMEOUT": "4", "PGSERVICE": "svc"}
+    )
+    env, kwargs = spec.libpq_env(), spec.psycopg_kwargs()
+    assert (env["PGSSLROOTCERT"], kwargs["sslrootcert"]) == ("/ca.crt", "/ca.crt")
+    assert (env["PGOPTIONS"], kwargs["options"]) == ("-c search_path=x", "-c search_path=x")
+    assert (env["PGAPPNAME"], kwargs["application_name"]) == ("ops", "ops")
+    assert (env["PGCONNECT_TIMEOUT"], kwargs["connect_timeout"]) == ("4", 4)
+    assert (env["PGSERVICE"], kwargs["service"]) == ("svc", "svc")
+    url = ConnectionSpec.from_url("postgresql://u@h/db?sslmode=verify-full&sslrootcert=/ca.crt&connect_timeout=3")
+    assert url.psycopg_kwargs()["sslrootcert"] == url.libpq_env()["PGSSLROOTCERT"] == "/ca.crt"
+    assert url.connect_timeout == 3
+
+
+@pytest.mark.parametrize("name, value", [("PGCONNECT_TIMEOUT", "soon"), ("PGCONNECT_TIMEOUT", "-1"), ("PGPORT", "54x")])
+def test_bad_libpq_numbers_are_refused_naming_the_variable(name, value):
+    with pytest.raises(ConnectionConfigError, match=name):
+        ConnectionSpec.from_environment({name: value})
