@@ -8,6 +8,7 @@ It measures nothing itself except the backup volume's disk use: it reads the new
 """
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -26,11 +27,14 @@ from loyalty_ops.defs.reports.assets import (
 )
 from loyalty_ops.defs.resources import BackupStorage, PostgresTarget
 from loyalty_ops.lib.reports import health as health_lib
+from loyalty_ops.lib.retention.classify import classify_local
+from loyalty_ops.lib.retention.inventory import scan_backup_dir
 from loyalty_ops.lib.reports import render
 
 MAINTENANCE_KEY = dg.AssetKey("weekly_maintenance")
 RESTORE_DRILL_KEY = dg.AssetKey("restore_drill")
 CONTAINER_HEALTH_KEY = dg.AssetKey("container_health")
+RETENTION_PLAN_KEY = dg.AssetKey("retention_plan")
 
 
 def _at(ts: Optional[float]) -> Optional[datetime]:
@@ -75,6 +79,25 @@ def _backup_summary(instance: dg.DagsterInstance) -> Optional[dict]:
     return summary
 
 
+def left_alone_names(instance: dg.DagsterInstance, database: str, backup_path) -> list[str]:
+    """Names in the backup directory (now) and under the S3 prefix (as the last retention plan listed
+    them) that the one strict parser does not accept as this database's backups or their sidecars."""
+    names = []
+    try:
+        local = scan_backup_dir(Path(backup_path))
+    except FileNotFoundError:
+        local = ()
+    for f in local:
+        parsed, _suffix, why = classify_local(f.name, database)
+        if parsed is None:
+            names.append(f"local `{f.name}` ({why})")
+    meta, _ts, _run = latest_metadata(instance, RETENTION_PLAN_KEY)
+    listed = (meta or {}).get("left_alone")
+    if isinstance(listed, dict):
+        names += [f"s3 `{name}`" for name in listed.get("s3") or ()]
+    return names
+
+
 def _simple_metadata(values: dict) -> dict:
     return {k: v for k, v in values.items() if isinstance(v, (int, float, str, bool)) and len(str(v)) <= 80}
 
@@ -111,6 +134,8 @@ def gather_morning_inputs(instance: dg.DagsterInstance, database: str, backup_pa
     inputs.disk = {"path": disk.path, "percent": disk.percent, "used": disk.used_bytes, "free": disk.free_bytes,
                    "total": disk.total_bytes}
 
+    inputs.left_alone = left_alone_names(instance, database, backup_path)
+
     meta, ts, run_id = latest_metadata(instance, CONTAINER_HEALTH_KEY)
     if meta is not None:
         inputs.containers = {"at": _at(ts), "metadata": _simple_metadata(meta),
@@ -141,6 +166,7 @@ def morning_report(context: dg.AssetExecutionContext, postgres: PostgresTarget, 
         "failing_checks": len(failing),
         "failing_check_names": ", ".join(f"{c.asset}.{c.name}" for c in failing),
         "disk_percent": float(inputs.disk["percent"]) if inputs.disk else 0.0,
+        "left_alone": len(inputs.left_alone),
     }
     if inputs.backup_age_h is not None:
         metadata["backup_age_h"] = float(inputs.backup_age_h)

@@ -186,6 +186,9 @@ class CheckOutcome:
     description: str = ""
 
 
+LEFT_ALONE_SHOWN = 20
+
+
 @dataclass
 class MorningInputs:
     now: datetime
@@ -200,6 +203,7 @@ class MorningInputs:
     sizes: Optional[dict] = None  # at, database_bytes, growth_bytes
     disk: Optional[dict] = None  # path, percent, used, free, total
     containers: Optional[dict] = None  # at, metadata, checks
+    left_alone: list[str] = field(default_factory=list)  # names in the backup locations that are not backups
 
     @property
     def status(self) -> str:
@@ -301,6 +305,14 @@ def morning_markdown(m: MorningInputs) -> str:
         growth = s.get("growth_bytes")
         grew = "" if growth is None else f", {'+' if growth >= 0 else '-'}{human_bytes(abs(growth))} since the report before"
         out.append(f"Database size {_bytes(s.get('database_bytes'))} ({_ago(m.now, s['at'])}{grew}).")
+
+    if m.left_alone:
+        shown = m.left_alone[:LEFT_ALONE_SHOWN]
+        more = len(m.left_alone) - len(shown)
+        out.append(f"Left alone: {len(m.left_alone)} name(s) in the backup locations are not backups of `{m.database}` "
+                   "(impossible timestamp, another database, temporary or other files); restore, retention and the "
+                   "drill never touch them:\n\n" + "\n".join(f"- {n}" for n in shown)
+                   + (f"\n- ... and {more} more" if more > 0 else ""))
 
     if m.containers is not None:
         out.append("## 6. Containers")
