@@ -251,3 +251,25 @@ def test_s3_refusing_deletes_fails_the_run_after_the_safe_part(world, s3_server)
     assert world.names[8].filename in local and world.names[8].filename + ".sha256" in local  # offsite status unknown
     assert world.names[7].filename not in local and world.names[9].filename not in local
     assert locked in world.keys()
+
+
+def test_an_s3_object_without_its_sha256_sidecar_does_not_allow_deleting_the_local_copy(world, s3_server):
+    for d in range(0, 10):
+        world.add(d)
+    world.record(range(0, 10))
+    # 8: the sidecar upload failed after the object completed. 9: a sidecar of the right size, wrong checksum.
+    world.client.delete_object(Bucket=world.bucket, Key=world.names[8].s3_key(PREFIX) + ".sha256")
+    wrong = f"{'0' * 64}  {world.names[9].filename}\n".encode()
+    world.client.put_object(Bucket=world.bucket, Key=world.names[9].s3_key(PREFIX) + ".sha256", Body=wrong)
+
+    result = run_retention(world, s3_server, keep_days=7)
+    assert result.success
+    local = world.local_names()
+    for d in (8, 9):
+        assert world.names[d].filename in local and world.names[d].filename + ".sha256" in local, d
+    assert world.names[7].filename not in local  # object and sidecars all there and matching: deleted
+    meta = materialization_metadata(result, "retention_plan")
+    assert meta["kept_not_offsite"] == 2
+    kept = meta["plan"].split("## Kept locally because no offsite copy is confirmed")[1].split("##")[0]
+    assert f"`{world.names[8].filename}`" in kept and "sidecar .sha256 missing on S3" in kept
+    assert f"`{world.names[9].filename}`" in kept and "MISMATCH" in kept and "the .sha256 sidecar on S3 says sha256 " + "0" * 64 in kept
