@@ -57,22 +57,27 @@ class Blocker:
     waited_on: str  # what our backend waited for: "virtualxid", "relation public.t (AccessExclusiveLock)", ...
 
     def describe(self) -> str:
-        parts = [self.state or "state unknown"]
-        if self.xact_age_s is not None:
-            parts.append(f"transaction open {self.xact_age_s:.0f} s")
-        if self.application:
-            parts.append(f"app {self.application!r}")
-        if self.user:
-            parts.append(f"user {self.user}")
-        query = " ".join(self.query.split())
-        if query:
-            parts.append(f"query {query[:QUERY_CHARS]!r}")
-        return f"pid {self.pid} ({', '.join(parts)})"
+        return describe_blocker(self.as_dict())
 
     def as_dict(self) -> dict:
         out = asdict(self)
         out["xact_age_s"] = None if self.xact_age_s is None else round(self.xact_age_s, 1)
         return out
+
+
+def describe_blocker(b: dict) -> str:
+    """One line for a Blocker (as its dict): pid, state, transaction age, application, user, query."""
+    parts = [b.get("state") or "state unknown"]
+    if b.get("xact_age_s") is not None:
+        parts.append(f"transaction open {b['xact_age_s']:.0f} s")
+    if b.get("application"):
+        parts.append(f"app {b['application']!r}")
+    if b.get("user"):
+        parts.append(f"user {b['user']}")
+    query = " ".join(str(b.get("query") or "").split())
+    if query:
+        parts.append(f"query {query[:QUERY_CHARS]!r}")
+    return f"pid {b['pid']} ({', '.join(parts)})"
 
 
 def _waited_on(locktype: Optional[str], mode: Optional[str], relation: Optional[str]) -> str:

@@ -5,21 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from loyalty_ops.lib.maintenance.blockers import describe_blocker
 from loyalty_ops.lib.maintenance.plan import _md, human_bytes
 
 MARKDOWN_ROWS = 200  # the UI table; every object is in the JSON metadata
-
-
-def describe_blocker(b: dict[str, Any]) -> str:
-    """One line for a Blocker.as_dict(): pid, state, transaction age, query."""
-    parts = [b.get("state") or "state unknown"]
-    if b.get("xact_age_s") is not None:
-        parts.append(f"transaction open {b['xact_age_s']:.0f} s")
-    if b.get("application"):
-        parts.append(f"app {b['application']!r}")
-    if b.get("query"):
-        parts.append(f"query {' '.join(str(b['query']).split())!r}")
-    return f"pid {b['pid']} ({', '.join(parts)})"
 
 
 def blockers_summary(items: list["ItemResult"]) -> str:

@@ -93,3 +93,21 @@ def test_only_the_blocked_index_is_skipped_and_the_run_succeeds_when_some_work_w
     hot = objects["public.hot_pkey"]
     assert hot["status"] == "skipped" and f"blocked by pid {blocker_pid} (idle in transaction" in hot["reason"]
     assert "query 'SELECT 1 FROM hot LIMIT 1'" in hot["reason"]
+
+
+def test_a_blocked_reindex_database_fails_naming_the_session_that_holds_the_table(pg_cluster, maint_db, dagster_instance):
+    holder = pg_cluster.connect(maint_db, autocommit=False)
+    holder.execute("SET application_name = 'schema-migration'")
+    holder.execute("LOCK TABLE idle IN ACCESS EXCLUSIVE MODE")
+    holder_pid = holder.info.backend_pid
+    try:
+        result = run_maintenance(pg_cluster, maint_db, dagster_instance, {"mode": "full", **LOCK_TIMEOUT})
+    finally:
+        holder.rollback()
+        holder.close()
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.event_specific_data.error.message
+    assert "REINDEX DATABASE could not get its locks within lock_timeout 0.3 s after 2 attempts" in message
+    assert f"blocked by: pid {holder_pid} (idle in transaction" in message
+    assert "app 'schema-migration'" in message and "query 'LOCK TABLE idle IN ACCESS EXCLUSIVE MODE'" in message
