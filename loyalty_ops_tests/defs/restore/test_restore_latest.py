@@ -17,7 +17,7 @@ from loyalty_ops.defs.backups.history import INTEGRITY_CHECK_NAMES
 from loyalty_ops.defs.backups.offsite_copy import offsite_backup_copy
 from loyalty_ops.lib.backup.naming import parse_backup_name
 from loyalty_ops_tests.conftest import postgres_target
-from loyalty_ops_tests.defs.restore.conftest import databases, failure_message, run_restore
+from loyalty_ops_tests.defs.restore.conftest import databases, failure_message, materialize_drill, run_restore
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata, table_fingerprints
 
 BACKUP = [database_backup, offsite_backup_copy, *BACKUP_CHECKS]
@@ -175,4 +175,8 @@ def test_stray_names_in_the_backup_dir_and_under_the_prefix_are_left_alone(
         assert materialization_metadata_of_op(result)["skipped_backups"] == []  # never even considered
     finally:
         pg_cluster.drop_database(target)
+    # The drill (with no backup history to name the file) drills the real newest backup, past the strays.
+    drill = materialize_drill(restore_resources, dagster_instance)
+    assert drill.success
+    assert materialization_metadata(drill, "restore_drill")["backup_filename"] == local_backup.name
     assert (backup_dir / stray).exists()  # left alone, not deleted
