@@ -148,12 +148,15 @@ def take_backup(
     check_backup_dir(backup_dir)
     for stale in remove_stale_partials(backup_dir):
         log(f"removed temporary file {stale.name} left by a killed earlier run")
+    wanted = backup_name(spec.dbname, taken_at or datetime.now(timezone.utc), request.compression)
     try:
-        name, claim = claim_backup_name(backup_dir, spec.dbname, taken_at or datetime.now(timezone.utc), request.compression)
+        name, claim = claim_backup_name(backup_dir, spec.dbname, wanted.taken_at, request.compression)
     except OSError as exc:
         raise BackupError(
             f"cannot claim a backup name in LOYALTY_BACKUP_DIR: {exc.strerror}; {_disk_hint(exc, backup_dir)}"
         ) from None
+    if name != wanted:
+        log(f"{wanted.filename} is taken (another backup in the same second); this backup is {name.filename}")
     try:
         return _dump_to_claimed_name(spec, runner, request, name, claim.path, t0, on_progress, open_sink, log)
     except BackupWriteError as exc:

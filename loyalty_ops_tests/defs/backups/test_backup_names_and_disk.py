@@ -40,7 +40,7 @@ def test_two_backups_in_the_same_second_get_their_own_names_files_and_s3_keys(
     target = OffsiteTarget(bucket=s3_bucket, prefix="backups/")
     start = threading.Barrier(2)
     uploads: dict[str, StreamingUpload] = {}
-    results, errors = [], []
+    results, errors, logged = [], [], []
 
     def open_sink(name, expected):
         upload = StreamingUpload(s3_client, target, name.s3_key(target.prefix), streaming_part_bytes(expected))
@@ -51,7 +51,8 @@ def test_two_backups_in_the_same_second_get_their_own_names_files_and_s3_keys(
         try:
             start.wait()
             results.append(
-                take_backup(spec, HostToolRunner(spec), BackupRequest(backup_dir), taken_at=SAME_SECOND, open_sink=open_sink)
+                take_backup(spec, HostToolRunner(spec), BackupRequest(backup_dir), taken_at=SAME_SECOND,
+                            open_sink=open_sink, log=logged.append)
             )
         except BaseException as exc:  # reported below
             errors.append(exc)
@@ -64,6 +65,9 @@ def test_two_backups_in_the_same_second_get_their_own_names_files_and_s3_keys(
     assert errors == []
     names = sorted(r.path.name for r in results)
     assert names == ["loyalty_20260314_015926.dump.gz", "loyalty_20260314_015927.dump.gz"]  # the next free second
+    assert [m for m in logged if "is taken" in m] == [
+        "loyalty_20260314_015926.dump.gz is taken (another backup in the same second); this backup is loyalty_20260314_015927.dump.gz"
+    ]
     for result in results:
         path = result.path
         assert parse_backup_name(path.name) == result.name
