@@ -170,7 +170,11 @@ def locate_s3(s3: S3Location, key: str) -> LocatedBackup:
 def locate_backup(
     ref: BackupRef, backup_dir: Path, *, database: Optional[str] = None, s3: Optional[S3Location] = None
 ) -> LocatedBackup:
-    """The backup ``ref`` names, with its expected SHA-256. Raises :class:`BackupNotFound` (nothing touched)."""
+    """The backup ``ref`` names, with its expected SHA-256. Raises :class:`BackupNotFound` (nothing touched).
+
+    For ``latest`` this is only the newest *file*; a restore's ``latest`` (the newest backup that passed its
+    checks) is chosen by ``fetch.fetch_latest``.
+    """
     backup_dir = Path(backup_dir)
     if ref.kind == "latest":
         candidates = list_candidates(backup_dir, database, s3)
