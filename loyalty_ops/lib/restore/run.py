@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Optional
 
 from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, take_backup
-from loyalty_ops.lib.backup.manifest import manifest_for, write_manifest
 from loyalty_ops.lib.pg.tools import ToolError
 from loyalty_ops.lib.restore import database as db
 from loyalty_ops.lib.restore.counts import compare_restored
@@ -64,8 +63,7 @@ def take_safety_backup(env: RestoreEnvironment, database: str) -> Path:
         on_progress=env.on_progress,
         log=env.log,
     )
-    write_manifest(result.path, manifest_for(result))
-    return result.path
+    return result.path  # take_backup wrote its sidecar and manifest before giving it its name
 
 
 @dataclass
