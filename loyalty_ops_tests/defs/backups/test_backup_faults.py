@@ -10,7 +10,6 @@ import pytest
 from loyalty_ops.defs.backups.assets import database_backup
 from loyalty_ops.defs.backups.offsite_copy import offsite_backup_copy
 from loyalty_ops.defs.backups.checks import BACKUP_CHECKS
-from loyalty_ops.defs.resources import BackupStorage
 from loyalty_ops_tests.conftest import postgres_target
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
 
