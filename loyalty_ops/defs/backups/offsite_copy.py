@@ -148,7 +148,10 @@ def offsite_backup_copy(
         raise dg.Failure(f"backup file {path} is missing on this machine; it cannot be copied offsite")
     target = offsite.target()
     key = name.s3_key(target.prefix)
-    client = offsite.s3.model_copy(update={"max_attempts": config.max_attempts}).get_client() if config.max_attempts else offsite.client()
+    client = (
+        offsite.client() if config.max_attempts is None
+        else offsite.s3.model_copy(update={"max_attempts": config.max_attempts}).get_client()
+    )
     meta = backup.metadata
     started = time.monotonic()
     streamed = bool(meta.get("pending_upload_id") and meta.get("pending_upload_key") == key)
@@ -187,7 +190,8 @@ def offsite_backup_copy(
             "source_run_id": backup.run_id,
             "streamed": streamed,
             **({"parts": meta["pending_upload_parts"]} if streamed else {}),
-            "abandoned_uploads_aborted": len(aborted),
+            # Counted here only when this step looked; a streamed upload's backup step looked (and logged).
+            **({} if streamed else {"abandoned_uploads_aborted": len(aborted)}),
         }
     )
 

@@ -74,6 +74,15 @@ def test_a_sidecar_s3_keeps_refusing_fails_the_copy_clearly_and_it_is_never_veri
     assert offsite_materializations(result) == []  # verified: true is never reported
     assert not offsite_copy_status(s3_client, s3_bucket, key).complete
 
+    # The launchpad's max_attempts sets botocore's retries for this copy: 0 retries is one PUT per sidecar try.
+    before = len(proxy.requests("PUT", ".sha256"))
+    once = dg.materialize(
+        ALL, selection=UPLOAD_ONLY, resources=proxied_resources, instance=dagster_instance, raise_on_error=False,
+        run_config={"ops": {"offsite_backup_copy": {"config": {"max_attempts": 0}}}},
+    )
+    assert "run offsite_backup_copy again" in offsite_failure(once)
+    assert len(proxy.requests("PUT", ".sha256")) == before + 1
+
     # S3 recovers: running the copy again completes it (the streamed upload is gone; the file goes up whole).
     proxy.clear()
     retry = run(proxied_resources, dagster_instance, selection=UPLOAD_ONLY)
