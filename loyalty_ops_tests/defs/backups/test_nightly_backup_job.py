@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import os
 import subprocess
 from pathlib import Path
 
-import dagster as dg
-import pytest
 
 from loyalty_ops.definitions import defs
 from loyalty_ops.defs.backups.history import INTEGRITY_CHECK_NAMES
@@ -45,6 +42,7 @@ def test_backup_job_writes_verified_file_and_verified_s3_copy(ops_resources, dag
     evaluations = check_evaluations(result)
     assert {name: evaluations.get(name) for name in INTEGRITY_CHECK_NAMES} == {
         "backup_archive_decompresses": True,
+        "backup_archive_complete": True,
         "backup_checksum_matches": True,
         "backup_toc_lists_all_tables": True,
         "backup_size_plausible": True,
