@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, children_peak_rss_mb, moto_process, s3_client, sample_cluster, timed_shell
+from _common import children_peak_rss_mb, moto_process, s3_client, sample_cluster, timed_shell
 
 CHILD_SCRIPT = r"""
 import json, os, resource, sys, time

@@ -3,7 +3,6 @@ and a temporary Dagster instance. Expensive things are built once per session.""
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator

@@ -7,7 +7,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
 

@@ -31,7 +31,7 @@ TOAST_CHUNKS_PER_PAGE = 4  # TOAST_MAX_CHUNK_SIZE is about 2 kB on 8 kB pages
 
 # Column statistics, read once. Joining the pg_stats view per table by name makes the planner re-run the
 # view for every table (39 s on 5,000 tables); materialized once and hash-joined it takes milliseconds.
-_STATS_CTE = f"""
+_STATS_CTE = """
 stats AS MATERIALIZED (
     SELECT schemaname, tablename, attname, coalesce(null_frac, 0) AS null_frac, coalesce(avg_width, 0) AS avg_width
     FROM pg_stats

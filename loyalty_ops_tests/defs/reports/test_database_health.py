@@ -7,7 +7,6 @@ import threading
 import time
 
 import psycopg
-import pytest
 
 from loyalty_ops.defs.reports.assets import database_health
 from loyalty_ops.defs.resources import BackupStorage, PostgresTarget
