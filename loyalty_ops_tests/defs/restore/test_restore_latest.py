@@ -4,6 +4,7 @@ the newest that passed its checks, the S3 copy of a damaged file, and stray name
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from datetime import datetime, timezone
@@ -180,3 +181,33 @@ def test_stray_names_in_the_backup_dir_and_under_the_prefix_are_left_alone(
     assert drill.success
     assert materialization_metadata(drill, "restore_drill")["backup_filename"] == local_backup.name
     assert (backup_dir / stray).exists()  # left alone, not deleted
+
+
+def test_latest_skips_a_backup_whose_drill_failed(pg_cluster, loyalty_db, dagster_instance, restore_resources, backup_dir):
+    older = dg.materialize(BACKUP, resources=restore_resources, instance=dagster_instance)
+    assert older.success
+    older_file = materialization_metadata(older, "database_backup")["filename"]
+    next_second()
+    newer = dg.materialize(BACKUP, resources=restore_resources, instance=dagster_instance)
+    assert newer.success
+    newer_file = materialization_metadata(newer, "database_backup")["filename"]
+    # The newer backup passed its checks, but its drill fails: its manifest no longer matches what it restores.
+    manifest_file = backup_dir / (newer_file + ".manifest.json")
+    manifest = json.loads(manifest_file.read_text())
+    manifest["row_counts"]["public.redemptions"] += 1
+    manifest_file.write_text(json.dumps(manifest))
+    drill = materialize_drill(restore_resources, dagster_instance)
+    assert not drill.success and materialization_metadata(drill, "restore_drill")["backup_filename"] == newer_file
+
+    target = "restored_past_failed_drill"
+    try:
+        result = run_restore(restore_resources, dagster_instance, target_database=target)
+        assert result.success, failure_message(result)
+        assert result.output_for_node("restore_database")["backup_filename"] == older_file
+        logs = run_logs(dagster_instance, result)
+        assert any(
+            f"latest: skipping {newer_file}: its restore drill failed" in m and "public.redemptions" in m for m in logs
+        ), logs
+        assert table_fingerprints(pg_cluster, target) == table_fingerprints(pg_cluster, loyalty_db)
+    finally:
+        pg_cluster.drop_database(target)
