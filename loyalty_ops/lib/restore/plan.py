@@ -165,15 +165,15 @@ def plan_steps(request: RestoreRequest, *, local: Optional[bool] = None) -> list
         steps += [
             f"take a safety backup of {request.target_database}",
             f"pg_restore -j {request.jobs} --exit-on-error into a side database",
-            "compare row counts with the backup's manifest",
+            "compare row counts and materialized views with the backup's manifest",
             f"block new connections to {request.target_database}, terminate the existing ones",
             f"swap the side database in as {request.target_database} and drop the old one",
         ]
     else:
         steps += [
-            f"create database {request.target_database} (refused if it exists)",
+            f"create database {request.target_database} (refused if it exists) with the source's encoding and locale",
             f"pg_restore -j {request.jobs} --exit-on-error into it",
-            "compare row counts with the backup's manifest",
+            "compare row counts and materialized views with the backup's manifest",
         ]
     steps.append("remove the temporary files")
     return steps
