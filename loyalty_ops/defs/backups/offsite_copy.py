@@ -166,6 +166,7 @@ def offsite_backup_copy(
                 log=context.log.info,
             )
             size, checksum = uploaded.bytes, uploaded.checksum_sha256
+        # The one gate before `verified: true`, whichever way the object went up.
         status = require_complete_copy(client, target.bucket, key, sha256_hex=meta["sha256"], size=path.stat().st_size)
     except OffsiteError as exc:
         raise dg.Failure(description=str(exc), metadata={"bucket": target.bucket, "key": key, "verified": False}) from None
