@@ -1,5 +1,6 @@
-"""What a page says: alerts built from a failed run, a stale backup or a failed check, and how each
-destination (PagerDuty Events v2, Slack, a JSON webhook) receives it.
+"""What a page says: alerts built from a failed run, a stale backup or a failed check. How each destination
+(PagerDuty Events v2, Slack, a JSON webhook) receives an alert is in ``loyalty_ops.lib.alerting.notifiers``,
+beside the notifier that sends it.
 
 Pure data: the Dagster sensors gather the facts (job, run id, failing step, error, tags) and call the
 builders here, so the exact wording is unit-tested without Dagster.
@@ -125,7 +126,8 @@ def clean_error(message: str) -> str:
     return text.strip()
 
 
-def _truncate(text: str, limit: int) -> str:
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -147,9 +149,9 @@ def run_failure_alert(facts: RunFailureFacts, webserver_base_url: str, secrets: 
     secrets = tuple(secrets)
     database = run_database(facts.tags, facts.default_database)
     severity = job_severity(facts.tags, facts.job_name)
-    error = _truncate(scrub_text(clean_error(facts.error), secrets), ERROR_MAX) or "no error message was recorded"
+    error = truncate(scrub_text(clean_error(facts.error), secrets), ERROR_MAX) or "no error message was recorded"
     where = f"step {facts.failing_step}" if facts.failing_step else "run (no step failed)"
-    summary = _truncate(f"{facts.job_name} failed on {database} at {where}: {_headline(error)}", SUMMARY_MAX)
+    summary = truncate(f"{facts.job_name} failed on {database} at {where}: {_headline(error)}", SUMMARY_MAX)
     link = run_url(webserver_base_url, facts.run_id)
     details = {
         "job": facts.job_name,
@@ -162,7 +164,7 @@ def run_failure_alert(facts: RunFailureFacts, webserver_base_url: str, secrets: 
         "failed_at": iso_utc(facts.failed_at),
     }
     if facts.failed_checks:
-        details["failed_checks"] = [_truncate(c, 500) for c in facts.failed_checks[:20]]
+        details["failed_checks"] = [truncate(c, 500) for c in facts.failed_checks[:20]]
     return Alert(
         dedup_key=run_dedup_key(facts.job_name, database),
         kind=KIND_RUN_FAILURE,
@@ -250,7 +252,7 @@ def backup_stale_alert(
     return Alert(
         dedup_key=backup_freshness_dedup_key(database),
         kind=KIND_BACKUP_STALE,
-        summary=_truncate(f"No successful backup of {database}: {freshness.reason}", SUMMARY_MAX),
+        summary=truncate(f"No successful backup of {database}: {freshness.reason}", SUMMARY_MAX),
         severity="critical",
         component="database_backup",
         database=database,
@@ -326,7 +328,7 @@ def check_database(facts: CheckFacts) -> str:
 def check_failed_alert(facts: CheckFacts, severity: str, webserver_base_url: str, secrets: Iterable[str] = ()) -> Alert:
     secrets = tuple(secrets)
     database = check_database(facts)
-    description = _truncate(scrub_text(facts.description or "", secrets), ERROR_MAX)
+    description = truncate(scrub_text(facts.description or "", secrets), ERROR_MAX)
     kind_text = "blocking check" if facts.blocking else "check"
     summary = f"{kind_text} {facts.check_name} on {facts.asset_key} failed for {database}"
     if description:
@@ -338,7 +340,7 @@ def check_failed_alert(facts: CheckFacts, severity: str, webserver_base_url: str
     return Alert(
         dedup_key=check_dedup_key(facts.asset_key, facts.check_name, database),
         kind=KIND_CHECK_FAILED,
-        summary=scrub_text(_truncate(summary, SUMMARY_MAX), secrets),
+        summary=scrub_text(truncate(summary, SUMMARY_MAX), secrets),
         severity=severity,
         component=f"{facts.asset_key}:{facts.check_name}",
         database=database,
@@ -375,80 +377,3 @@ def check_passed_alert(facts: CheckFacts, webserver_base_url: str) -> Alert:
         details={"asset": facts.asset_key, "check": facts.check_name, "database": database, "run_id": facts.run_id},
         timestamp=iso_utc(facts.evaluated_at),
     )
-
-
-# ---- what each destination receives -------------------------------------------------------------------
-
-
-def pagerduty_event(action: str, alert: Alert) -> dict[str, Any]:
-    """The Events API v2 body without ``routing_key`` (the client adds it). A resolve needs only the key."""
-    if action == RESOLVE:
-        return {"event_action": RESOLVE, "dedup_key": alert.dedup_key}
-    event: dict[str, Any] = {
-        "event_action": TRIGGER,
-        "dedup_key": alert.dedup_key,
-        "payload": {
-            "summary": alert.summary,
-            "source": f"{SOURCE}:{alert.database}",
-            "severity": alert.severity,
-            "timestamp": alert.timestamp,
-            "component": alert.component,
-            "group": alert.database,
-            "class": alert.kind,
-            "custom_details": dict(alert.details),
-        },
-        "client": "loyalty_ops (Dagster)",
-    }
-    if alert.link:
-        event["links"] = [{"href": alert.link, "text": alert.link_text}]
-        event["client_url"] = alert.link
-    return event
-
-
-_SLACK_ICON = {"critical": ":rotating_light:", "error": ":red_circle:", "warning": ":warning:", "info": ":information_source:"}
-
-
-def slack_message(action: str, alert: Alert) -> dict[str, Any]:
-    """``text`` (notifications, fallback) and ``blocks`` for ``chat.postMessage``."""
-    if action == RESOLVE:
-        head = f":white_check_mark: {alert.summary}"
-    else:
-        head = f"{_SLACK_ICON.get(alert.severity, ':warning:')} [{alert.severity.upper()}] {alert.summary}"
-    link = f"<{alert.link}|{alert.link_text}>" if alert.link else ""
-    text = f"{head}\n{link}".strip()
-    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
-    if action == TRIGGER:
-        facts = [
-            ("Job" if alert.kind == KIND_RUN_FAILURE else "Component", alert.component),
-            ("Database", alert.database),
-            ("Severity", alert.severity),
-        ]
-        step = alert.details.get("failing_step")
-        if step:
-            facts.append(("Failing step", str(step)))
-        blocks.append(
-            {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in facts]}
-        )
-        error = alert.details.get("error") or alert.details.get("description")
-        if error:
-            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{_truncate(str(error), 2900)}```"}})
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"dedup key `{alert.dedup_key}`"}]})
-    return {"text": text, "blocks": blocks}
-
-
-def webhook_body(action: str, alert: Alert) -> dict[str, Any]:
-    """The generic JSON webhook: one flat document per trigger or resolve."""
-    return {
-        "version": 1,
-        "event_action": action,
-        "dedup_key": alert.dedup_key,
-        "kind": alert.kind,
-        "severity": alert.severity,
-        "summary": alert.summary,
-        "source": f"{SOURCE}:{alert.database}",
-        "component": alert.component,
-        "database": alert.database,
-        "link": alert.link,
-        "timestamp": alert.timestamp,
-        "details": dict(alert.details),
-    }

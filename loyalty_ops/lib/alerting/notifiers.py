@@ -1,4 +1,4 @@
-"""Destinations for pages, and delivery with retries through the ledger's outbox.
+"""Destinations for pages: what each one receives (the wire payloads) and the notifier that sends it.
 
 * PagerDuty Events API v2 through PagerDuty's own client (``pagerduty.EventsApiV2Client``): its base URL is
   a constructor argument, so tests and proxies point it elsewhere without patching. (dagster-pagerduty
@@ -19,7 +19,7 @@ import ssl
 from typing import Any, Iterable, Optional, Protocol
 from urllib.parse import urlsplit
 
-from loyalty_ops.lib.alerting.alerts import Alert, pagerduty_event, slack_message, webhook_body
+from loyalty_ops.lib.alerting.alerts import KIND_RUN_FAILURE, RESOLVE, SOURCE, TRIGGER, Alert, truncate
 from loyalty_ops.lib.alerting.scrub import scrub_payload, scrub_text
 
 DEFAULT_PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -87,6 +87,86 @@ class Notifier(Protocol):
         :class:`DeliveryError` on any failure."""
 
     def close(self) -> None: ...
+
+
+# ---- what each destination receives -------------------------------------------------------------------
+
+
+def pagerduty_event(action: str, alert: Alert) -> dict[str, Any]:
+    """The Events API v2 body without ``routing_key`` (the client adds it). A resolve needs only the key."""
+    if action == RESOLVE:
+        return {"event_action": RESOLVE, "dedup_key": alert.dedup_key}
+    event: dict[str, Any] = {
+        "event_action": TRIGGER,
+        "dedup_key": alert.dedup_key,
+        "payload": {
+            "summary": alert.summary,
+            "source": f"{SOURCE}:{alert.database}",
+            "severity": alert.severity,
+            "timestamp": alert.timestamp,
+            "component": alert.component,
+            "group": alert.database,
+            "class": alert.kind,
+            "custom_details": dict(alert.details),
+        },
+        "client": "loyalty_ops (Dagster)",
+    }
+    if alert.link:
+        event["links"] = [{"href": alert.link, "text": alert.link_text}]
+        event["client_url"] = alert.link
+    return event
+
+
+_SLACK_ICON = {"critical": ":rotating_light:", "error": ":red_circle:", "warning": ":warning:", "info": ":information_source:"}
+
+
+def slack_message(action: str, alert: Alert) -> dict[str, Any]:
+    """``text`` (notifications, fallback) and ``blocks`` for ``chat.postMessage``."""
+    if action == RESOLVE:
+        head = f":white_check_mark: {alert.summary}"
+    else:
+        head = f"{_SLACK_ICON.get(alert.severity, ':warning:')} [{alert.severity.upper()}] {alert.summary}"
+    link = f"<{alert.link}|{alert.link_text}>" if alert.link else ""
+    text = f"{head}\n{link}".strip()
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+    if action == TRIGGER:
+        facts = [
+            ("Job" if alert.kind == KIND_RUN_FAILURE else "Component", alert.component),
+            ("Database", alert.database),
+            ("Severity", alert.severity),
+        ]
+        step = alert.details.get("failing_step")
+        if step:
+            facts.append(("Failing step", str(step)))
+        blocks.append(
+            {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in facts]}
+        )
+        error = alert.details.get("error") or alert.details.get("description")
+        if error:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{truncate(str(error), 2900)}```"}})
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"dedup key `{alert.dedup_key}`"}]})
+    return {"text": text, "blocks": blocks}
+
+
+def webhook_body(action: str, alert: Alert) -> dict[str, Any]:
+    """The generic JSON webhook: one flat document per trigger or resolve."""
+    return {
+        "version": 1,
+        "event_action": action,
+        "dedup_key": alert.dedup_key,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "summary": alert.summary,
+        "source": f"{SOURCE}:{alert.database}",
+        "component": alert.component,
+        "database": alert.database,
+        "link": alert.link,
+        "timestamp": alert.timestamp,
+        "details": dict(alert.details),
+    }
+
+
+# ---- the notifiers that send them ---------------------------------------------------------------------
 
 
 def split_pagerduty_events_url(events_url: str) -> str:

@@ -11,13 +11,11 @@ from loyalty_ops.lib.alerting.alerts import (
     check_pager_severity,
     clean_error,
     job_severity,
-    pagerduty_event,
     run_dedup_key,
     run_failure_alert,
     run_recovery_alert,
-    slack_message,
-    webhook_body,
 )
+from loyalty_ops.lib.alerting.notifiers import pagerduty_event, slack_message, webhook_body
 
 T0 = 1_790_000_000.0  # 2026-09-21T14:13:20Z
 BACKUP_TAGS = {"loyalty_ops/severity": "critical", "loyalty_ops/database_lock": "loyalty"}
