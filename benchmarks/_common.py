@@ -15,9 +15,9 @@ from typing import Iterator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loyalty_ops.devstack.postgres_cluster import LocalPostgres, free_port  # noqa: E402
-from loyalty_ops.devstack.s3_endpoint import LOCAL_CREDENTIALS  # noqa: E402
-from loyalty_ops.lib.sample_data import create_sample_schema  # noqa: E402
+from devstack.postgres_cluster import LocalPostgres, free_port  # noqa: E402
+from devstack.s3_endpoint import LOCAL_CREDENTIALS  # noqa: E402
+from devstack.sample_data import create_sample_schema  # noqa: E402
 
 MB_PER_SCALE = 20.0  # create_sample_schema(scale=1.0) is about 20 MB on disk
 

@@ -1,7 +1,7 @@
 """Benchmark: a backup through ``docker exec`` (DockerExecToolRunner) next to the host runner, same run,
 same server.
 
-A PostgreSQL 15 container (podman's Docker API, host networking, see loyalty_ops/devstack/podman_engine.py)
+A PostgreSQL 15 container (podman's Docker API, host networking, see devstack/podman_engine.py)
 gets a sample loyalty database of about ``--scale`` x 20 MB (default 50, about 1 GB). Then, alternating,
 each runner takes the backup the nightly job takes (``take_backup``: pg_dump -Fc -Z0 in the dump's
 snapshot, compressed, hashed and written by our process), each in a fresh child process so its peak RSS is
@@ -30,9 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loyalty_ops.devstack.podman_engine import PodmanEngine  # noqa: E402
+from devstack.podman_engine import PodmanEngine  # noqa: E402
+from devstack.sample_data import create_sample_schema  # noqa: E402
 from loyalty_ops.lib.pg.connection import ConnectionSpec  # noqa: E402
-from loyalty_ops.lib.sample_data import create_sample_schema  # noqa: E402
 
 CHILD_SCRIPT = r"""
 import json, os, resource, sys, time

@@ -23,16 +23,20 @@ import logging
 import statistics
 import threading
 import time
+import sys
 import uuid
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from loyalty_ops.devstack.postgres_cluster import LocalPostgres
-from loyalty_ops.lib.maintenance import stats as pgstats
-from loyalty_ops.lib.maintenance.execute import ExecutionSettings, MaintenanceExecutor, connect
-from loyalty_ops.lib.maintenance.plan import Thresholds, human_bytes, plan_maintenance
-from loyalty_ops.lib.sample_data import create_sample_schema
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: devstack/ lives beside the package
+
+from devstack.postgres_cluster import LocalPostgres  # noqa: E402
+from devstack.sample_data import create_sample_schema  # noqa: E402
+from loyalty_ops.lib.maintenance import stats as pgstats  # noqa: E402
+from loyalty_ops.lib.maintenance.execute import ExecutionSettings, MaintenanceExecutor, connect  # noqa: E402
+from loyalty_ops.lib.maintenance.plan import Thresholds, human_bytes, plan_maintenance  # noqa: E402
 
 LOG = logging.getLogger("bench")
 

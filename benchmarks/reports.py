@@ -21,10 +21,12 @@ from pathlib import Path
 import dagster as dg
 from psycopg import sql
 
-from loyalty_ops.definitions import defs
-from loyalty_ops.defs.reports.resources import ApplicationEndpoints
-from loyalty_ops.defs.resources import BackupStorage, PostgresTarget
-from loyalty_ops.devstack.postgres_cluster import LocalPostgres
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: devstack/ lives beside the package
+
+from devstack.postgres_cluster import LocalPostgres  # noqa: E402
+from loyalty_ops.definitions import defs  # noqa: E402
+from loyalty_ops.defs.reports.resources import ApplicationEndpoints  # noqa: E402
+from loyalty_ops.defs.resources import BackupStorage, PostgresTarget  # noqa: E402
 
 TARGET_RATIO = 12.0
 BATCH = 250  # tables per transaction (each holds locks on table, index and TOAST)

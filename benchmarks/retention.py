@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loyalty_ops.devstack.s3_endpoint import LocalS3  # noqa: E402
+from devstack.s3_endpoint import LocalS3  # noqa: E402
 from loyalty_ops.lib.backup.naming import backup_name, parse_backup_name  # noqa: E402
 from loyalty_ops.lib.retention.cleanup import carry_out  # noqa: E402
 from loyalty_ops.lib.retention.gates import apply_reverification  # noqa: E402

@@ -11,10 +11,10 @@ import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
 
+from devstack.postgres_cluster import LocalPostgres
+from devstack.s3_endpoint import LOCAL_CREDENTIALS, LocalS3
+from devstack.sample_data import create_sample_schema
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
-from loyalty_ops.devstack.postgres_cluster import LocalPostgres
-from loyalty_ops.devstack.s3_endpoint import LOCAL_CREDENTIALS, LocalS3
-from loyalty_ops.lib.sample_data import create_sample_schema
 
 SAMPLE_SCALE = 0.2
 

@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 from psycopg import sql
 
-from loyalty_ops.devstack.postgres_cluster import LocalPostgres
+from devstack.postgres_cluster import LocalPostgres
 from loyalty_ops.lib.pg import catalog
 
 

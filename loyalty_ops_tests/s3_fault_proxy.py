@@ -156,7 +156,7 @@ class S3FaultProxy:
         import boto3
         from botocore.config import Config
 
-        from loyalty_ops.devstack.s3_endpoint import LOCAL_CREDENTIALS
+        from devstack.s3_endpoint import LOCAL_CREDENTIALS
 
         return boto3.client(
             "s3",

@@ -13,13 +13,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from devstack.postgres_cluster import LocalPostgres
+from devstack.sample_data import create_sample_schema
 from loyalty_ops.definitions import defs
 from loyalty_ops.defs.environment import postgres_target
 from loyalty_ops.defs.restore.resources import RestoreSettings
-from loyalty_ops.devstack.postgres_cluster import LocalPostgres
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pg.tools import HostToolRunner, run_tool
-from loyalty_ops.lib.sample_data import create_sample_schema
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
 
 

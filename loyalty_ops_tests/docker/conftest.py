@@ -1,5 +1,5 @@
 """A real Docker-compatible engine for the docker tests: podman's Docker API service (see
-loyalty_ops/devstack/podman_engine.py), a PostgreSQL 15 image built once and cached outside the repo, and
+devstack/podman_engine.py), a PostgreSQL 15 image built once and cached outside the repo, and
 a container named like the guide's (``loyalty-db-prod-<suffix>``) holding a small sample database.
 
 The tests skip only when the engine itself cannot start on this machine (the reason is printed); an
@@ -17,12 +17,12 @@ from typing import Iterator
 import psycopg
 import pytest
 
-from loyalty_ops.devstack.podman_engine import EngineUnavailable, PodmanEngine
-from loyalty_ops.devstack.postgres_cluster import find_server_bin_dir
+from devstack.podman_engine import EngineUnavailable, PodmanEngine
+from devstack.postgres_cluster import find_server_bin_dir
+from devstack.sample_data import create_sample_schema
 from loyalty_ops.lib.containers.health import COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pg.docker_runner import DockerExecToolRunner
-from loyalty_ops.lib.sample_data import create_sample_schema
 
 DOCKER_SAMPLE_SCALE = 0.05
 

@@ -23,10 +23,10 @@ from typing import Iterator
 import psycopg
 import pytest
 
-from loyalty_ops.devstack.dagster_services import REPO_ROOT, DagsterServices
-from loyalty_ops.devstack.postgres_cluster import LocalPostgres, free_port
-from loyalty_ops.devstack.s3_endpoint import LocalS3
-from loyalty_ops.lib.sample_data import create_sample_schema
+from devstack.dagster_services import REPO_ROOT, DagsterServices
+from devstack.postgres_cluster import LocalPostgres, free_port
+from devstack.s3_endpoint import LocalS3
+from devstack.sample_data import create_sample_schema
 from loyalty_ops_tests.e2e.browser import ensure_chromium
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"

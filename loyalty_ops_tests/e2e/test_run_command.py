@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from loyalty_ops.devstack.postgres_cluster import free_port
+from devstack.postgres_cluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_run_command_runs_the_backup_and_ctrl_c_stops_everything(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "LOYALTY_", "DAGSTER_", "AWS_"))}
     env["LOYALTY_BACKUP_DIR"] = str(tmp_path / "backups")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loyalty_ops.devstack.run_local", "--port", str(port), "--scale", "0.05"],
+        [sys.executable, "-m", "devstack.run_local", "--port", str(port), "--scale", "0.05"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines: list[str] = []

@@ -14,12 +14,12 @@ import dagster as dg
 import pytest
 from psycopg import sql
 
+from devstack.postgres_cluster import LocalPostgres, free_port
+from devstack.sample_data import create_sample_schema
 from loyalty_ops.definitions import defs
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage
-from loyalty_ops.devstack.postgres_cluster import LocalPostgres, free_port
 from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, take_backup
 from loyalty_ops.lib.pg.tools import HostToolRunner
-from loyalty_ops.lib.sample_data import create_sample_schema
 from loyalty_ops_tests.conftest import postgres_target, s3_resource
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata, schema_dump, table_fingerprints
 

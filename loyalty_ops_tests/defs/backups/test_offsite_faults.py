@@ -9,11 +9,11 @@ import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
 
+from devstack.s3_endpoint import LOCAL_CREDENTIALS
 from loyalty_ops.defs.backups.assets import database_backup
 from loyalty_ops.defs.backups.checks import BACKUP_CHECKS
 from loyalty_ops.defs.backups.offsite_copy import offsite_backup_copy
 from loyalty_ops.defs.resources import OffsiteStorage
-from loyalty_ops.devstack.s3_endpoint import LOCAL_CREDENTIALS
 from loyalty_ops.lib.backup.offsite import offsite_copy_status
 from loyalty_ops_tests.helpers import materialization_metadata
 from loyalty_ops_tests.s3_fault_proxy import S3FaultProxy

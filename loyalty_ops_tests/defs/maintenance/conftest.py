@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import psycopg
 import pytest
 
-from loyalty_ops.devstack.postgres_cluster import LocalPostgres
+from devstack.postgres_cluster import LocalPostgres
 from loyalty_ops.definitions import defs
 from loyalty_ops_tests.conftest import postgres_target
 

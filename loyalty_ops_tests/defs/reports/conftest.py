@@ -15,9 +15,9 @@ from typing import Iterator
 
 import pytest
 
+from devstack.postgres_cluster import LocalPostgres, free_port
 from loyalty_ops.defs.reports.resources import ApplicationEndpoints
 from loyalty_ops.defs.resources import BackupStorage
-from loyalty_ops.devstack.postgres_cluster import LocalPostgres, free_port
 from loyalty_ops_tests.conftest import postgres_target
 
 

@@ -8,9 +8,9 @@ import time
 
 import psycopg
 
+from devstack.postgres_cluster import free_port
 from loyalty_ops.defs.reports.assets import database_health
 from loyalty_ops.defs.resources import BackupStorage, PostgresTarget
-from loyalty_ops.devstack.postgres_cluster import free_port
 from loyalty_ops_tests.defs.reports.conftest import invoke, report_resources
 
 

@@ -184,7 +184,7 @@ def test_definitions_wiring():
 
 def test_unreachable_s3_fails_before_deleting_anything(world, s3_server):
     from loyalty_ops.defs.resources import OffsiteStorage
-    from loyalty_ops.devstack.postgres_cluster import free_port
+    from devstack.postgres_cluster import free_port
     from dagster_aws.s3 import S3Resource
 
     for d in range(0, 35, 5):

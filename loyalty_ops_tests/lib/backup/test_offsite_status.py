@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from devstack.s3_endpoint import LOCAL_CREDENTIALS
 from loyalty_ops.lib.backup.offsite import OffsiteTarget, offsite_copy_status, upload_backup
-from loyalty_ops.devstack.s3_endpoint import LOCAL_CREDENTIALS
 
 KEY = "backups/2026/01/01/loyalty_20260101_000000.dump.gz"
 

@@ -16,7 +16,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from loyalty_ops.devstack.s3_endpoint import LOCAL_CREDENTIALS, LocalS3
+from devstack.s3_endpoint import LOCAL_CREDENTIALS, LocalS3
 from loyalty_ops.lib.backup.naming import backup_name
 from loyalty_ops.lib.retention.cleanup import carry_out
 from loyalty_ops.lib.retention.gates import plan_with_reverification

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from loyalty_ops.devstack.postgres_cluster import free_port
+from devstack.postgres_cluster import free_port
 
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local-access-key", "AWS_SECRET_ACCESS_KEY": "local-secret-key", "AWS_REGION": "us-east-1"}
 

@@ -19,10 +19,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from loyalty_ops.devstack.dagster_services import REPO_ROOT, DagsterServices
-from loyalty_ops.devstack.postgres_cluster import LocalPostgres
-from loyalty_ops.devstack.s3_endpoint import LocalS3
-from loyalty_ops.lib.sample_data import create_sample_schema
+from devstack.dagster_services import REPO_ROOT, DagsterServices
+from devstack.postgres_cluster import LocalPostgres
+from devstack.s3_endpoint import LocalS3
+from devstack.sample_data import create_sample_schema
 
 LOCAL_BUCKET = "loyalty-local-backups"
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _default_sigint() -> None:
@@ -70,7 +70,7 @@ class DagsterServices:
         server = [str(bin_dir / "dagster"), "dev", *workspace, "-h", self.host, "-p", str(self.port)]
         others: list[list[str]] = []
         if self.mode == "production":
-            from loyalty_ops.devstack.postgres_cluster import free_port
+            from devstack.postgres_cluster import free_port
 
             self.code_server_port = self.code_server_port or free_port()
             grpc_workspace = self.dagster_home / "workspace.yaml"
