@@ -9,13 +9,8 @@ How one tool runs:
   ``PGUSER``, ``PGDATABASE``, ...) go in the exec's environment. So the password is never in argv, never in
   the exec's stored configuration (which ``docker inspect``/the engine's state keeps), only in the tool
   process's own environment inside the container, exactly as with the host runner.
-* ``exec_start`` with the connection hijacked (``socket=True``): stdout and stderr arrive multiplexed in
-  frames (8-byte header: stream id, 3 zero bytes, big-endian length). :class:`ExecStream` demultiplexes
-  them as the caller reads: stdout bytes are handed out in the caller's chunk sizes, stderr frames go to a
-  bounded tail buffer. Nothing is buffered beyond one read, so a dump is never held in memory.
-* Standard input is written to the same socket; closing ``stdin`` half-closes the socket's write side so
-  the tool sees end of file (restore streams its archive this way).
-* ``wait()`` drains what is left and reads the exit code from ``exec_inspect``.
+* ``exec_start`` with the connection hijacked: the stream protocol (frames, stdin, exit code, kill) is
+  ``loyalty_ops.lib.pg.docker_exec_stream``; to the caller an exec looks like a host process.
 
 Inside the container the tool usually talks to the container's own server. By default the runner uses
 the connection settings as given (right when the server listens on the same address inside and out,
@@ -29,29 +24,15 @@ Unix socket.
 from __future__ import annotations
 
 import os
-import socket
-import struct
 import threading
-import time
 import uuid
 from typing import Any, Optional, Sequence
 
 from loyalty_ops.lib.pg.connection import ConnectionSpec
-from loyalty_ops.lib.pg.tools import KNOWN_TOOLS, STDERR_TAIL_BYTES, ToolError
+from loyalty_ops.lib.pg.docker_exec_stream import EXEC_MARKER_ENV, ExecStdin, ExecStream, start_exec_stream
+from loyalty_ops.lib.pg.tools import KNOWN_TOOLS, ToolError
 
-FRAME_HEADER = struct.Struct(">BxxxL")
-STDOUT, STDERR = 1, 2
 LOCAL_SOCKET = "local"
-EXEC_MARKER_ENV = "LOYALTY_OPS_EXEC"  # a random token per exec, so kill() can find the tool's processes
-
-# Signals every process in the container whose environment carries the exec's token: the tool and its
-# children (the engine has no API to signal an exec). $1 = signal, $2 = token.
-_KILL_SCRIPT = (
-    'for d in /proc/[0-9]*; do '
-    'if tr "\\000" "\\n" < "$d/environ" 2>/dev/null | grep -qx "' + EXEC_MARKER_ENV + '=$2"; then '
-    'kill "-$1" "${d#/proc/}" 2>/dev/null; fi; done; true'
-)
-EXIT_CODE_WAIT_S = 30.0
 
 # $1 is the tool; the rest are its arguments. The password line is read byte by byte by `read`, so
 # whatever follows it on stdin (a restore's archive) reaches the tool untouched.
@@ -97,7 +78,7 @@ def host_archive_argument(args: Sequence[str]) -> tuple[Optional[str], list[str]
     return candidate, kept
 
 
-def _feed_file(path: str, sink: "_ExecStdin") -> threading.Thread:
+def _feed_file(path: str, sink: ExecStdin) -> threading.Thread:
     def _run() -> None:
         try:
             with open(path, "rb") as handle:
@@ -122,230 +103,6 @@ def _engine_error(exc: BaseException, docker_host: Optional[str]) -> ContainerEr
     return ContainerError(
         f"cannot reach the Docker engine at {where}: {exc}. Check that the engine runs and DOCKER_HOST points at it."
     )
-
-
-class _ExecStdin:
-    """Writable end of the exec's stdin. ``close()`` half-closes the connection (EOF for the tool)."""
-
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self.closed = False
-
-    def write(self, data: bytes) -> int:
-        if self.closed:
-            raise ValueError("write to closed stdin")
-        try:
-            self._sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise BrokenPipeError(f"the tool in the container stopped reading its input: {exc}") from None
-        return len(data)
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def __enter__(self) -> "_ExecStdin":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class _ExecStdout:
-    """Readable stdout of the exec: ``read(n)`` returns up to n bytes (b'' at end of stream)."""
-
-    def __init__(self, stream: "ExecStream"):
-        self._stream = stream
-        self.closed = False
-
-    def read(self, n: int = -1) -> bytes:
-        return self._stream.read_stdout(n)
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class ExecStream:
-    """One running exec: the demultiplexer over the hijacked connection, plus stdin/stdout handles."""
-
-    def __init__(
-        self, api: Any, exec_id: str, response: Any, *, tool: str, container: str, want_stdin: bool, token: str = ""
-    ):
-        self._api = api
-        self.exec_id = exec_id
-        self._token = token
-        self.tool = tool
-        self.container = container
-        self._response = response  # keeps the connection open
-        fp = response.raw._fp.fp  # the buffered reader http.client used for the headers
-        self._reader = fp  # read through it: it may already hold the first frames
-        self._sock: socket.socket = getattr(fp.raw, "_sock", None) or fp.raw
-        # The client's request timeout must not apply to the stream: a restore may print nothing for hours.
-        self._sock.settimeout(None)
-        self._read_lock = threading.Lock()
-        self._frame_left = 0
-        self._frame_kind = 0
-        self._eof = False
-        self._stderr = bytearray()
-        self._stderr_lock = threading.Lock()
-        self._closed = False
-        self._exit_code: Optional[int] = None
-        self.stdout = _ExecStdout(self)
-        self.stdin = _ExecStdin(self._sock) if want_stdin else None
-        self.feeder: Optional[threading.Thread] = None  # streams a host file into stdin (pg_restore FILE)
-
-    # -- reading frames --------------------------------------------------------------------------
-    def _read(self, n: int) -> bytes:
-        try:
-            return self._reader.read(n)
-        except ConnectionResetError:
-            # The engine closed the connection while our stdin still had unread bytes (the tool stopped
-            # reading early, e.g. pg_restore --list). Queued output was delivered first; the exit code
-            # from exec_inspect tells whether the tool succeeded.
-            return b""
-        except (OSError, ValueError):
-            if self._closed:  # kill() closed the connection under a reader
-                return b""
-            raise
-
-    def _read_exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self._read(n - len(buf))
-            if not chunk:
-                break
-            buf += chunk
-        return bytes(buf)
-
-    def _next_frame(self) -> bool:
-        """Advance to the next frame header; False at end of stream."""
-        header = self._read_exact(FRAME_HEADER.size)
-        if len(header) < FRAME_HEADER.size:
-            self._eof = True
-            return False
-        kind, length = FRAME_HEADER.unpack(header)
-        self._frame_kind, self._frame_left = kind, length
-        return True
-
-    def _consume_stderr_frame(self) -> None:
-        while self._frame_left:
-            chunk = self._read(min(self._frame_left, 65536))
-            if not chunk:
-                self._eof = True
-                self._frame_left = 0
-                return
-            self._frame_left -= len(chunk)
-            with self._stderr_lock:
-                self._stderr += chunk
-                if len(self._stderr) > STDERR_TAIL_BYTES:
-                    del self._stderr[: len(self._stderr) - STDERR_TAIL_BYTES]
-
-    def read_stdout(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes of stdout (all the rest when n < 0); blocks until n bytes or end of stream,
-        like a buffered file. stderr frames met on the way are collected."""
-        limit = n if n is not None and n >= 0 else None
-        out = bytearray()
-        with self._read_lock:
-            while not self._eof and (limit is None or len(out) < limit):
-                if self._frame_left == 0:
-                    if not self._next_frame():
-                        break
-                    continue
-                if self._frame_kind != STDOUT:
-                    self._consume_stderr_frame()
-                    continue
-                want = self._frame_left if limit is None else min(self._frame_left, limit - len(out))
-                chunk = self._read(want) if want > 0 else b""
-                if not chunk:
-                    self._eof = True
-                    break
-                self._frame_left -= len(chunk)
-                out += chunk
-        return bytes(out)
-
-    def drain(self) -> None:
-        """Read to the end of the stream, discarding stdout nobody asked for."""
-        while self.read_stdout(1024 * 1024):
-            pass
-
-    # -- the ToolProcess interface ---------------------------------------------------------------
-    def stderr_text(self) -> str:
-        with self._stderr_lock:
-            return self._stderr.decode("utf-8", errors="replace")
-
-    def wait(self, timeout: Optional[float] = None) -> int:
-        if self._exit_code is not None:
-            return self._exit_code
-        self.drain()  # like a host process: the caller closes stdin (a feeder may still be writing)
-        if self.feeder is not None:
-            self.feeder.join()
-        self._close_connection()
-        deadline = time.monotonic() + (timeout if timeout is not None else EXIT_CODE_WAIT_S)
-        while True:
-            info = self._api.exec_inspect(self.exec_id)
-            if not info.get("Running") and info.get("ExitCode") is not None:
-                self._exit_code = int(info["ExitCode"])
-                return self._exit_code
-            if time.monotonic() > deadline:
-                raise ToolError(
-                    f"{self.tool} in container {self.container} closed its output but the engine still reports it "
-                    "running; no exit code",
-                    tool=self.tool,
-                )
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        """Stop the tool. The engine has no signal API for an exec and closing the connection alone would
-        leave the tool running (its output discarded), so a second exec sends SIGTERM, then SIGKILL, to
-        the processes carrying this exec's token; then the connection is closed."""
-        if self._exit_code is None and self._token:
-            for sig, pause in (("TERM", 1.0), ("KILL", 0.0)):
-                try:
-                    if not self._api.exec_inspect(self.exec_id).get("Running"):
-                        break
-                    killer = self._api.exec_create(
-                        self.container, ["/bin/sh", "-c", _KILL_SCRIPT, "loyalty-ops-kill", sig, self._token],
-                        stdout=False, stderr=False,
-                    )
-                    self._api.exec_start(killer["Id"], detach=True)
-                except Exception:
-                    break  # container or engine gone: nothing left to signal
-                deadline = time.monotonic() + pause
-                while time.monotonic() < deadline:
-                    time.sleep(0.1)
-                    try:
-                        if not self._api.exec_inspect(self.exec_id).get("Running"):
-                            break
-                    except Exception:
-                        break
-        self._close_connection()
-
-    def _close_connection(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            self._response.close()
-        except Exception:
-            pass
 
 
 class DockerExecToolRunner:
@@ -473,32 +230,20 @@ class DockerExecToolRunner:
                 environment=env,
                 user=self.exec_user or "",
             )
-            exec_id = created["Id"]
-            response = api._post_json(
-                api._url("/exec/{0}/start", exec_id),
-                headers={"Connection": "Upgrade", "Upgrade": "tcp"},
-                data={"Tty": False, "Detach": False},
-                stream=True,
+            stream = start_exec_stream(
+                api, created["Id"], tool=tool, container=self.container, want_stdin=stdin, token=token
             )
-            api._raise_for_status(response)
         except docker.errors.NotFound:
             raise ContainerError(f"container {self.container!r} disappeared while starting {tool}") from None
         except docker.errors.APIError as exc:
             raise ContainerError(f"the engine refused to run {tool} in {self.container!r}: {exc.explanation or exc}") from None
         except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
             raise _engine_error(exc, self.docker_host) from None
-        stream = ExecStream(
-            api, exec_id, response, tool=tool, container=self.container, want_stdin=stdin, token=token
-        )
+        # The wrapper prints nothing before this line: see docker_exec_stream on reading the raw socket.
         password_line = (self.exec_password() or "").replace("\n", "") + "\n"
-        try:
-            stream._sock.sendall(password_line.encode())
-            if not stdin:
-                stream._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the tool already exited; wait() reports why
+        stream.send_first_input(password_line.encode(), more_input=stdin)
         if not stdout:
-            stream.stdout = None  # type: ignore[assignment]
+            stream.stdout = None
         return stream
 
     def tool_version(self, tool: str) -> str:
