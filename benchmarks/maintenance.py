@@ -36,7 +36,8 @@ from devstack.postgres_cluster import LocalPostgres  # noqa: E402
 from devstack.sample_data import create_sample_schema  # noqa: E402
 from loyalty_ops.lib.maintenance import stats as pgstats  # noqa: E402
 from loyalty_ops.lib.maintenance.execute import ExecutionSettings, MaintenanceExecutor, connect  # noqa: E402
-from loyalty_ops.lib.maintenance.plan import Thresholds, human_bytes, plan_maintenance  # noqa: E402
+from loyalty_ops.lib.formatting import human_bytes  # noqa: E402
+from loyalty_ops.lib.maintenance.plan import Thresholds, plan_maintenance  # noqa: E402
 
 LOG = logging.getLogger("bench")
 

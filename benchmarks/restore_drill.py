@@ -25,7 +25,7 @@ from _common import MB_PER_SCALE, sample_cluster
 
 from loyalty_ops.lib.backup.integrity import iter_decompressed
 from loyalty_ops.lib.pg.tools import HostToolRunner
-from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.restore.plan import BackupRef
 from loyalty_ops.lib.restore.run import RestoreEnvironment, run_drill, take_safety_backup
 

@@ -12,13 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
+from loyalty_ops.lib.formatting import human_bytes
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from loyalty_ops.lib.backup.offsite import StreamingUpload
 from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.concurrency import DATABASE_POOL
 from loyalty_ops.lib.pg.tools import ToolError
-from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.formatting import human_bytes
 
 OWNERS = ["team:platform"]
 BACKUP_MAX_AGE_HOURS = backup_max_age_hours()

@@ -26,7 +26,7 @@ from loyalty_ops.lib.backup.offsite import (
     upload_backup,
     upload_sidecars,
 )
-from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.formatting import human_bytes
 
 OWNERS = ["team:platform"]
 

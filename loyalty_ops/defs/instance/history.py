@@ -20,7 +20,7 @@ from pydantic import Field
 
 from loyalty_ops.defs.instance.policy import HistoryPolicy, Verdict
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
-from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.formatting import human_bytes
 
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 PAGE = 200

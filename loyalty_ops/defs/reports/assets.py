@@ -16,7 +16,8 @@ from pydantic import Field
 from loyalty_ops.defs.reports.resources import ApplicationEndpoints
 from loyalty_ops.defs.resources import BackupStorage, PostgresTarget
 from loyalty_ops.lib.pg.connection import ConnectionConfigError
-from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.pg.session import DatabaseUnreachable, unreachable_message
+from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.reports import application as app
 from loyalty_ops.lib.reports import bloat as bloat_lib
 from loyalty_ops.lib.reports import health as health_lib
@@ -64,9 +65,9 @@ def _connect(postgres: PostgresTarget) -> psycopg.Connection:
         raise dg.Failure(str(exc)) from None
     try:
         return health_lib.connect_for_reports(spec)
-    except psycopg.Error as exc:
+    except (DatabaseUnreachable, psycopg.Error) as exc:  # the latter: a session setting was refused
         raise dg.Failure(
-            description=f"cannot connect to {spec.redacted()}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}",
+            description=str(exc) if isinstance(exc, DatabaseUnreachable) else unreachable_message(spec, exc),
             metadata={"target": spec.redacted()},
         ) from None
 

@@ -11,7 +11,7 @@ from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTa
 from loyalty_ops.defs.restore.common import restore_environment
 from loyalty_ops.defs.restore.history import backup_history
 from loyalty_ops.defs.restore.resources import RestoreSettings
-from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.restore.errors import RestoreRefused, RestoreStepError
 from loyalty_ops.lib.restore.plan import RestoreConfigError, plan_steps, validate_request
 from loyalty_ops.lib.restore.run import restore_backup

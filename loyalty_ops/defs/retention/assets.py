@@ -19,7 +19,7 @@ from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
 from loyalty_ops.lib.backup.naming import normalize_prefix
 from loyalty_ops.lib.backup.offsite import OffsiteError
 from loyalty_ops.lib.pg.connection import ConnectionConfigError
-from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.retention.cleanup import carry_out
 from loyalty_ops.lib.retention.inventory import list_multipart_uploads, list_objects, resolve_log_dir, scan_backup_dir, scan_log_dir
 from loyalty_ops.lib.retention.gates import plan_with_reverification

@@ -26,6 +26,7 @@ from loyalty_ops.lib.alerting.alerts import Alert
 from loyalty_ops.lib.alerting.incidents import IncidentLedger, PendingDelivery
 from loyalty_ops.lib.alerting.notifiers import DeliveryError, DeliveryTimeouts, Logger, Notifier
 from loyalty_ops.lib.alerting.scrub import scrub_text
+from loyalty_ops.lib.retry import RetryPolicy
 
 # Below this much budget left, a request is not started (it could not get an answer anyway).
 MIN_ATTEMPT_SECONDS = 0.05
@@ -90,7 +91,19 @@ def deliver_once_with_retries(
     """Try one message up to ``attempts`` times within the budget. A timeout is not retried."""
     alert = Alert.from_dict(item.alert)
     outcome = _Outcome()
-    for attempt in range(1, max(1, attempts) + 1):
+    policy = RetryPolicy(max_attempts=max(1, attempts), delay_s=backoff_s, backoff=2.0)
+
+    def room_for_a_retry(attempt: int, delay_s: float) -> bool:
+        if delay_s + MIN_ATTEMPT_SECONDS >= budget.remaining():
+            outcome.out_of_budget = True
+            return False
+        log.warning(
+            f"{notifier.name}: {item.action} for {alert.dedup_key} failed (attempt {attempt - 1} of {attempts}): "
+            f"{outcome.error}; retrying in {delay_s:g} s"
+        )
+        return True
+
+    for attempt in policy.attempts(before_retry=room_for_a_retry, sleep=sleep):
         if budget.exhausted():
             outcome.out_of_budget = True
             return outcome
@@ -104,17 +117,8 @@ def deliver_once_with_retries(
             outcome.error, outcome.timed_out = str(exc), exc.timed_out
         except Exception as exc:  # a bug or an unexpected library error must not crash the sensor
             outcome.error, outcome.timed_out = scrub_text(f"{notifier.name}: {type(exc).__name__}: {exc}"), False
-        if outcome.timed_out or attempt >= attempts:
+        if outcome.timed_out or policy.is_last(attempt):
             return outcome
-        delay = backoff_s * (2 ** (attempt - 1))
-        if delay + MIN_ATTEMPT_SECONDS >= budget.remaining():
-            outcome.out_of_budget = True
-            return outcome
-        log.warning(
-            f"{notifier.name}: {item.action} for {alert.dedup_key} failed (attempt {attempt} of {attempts}): "
-            f"{outcome.error}; retrying in {delay:g} s"
-        )
-        sleep(delay)
     return outcome
 
 

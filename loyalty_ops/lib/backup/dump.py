@@ -20,14 +20,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-import psycopg
-
 from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, SIDECAR_SUFFIX, BackupName, backup_name
 from loyalty_ops.lib.backup.stream import BackupWriteError, WrittenFile, remove_stale_partials, stream_to_file
 from loyalty_ops.lib.backup.tempfiles import Claim, claim_path
 from loyalty_ops.lib.pg import catalog
 from loyalty_ops.lib.pg.catalog import TableRef
 from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.pg.session import connect
 from loyalty_ops.lib.pg.tools import PgToolRunner, ToolError, parse_version
 from loyalty_ops.lib.progress import ProgressSnapshot
 
@@ -62,18 +61,6 @@ class BackupResult:
     @property
     def path(self) -> Path:
         return self.file.path
-
-
-def connect(spec: ConnectionSpec, *, autocommit: bool = False) -> psycopg.Connection:
-    """Connect, turning driver errors into a message that names the target and the settings to check."""
-    try:
-        return psycopg.connect(**spec.psycopg_kwargs(), autocommit=autocommit)  # type: ignore[arg-type]
-    except psycopg.OperationalError as exc:
-        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise BackupError(
-            f"cannot connect to {spec.redacted()}: {detail}. Check PGHOST/PGPORT/PGUSER/PGPASSWORD "
-            "or LOYALTY_DATABASE_URL, and that the server is running."
-        ) from None
 
 
 def check_backup_dir(backup_dir: Path) -> None:
@@ -190,7 +177,7 @@ def _dump_to_claimed_name(
     timings: dict[str, float] = {}
     pg_dump_version = runner.tool_version("pg_dump")
 
-    with connect(spec) as conn:
+    with connect(spec, autocommit=False, error=BackupError) as conn:
         server = catalog.server_version(conn)
         check_tool_versions(pg_dump_version, server)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

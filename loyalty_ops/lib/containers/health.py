@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional, Sequence
 
-from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.formatting import human_bytes
 
 MEMORY_PERCENT_LIMIT = 85.0  # the guide's "When to Alert: Memory usage > 85%"
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"

@@ -31,7 +31,8 @@ from psycopg import errors, sql
 from loyalty_ops.lib.maintenance import stats as pgstats
 from loyalty_ops.lib.maintenance.blockers import Blocker, BlockerWatch, older_transactions, wait_reason
 from loyalty_ops.lib.maintenance.heartbeat import Heartbeat
-from loyalty_ops.lib.maintenance.plan import IndexStats, MaintenancePlan, PlanItem, Reason, human_bytes
+from loyalty_ops.lib.formatting import human_bytes
+from loyalty_ops.lib.maintenance.plan import IndexStats, MaintenancePlan, PlanItem, Reason
 from loyalty_ops.lib.maintenance.report import ItemResult, MaintenanceReport
 from loyalty_ops.lib.maintenance.session import (
     FULL_REINDEX_CHOICES,
@@ -321,15 +322,14 @@ class MaintenanceExecutor:
             report.items.append(results[id(item)])
         pending = list(items)
         total = len(pending)
-        for attempt in range(1, self.settings.max_attempts + 1):
-            if not pending:
-                break
-            if attempt > 1:
-                self.log.info(
-                    f"retry {attempt - 1} of {self.settings.max_attempts - 1}: {len(pending)} object(s) could not be "
-                    f"locked; trying again in {self.settings.retry_delay_s:g} s"
-                )
-                time.sleep(self.settings.retry_delay_s)
+
+        def announce_retry(attempt: int, delay_s: float) -> None:
+            self.log.info(
+                f"retry {attempt - 1} of {self.settings.max_attempts - 1}: {len(pending)} object(s) could not be "
+                f"locked; trying again in {delay_s:g} s"
+            )
+
+        for attempt in self.settings.retry_policy.attempts(before_retry=announce_retry):
             still = []
             for n, item in enumerate(pending, 1):
                 result = results[id(item)]
@@ -353,6 +353,8 @@ class MaintenanceExecutor:
                     result.status = "failed"
                     self.log.warning(f"{tag} {item.action} {item.qualified}: FAILED, {result.reason}")
             pending = still
+            if not pending:
+                break
         for item in pending:
             result = results[id(item)]
             result.status = "skipped"
@@ -389,11 +391,12 @@ class MaintenanceExecutor:
 
     def _database_statement(self, statement: sql.Composable, label: str) -> list:
         """A database-wide statement in full mode: retried on lock timeouts like everything else."""
-        for attempt in range(1, self.settings.max_attempts + 1):
+        policy = self.settings.retry_policy
+        for attempt in policy.attempts():
             try:
                 return self._run(statement, label, self.settings.full_statement_timeout_s)
             except RETRYABLE as exc:
-                if attempt == self.settings.max_attempts:
+                if policy.is_last(attempt):
                     blockers, guessed = self._blockers_of_last_wait()
                     who = "; ".join(b.describe() for b in blockers)
                     who = (f"; {'transactions open since before it' if guessed else 'blocked by'}: {who}" if who else "")
@@ -402,8 +405,7 @@ class MaintenanceExecutor:
                         f"after {attempt} attempts ({_first_line(exc)}){who}; end that transaction, raise "
                         "lock_timeout_s or run it in a quieter window"
                     ) from None
-                self.log.warning(f"{label}: {_first_line(exc)}; retrying in {self.settings.retry_delay_s:g} s")
-                time.sleep(self.settings.retry_delay_s)
+                self.log.warning(f"{label}: {_first_line(exc)}; retrying in {policy.delay_before(attempt + 1):g} s")
         return []
 
     def execute_full(self) -> MaintenanceReport:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Iterable, Optional, Sequence
 
+from loyalty_ops.lib.formatting import human_bytes, markdown_literal
+
 BLOCK_SIZE = 8192
 
 # A failed REINDEX CONCURRENTLY leaves "<index>_ccnew" (the half-built copy) or "<index>_ccold" (the old
@@ -438,23 +440,6 @@ def manual_plan(
 # --- Rendering -----------------------------------------------------------------------------------
 
 
-def _md(text: str) -> str:
-    """Escape a value for a markdown table cell (identifiers may contain | and backticks)."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'").replace("\n", " ")
-
-
-def human_bytes(n: Optional[float]) -> str:
-    if n is None:
-        return ""
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
-        n /= 1024
-    return f"{sign}{n:.1f} TB"
-
-
 def plan_markdown(plan: MaintenancePlan, now: Optional[datetime] = None) -> str:
     """The plan as a markdown table: what, which action, which rule chose it, and the numbers."""
     head = (
@@ -471,8 +456,8 @@ def plan_markdown(plan: MaintenancePlan, now: Optional[datetime] = None) -> str:
             "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
         ]
         for item in plan.items:
-            obj = f"`{_md(item.qualified)}`" + (f" on `{_md(item.table)}`" if item.table else "")
-            rules = "<br>".join(_md(str(r)) for r in item.reasons)
+            obj = f"`{markdown_literal(item.qualified)}`" + (f" on `{markdown_literal(item.table)}`" if item.table else "")
+            rules = "<br>".join(markdown_literal(str(r)) for r in item.reasons)
             last = ""
             if item.kind == "table":
                 last = item.last_maintenance.strftime("%Y-%m-%d %H:%M") if item.last_maintenance else "never"
@@ -488,5 +473,5 @@ def plan_markdown(plan: MaintenancePlan, now: Optional[datetime] = None) -> str:
                 f"{'' if item.index_scans is None else f'{item.index_scans:,}'} |"
             )
     for note in plan.notes:
-        lines += ["", f"- {_md(note)}"]
+        lines += ["", f"- {markdown_literal(note)}"]
     return "\n".join(lines)

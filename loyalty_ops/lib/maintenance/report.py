@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from loyalty_ops.lib.maintenance.blockers import describe_blocker
-from loyalty_ops.lib.maintenance.plan import _md, human_bytes
+from loyalty_ops.lib.formatting import human_bytes, markdown_literal
 
 MARKDOWN_ROWS = 200  # the UI table; every object is in the JSON metadata
 
@@ -129,16 +129,16 @@ class MaintenanceReport:
 
     def markdown(self) -> str:
         head = (
-            f"**{self.mode}** maintenance of `{_md(self.database)}` in {self.duration_s:.1f} s: "
+            f"**{self.mode}** maintenance of `{markdown_literal(self.database)}` in {self.duration_s:.1f} s: "
             f"{self.tables_vacuumed} tables vacuumed, {self.indexes_reindexed} indexes rebuilt, "
             f"{self.leftovers_dropped} leftover indexes dropped, {len(self.skipped)} skipped, "
             f"{len(self.failed)} failed; {human_bytes(self.reclaimed_bytes)} reclaimed."
         )
         lines = [head, ""]
         for shortfall in self.shortfalls():
-            lines += [f"**Nothing done:** {_md(shortfall)}", ""]
+            lines += [f"**Nothing done:** {markdown_literal(shortfall)}", ""]
         for text, secs in self.statements:
-            lines.append(f"- `{_md(text)}`: {secs:.1f} s")
+            lines.append(f"- `{markdown_literal(text)}`: {secs:.1f} s")
         if self.statements:
             lines.append("")
         if self.items:
@@ -152,9 +152,9 @@ class MaintenanceReport:
             for i in shown:
                 fmt = lambda n: "" if n is None else f"{n:,}"  # noqa: E731
                 lines.append(
-                    f"| {i.action} | `{_md(i.qualified)}` | {i.status} | {fmt(i.dead_before)} | {fmt(i.dead_after)} | "
+                    f"| {i.action} | `{markdown_literal(i.qualified)}` | {i.status} | {fmt(i.dead_before)} | {fmt(i.dead_after)} | "
                     f"{human_bytes(i.bytes_before)} | {human_bytes(i.bytes_after)} | {human_bytes(i.reclaimed_bytes)} | "
-                    f"{i.duration_s:.2f} | {i.attempts} | {_md(i.reason or ', '.join(i.rules))} |"
+                    f"{i.duration_s:.2f} | {i.attempts} | {markdown_literal(i.reason or ', '.join(i.rules))} |"
                 )
             if len(self.items) > len(shown):
                 lines += ["", f"... and {len(self.items) - len(shown)} more rows in the `objects` metadata."]

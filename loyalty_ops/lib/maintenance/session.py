@@ -7,7 +7,9 @@ from typing import Any, Protocol
 
 import psycopg
 
+from loyalty_ops.lib.pg import session as pg_session
 from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.retry import RetryPolicy
 
 FULL_REINDEX_CHOICES = ("database", "concurrently")
 
@@ -33,6 +35,12 @@ class ExecutionSettings:
     full_reindex: str = "database"  # full mode: "database" (REINDEX DATABASE) or "concurrently"
     full_statement_timeout_s: float = 4 * 3600.0
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """Objects (and full-mode statements) that could not get their locks: ``max_attempts`` tries in all,
+        ``retry_delay_s`` apart."""
+        return RetryPolicy(max_attempts=self.max_attempts, delay_s=self.retry_delay_s)
+
     def validate(self) -> None:
         if self.lock_timeout_s <= 0:
             raise ValueError(f"lock_timeout_s must be > 0 (got {self.lock_timeout_s}); e.g. 2 for two seconds")
@@ -50,13 +58,7 @@ class ExecutionSettings:
 
 
 def connect(spec: ConnectionSpec) -> psycopg.Connection:
-    try:
-        conn = psycopg.connect(**spec.psycopg_kwargs(), autocommit=True)  # type: ignore[arg-type]
-    except psycopg.OperationalError as exc:
-        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise MaintenanceError(
-            f"cannot connect to {spec.redacted()}: {detail}. Check PGHOST/PGPORT/PGUSER/PGPASSWORD or "
-            "LOYALTY_DATABASE_URL, and that the server is running."
-        ) from None
+    """An autocommit connection for maintenance; a failure raises :class:`MaintenanceError`."""
+    conn = pg_session.connect(spec, autocommit=True, error=MaintenanceError)
     conn.prepare_threshold = None  # utility statements (VACUUM, REINDEX) must never be prepared
     return conn

@@ -171,18 +171,23 @@ def _result(kind, schema, table, index, real_pages, expected_pages, block_size, 
     return RelationBloat(kind, schema, table, index, real, expected, bloat, pct, note)
 
 
+def _why_not_estimable(reltuples: float, columns: int, with_stats: int) -> Optional[str]:
+    """Why the statistics cannot give an estimate (None: they can)."""
+    if reltuples < 0:
+        return "never vacuumed or analyzed: run ANALYZE"
+    if with_stats < columns and reltuples > 0:
+        return f"statistics missing for {columns - with_stats} of {columns} columns: run ANALYZE"
+    return None
+
+
 def estimate_table_bloat(conn: psycopg.Connection, *, block_size: int, ma: int) -> list[RelationBloat]:
     out = []
     for (schema, table, reltuples, relpages, toast_pages, toast_tuples, ff, columns, with_stats, has_nulls,
          width) in conn.execute(TABLE_STATS_SQL).fetchall():
         real_pages = relpages + toast_pages
-        if reltuples < 0:
-            out.append(_result("table", schema, table, None, real_pages, None, block_size,
-                               "never vacuumed or analyzed: run ANALYZE"))
-            continue
-        if with_stats < columns and reltuples > 0:
-            out.append(_result("table", schema, table, None, real_pages, None, block_size,
-                               f"statistics missing for {columns - with_stats} of {columns} columns: run ANALYZE"))
+        why_not = _why_not_estimable(reltuples, columns, with_stats)
+        if why_not:
+            out.append(_result("table", schema, table, None, real_pages, None, block_size, why_not))
             continue
         tuple_bytes = heap_tuple_bytes(columns, has_nulls, width, ma)
         expected = estimate_table_pages(reltuples, tuple_bytes, ff, block_size)
@@ -196,13 +201,9 @@ def estimate_index_bloat(conn: psycopg.Connection, *, block_size: int, ma: int) 
     for (schema, table, index, reltuples, relpages, ff, columns, with_stats, has_nulls, width) in conn.execute(
         INDEX_STATS_SQL
     ).fetchall():
-        if reltuples < 0:
-            out.append(_result("index", schema, table, index, relpages, None, block_size,
-                               "never vacuumed or analyzed: run ANALYZE"))
-            continue
-        if with_stats < columns and reltuples > 0:
-            out.append(_result("index", schema, table, index, relpages, None, block_size,
-                               f"statistics missing for {columns - with_stats} of {columns} columns: run ANALYZE"))
+        why_not = _why_not_estimable(reltuples, columns, with_stats)
+        if why_not:
+            out.append(_result("index", schema, table, index, relpages, None, block_size, why_not))
             continue
         tuple_bytes = index_tuple_bytes(has_nulls, width, ma)
         expected = estimate_index_pages(reltuples, tuple_bytes, ff, block_size)

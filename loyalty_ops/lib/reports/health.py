@@ -18,7 +18,9 @@ from typing import Optional
 
 import psycopg
 
+from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.pg.session import DatabaseUnreachable, connect, unreachable_message
 from loyalty_ops.lib.reports import thresholds as th
 from loyalty_ops.lib.reports.thresholds import Verdict
 
@@ -27,10 +29,9 @@ SESSION_SETTINGS = ("SET statement_timeout = '120s'", "SET lock_timeout = '5s'",
 
 
 def connect_for_reports(spec: ConnectionSpec, *, connect_timeout: Optional[int] = None) -> psycopg.Connection:
-    kwargs = spec.psycopg_kwargs()
-    if connect_timeout is not None:
-        kwargs["connect_timeout"] = connect_timeout
-    conn = psycopg.connect(**kwargs, autocommit=True)  # type: ignore[arg-type]
+    """An autocommit connection with the reports' session settings; a failure to connect raises
+    :class:`DatabaseUnreachable`."""
+    conn = connect(spec, autocommit=True, connect_timeout=connect_timeout)
     for statement in SESSION_SETTINGS:
         conn.execute(statement)
     return conn
@@ -216,8 +217,8 @@ def probe_database(
     started = time.perf_counter()
     try:
         conn = connect_for_reports(spec, connect_timeout=connect_timeout)
-    except psycopg.Error as exc:
-        health.error = f"cannot connect to {spec.redacted()}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}"
+    except (DatabaseUnreachable, psycopg.Error) as exc:  # the latter: a session setting was refused
+        health.error = str(exc) if isinstance(exc, DatabaseUnreachable) else unreachable_message(spec, exc)
         health.connect_ms = round(1000 * (time.perf_counter() - started), 1)
         return health
     try:
@@ -338,8 +339,8 @@ def evaluate_database_health(health: DatabaseHealth) -> dict[str, Verdict]:
         d = health.disk
         verdicts["backup_volume_disk"] = Verdict(
             th.DISK_PERCENT.level(d.percent),
-            f"{d.percent:.0f}% used on the filesystem of {d.path} ({_gb(d.used_bytes)} used, {_gb(d.free_bytes)} "
-            f"free of {_gb(d.total_bytes)}) [{th.DISK_PERCENT.describe()}]",
+            f"{d.percent:.0f}% used on the filesystem of {d.path} ({human_bytes(d.used_bytes)} used, {human_bytes(d.free_bytes)} "
+            f"free of {human_bytes(d.total_bytes)}) [{th.DISK_PERCENT.describe()}]",
         )
 
     if health.memory is None:
@@ -348,7 +349,7 @@ def evaluate_database_health(health: DatabaseHealth) -> dict[str, Verdict]:
         m = health.memory
         verdicts["host_memory"] = Verdict(
             th.MEMORY_PERCENT.level(m.percent),
-            f"{m.percent:.0f}% of {_gb(m.total_bytes)} in use on {m.source} (total minus available) "
+            f"{m.percent:.0f}% of {human_bytes(m.total_bytes)} in use on {m.source} (total minus available) "
             f"[{th.MEMORY_PERCENT.describe()}]",
         )
     return verdicts
@@ -365,9 +366,3 @@ DATABASE_CHECK_DESCRIPTIONS = {
     "backup_volume_disk": f"Disk use of the backup volume, like df -h ({th.DISK_PERCENT.describe()}).",
     "host_memory": f"Memory in use on the machine running Dagster, like free -h ({th.MEMORY_PERCENT.describe()}).",
 }
-
-
-def _gb(n: int) -> str:
-    from loyalty_ops.lib.progress import human_bytes
-
-    return human_bytes(n)

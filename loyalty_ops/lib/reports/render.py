@@ -8,27 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Optional, Sequence
+from typing import Optional
 
-from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.formatting import human_bytes, markdown_table
 from loyalty_ops.lib.reports import thresholds as th
 from loyalty_ops.lib.reports.bloat import ExtensionState, RelationBloat
 from loyalty_ops.lib.reports.sizes import Growth, SizeSnapshot
 from loyalty_ops.lib.reports.thresholds import Verdict
 
 LEVEL_BADGE = {th.OK: "OK", th.WARN: "WARN", th.ERROR: "ERROR"}
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: Optional[str] = None) -> str:
-    align = align or "l" * len(headers)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _pct(value: Optional[float]) -> str:
@@ -40,7 +28,7 @@ def _bytes(value: Optional[int]) -> str:
 
 
 def verdict_table(verdicts: dict[str, Verdict]) -> str:
-    return table(["check", "level", "detail"], [(name, LEVEL_BADGE[v.level], v.message) for name, v in verdicts.items()])
+    return markdown_table(["check", "level", "detail"], [(name, LEVEL_BADGE[v.level], v.message) for name, v in verdicts.items()])
 
 
 def bloat_markdown(rows: list[RelationBloat], state: ExtensionState, *, limit: int = 25, duration_s: float = 0.0) -> str:
@@ -60,7 +48,7 @@ def bloat_markdown(rows: list[RelationBloat], state: ExtensionState, *, limit: i
             parts.append("_none_")
             continue
         parts.append(
-            table(
+            markdown_table(
                 ["relation", "size", "est. bloat", "est. %", "exact bloat", "exact %", "exact source"],
                 [
                     (r.name if kind == "Tables" else f"{r.name} (on {r.table})", _bytes(r.real_bytes),
@@ -73,7 +61,7 @@ def bloat_markdown(rows: list[RelationBloat], state: ExtensionState, *, limit: i
         )
     if unknown:
         parts.append(f"### Not estimated ({len(unknown)})")
-        parts.append(table(["relation", "size", "why"], [(r.name, _bytes(r.real_bytes), r.note) for r in unknown[:limit]]))
+        parts.append(markdown_table(["relation", "size", "why"], [(r.name, _bytes(r.real_bytes), r.note) for r in unknown[:limit]]))
     return "\n\n".join(parts)
 
 
@@ -92,7 +80,7 @@ def sizes_markdown(
     for by, title in (("total_bytes", "total size"), ("table_bytes", "table (heap) size"), ("index_bytes", "index size")):
         parts.append(f"### Top {top_n} tables by {title}")
         parts.append(
-            table(
+            markdown_table(
                 ["table", "total", "table", "indexes", "toast+other", "rows (est.)"],
                 [(t.name, _bytes(t.total_bytes), _bytes(t.table_bytes), _bytes(t.index_bytes), _bytes(t.toast_bytes),
                   f"{t.estimated_rows:,}") for t in snapshot.top(by, top_n)],
@@ -104,7 +92,7 @@ def sizes_markdown(
         parts.append(f"### Growth since {previous_at}")
         if grown:
             parts.append(
-                table(["table", "before", "now", "change", "change %"],
+                markdown_table(["table", "before", "now", "change", "change %"],
                       [(g.name, _bytes(g.previous_bytes), _bytes(g.current_bytes),
                         ("+" if (g.delta_bytes or 0) >= 0 else "-") + human_bytes(abs(g.delta_bytes or 0)),
                         _pct(g.delta_pct)) for g in grown], "lrrrr")
@@ -125,7 +113,7 @@ def health_markdown(health, verdicts: dict[str, Verdict]) -> str:
     if health.reachable:
         c = health.connections
         parts.append("### Connections (client backends)")
-        parts.append(table(
+        parts.append(markdown_table(
             ["scope", "total", "active", "idle", "idle in transaction", "max_connections"],
             [("server", c["total"], c["active"], c["idle"], c["idle_in_transaction"], c["max_connections"]),
              ("this database", c["database_total"], c["database_active"], c["database_idle"], "", "")],
@@ -133,23 +121,23 @@ def health_markdown(health, verdicts: dict[str, Verdict]) -> str:
         ))
         parts.append(f"### Statements running longer than {health.long_query_seconds:g} s")
         if health.long_queries:
-            parts.append(table(["pid", "user", "application", "state", "seconds", "query"],
+            parts.append(markdown_table(["pid", "user", "application", "state", "seconds", "query"],
                                [(q["pid"], q["usename"], q["application_name"], q["state"], q["seconds"], q["query"])
                                 for q in health.long_queries], "rlllrl"))
         else:
             parts.append("_none_")
         parts.append("### Top statements by mean time (pg_stat_statements)")
         if health.statements_installed and health.top_statements:
-            parts.append(table(["mean ms", "calls", "total ms", "rows", "query"],
+            parts.append(markdown_table(["mean ms", "calls", "total ms", "rows", "query"],
                                [(s["mean_ms"], s["calls"], s["total_ms"], s["rows"], s["query"])
                                 for s in health.top_statements], "rrrrl"))
         else:
             parts.append(f"_{health.statements_note or 'no statements recorded'}_")
         parts.append("### Transaction ID age")
-        parts.append(table(["database", "age(datfrozenxid)"], [(k, f"{v:,}") for k, v in health.xid_ages.items()], "lr"))
+        parts.append(markdown_table(["database", "age(datfrozenxid)"], [(k, f"{v:,}") for k, v in health.xid_ages.items()], "lr"))
         if health.replicas:
             parts.append("### Replicas")
-            parts.append(table(["name", "client", "state", "sync", "replay lag s", "replay lag bytes"],
+            parts.append(markdown_table(["name", "client", "state", "sync", "replay lag s", "replay lag bytes"],
                                [(r["application_name"], r["client"], r["state"], r["sync_state"], r["replay_lag_s"],
                                  r["replay_lag_bytes"]) for r in health.replicas]))
     return "\n\n".join(parts)
@@ -162,10 +150,10 @@ def application_markdown(api: Optional[dict], redis_health, verdicts: dict[str, 
         for path, r in api.items():
             rows.append((path, r.http_status or "-", r.status or "-", "" if r.latency_ms is None else f"{r.latency_ms:.0f}",
                          ", ".join(f"{k}={v.get('status')}" for k, v in r.checks.items()) or (r.error or "-")))
-        parts += ["### API", table(["endpoint", "HTTP", "status", "latency ms", "sub-checks"], rows)]
+        parts += ["### API", markdown_table(["endpoint", "HTTP", "status", "latency ms", "sub-checks"], rows)]
     if redis_health is not None and redis_health.reachable:
         limit, basis = redis_health.memory_limit
-        parts += ["### Redis", table(
+        parts += ["### Redis", markdown_table(
             ["hit rate", "hits", "misses", "used memory", "limit", "evicted", "clients"],
             [(_pct(redis_health.hit_rate), redis_health.keyspace_hits, redis_health.keyspace_misses,
               _bytes(redis_health.used_memory), f"{_bytes(limit)} ({basis})", redis_health.evicted_keys,
@@ -253,7 +241,7 @@ def morning_markdown(m: MorningInputs) -> str:
                    if off else "**no offsite copy** of this backup")
         age = m.backup_age_h
         stale = " **(older than 26 h)**" if age is not None and age > 26 else ""
-        out.append(table(["file", "taken", "size", "integrity", "offsite"],
+        out.append(markdown_table(["file", "taken", "size", "integrity", "offsite"],
                          [(b.get("filename"), _ago(m.now, b["at"]) + stale, _bytes(b.get("bytes")), verified, offsite)]))
     if m.restore_drill:
         d = m.restore_drill["metadata"]
@@ -279,7 +267,7 @@ def morning_markdown(m: MorningInputs) -> str:
         out.append(f"Last health check {_ago(m.now, m.health_at)}{stale}: {len(m.checks) - len(failing)} of "
                    f"{len(m.checks)} checks pass.")
         if m.checks:
-            out.append(table(["asset", "check", "result", "detail"],
+            out.append(markdown_table(["asset", "check", "result", "detail"],
                              [(c.asset, c.name, "pass" if c.passed else c.severity, c.description)
                               for c in sorted(m.checks, key=lambda c: (c.passed, c.asset, c.name))]))
 
@@ -290,7 +278,7 @@ def morning_markdown(m: MorningInputs) -> str:
         out.append(f"No table bloat estimated ({_ago(m.now, m.bloat_at)}).")
     else:
         out.append(f"From `bloat_report`, {_ago(m.now, m.bloat_at)}:")
-        out.append(table(["table", "size", "est. bloat", "est. %", "exact %"],
+        out.append(markdown_table(["table", "size", "est. bloat", "est. %", "exact %"],
                          [(t["name"], _bytes(t.get("real_bytes")), _bytes(t.get("bloat_bytes")), _pct(t.get("bloat_pct")),
                            _pct(t.get("exact_bloat_pct"))) for t in m.bloated_tables[:5]], "lrrrr"))
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from loyalty_ops.lib.backup.dump import connect
+from loyalty_ops.lib.backup.dump import BackupError
 from loyalty_ops.lib.backup.manifest import BackupManifest
 from loyalty_ops.lib.pg import catalog
 from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.pg.session import connect
 from loyalty_ops.lib.restore.verify import Comparison, compare_with_manifest
 
 
@@ -19,7 +20,7 @@ class RestoredCounts:
 
 
 def restored_counts(spec: ConnectionSpec, database: str) -> RestoredCounts:
-    with connect(spec.with_database(database)) as conn:
+    with connect(spec.with_database(database), autocommit=False, error=BackupError) as conn:
         tables = catalog.list_user_tables(conn)
         counts = RestoredCounts(
             rows=catalog.count_rows(conn, tables),

@@ -13,23 +13,22 @@ import psycopg
 from psycopg import sql
 
 from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.pg.session import DatabaseUnreachable, connect
 
 MAINTENANCE_DATABASES = ("postgres", "template1")
 
 
 def admin_connection(spec: ConnectionSpec) -> psycopg.Connection:
-    """An autocommit connection to a maintenance database of the same server."""
-    last: Optional[Exception] = None
+    """An autocommit connection to a maintenance database of the same server (``postgres``, else
+    ``template1``). When neither answers, :class:`DatabaseUnreachable` (a ``ConnectionError``) names the first."""
+    first: Optional[DatabaseUnreachable] = None
     for name in MAINTENANCE_DATABASES:
         try:
-            return psycopg.connect(**spec.with_database(name).psycopg_kwargs(), autocommit=True)  # type: ignore[arg-type]
-        except psycopg.OperationalError as exc:
-            last = exc
-    detail = str(last).strip().splitlines()[-1] if last and str(last).strip() else "connection refused"
-    raise ConnectionError(
-        f"cannot connect to {spec.with_database('postgres').redacted()} (or template1): {detail}. Check PGHOST/PGPORT/"
-        "PGUSER/PGPASSWORD or LOYALTY_DATABASE_URL"
-    )
+            return connect(spec.with_database(name), autocommit=True)
+        except DatabaseUnreachable as exc:
+            first = first or exc
+    assert first is not None
+    raise first
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Optional
 import psycopg
 
 from loyalty_ops.lib.pg.tools import ToolError
-from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.restore import database as db
 from loyalty_ops.lib.restore.counts import compare_counts, restored_counts
 from loyalty_ops.lib.restore.environment import RestoreEnvironment

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from loyalty_ops.lib.backup.naming import parse_backup_name
-from loyalty_ops.lib.progress import human_bytes
+from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.restore.environment import RestoreEnvironment
 from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, IncompleteBackup, RestoreRefused
 from loyalty_ops.lib.restore.plan import BackupRef

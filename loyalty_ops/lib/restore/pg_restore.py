@@ -18,8 +18,10 @@ from typing import Callable, Optional
 import psycopg
 
 from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.pg.session import connect
 from loyalty_ops.lib.pg.tools import PgToolRunner, ToolError
-from loyalty_ops.lib.progress import ProgressSnapshot, human_bytes
+from loyalty_ops.lib.formatting import human_bytes
+from loyalty_ops.lib.progress import ProgressSnapshot
 
 POLL_S = 0.25  # a COPY's last bytes are known only up to its final poll
 
@@ -114,7 +116,7 @@ class RestoreMonitor:
         while not self._stop.wait(min(POLL_S, self._interval)):
             try:
                 if conn is None:
-                    conn = psycopg.connect(**self._spec.psycopg_kwargs(), autocommit=True)  # type: ignore[arg-type]
+                    conn = connect(self._spec, autocommit=True)
                 self._poll(conn)
             except Exception as exc:  # the restore goes on; the log still says it is alive
                 self.progress.monitor_error = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

@@ -5,19 +5,8 @@ from __future__ import annotations
 from datetime import timezone
 from typing import Sequence
 
+from loyalty_ops.lib.formatting import human_bytes, markdown_cell
 from loyalty_ops.lib.retention.types import KEEP, LOCAL, LOGS, MARKDOWN_ROW_LIMIT, S3, RetentionPlan
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _limited(rows: Sequence[str], limit: int, what: str) -> list[str]:
@@ -37,8 +26,8 @@ def _reverification_lines(plan: RetentionPlan, row_limit: int) -> list[str]:
     for request, result in plan.reverification:
         outcome = result.outcome if result else "not re-verified"
         rows.append(
-            f"| `{request.filename}` | {request.location} `{_cell(request.name)}` | {request.purpose} | {outcome} | "
-            f"{_cell(result.detail if result else '')} |"
+            f"| `{request.filename}` | {request.location} `{markdown_cell(request.name)}` | {request.purpose} | {outcome} | "
+            f"{markdown_cell(result.detail if result else '')} |"
         )
     return lines + _limited(rows, row_limit + 2, "copies")
 
@@ -49,7 +38,7 @@ def render_markdown(plan: RetentionPlan, row_limit: int = MARKDOWN_ROW_LIMIT) ->
     if plan.blocked:
         lines += [f"**BLOCKED: {plan.blocked}**", ""]
     else:
-        lines += [f"**{len(plan.deletions):,} items to delete, {_human(plan.bytes_to_free)} to free.**", ""]
+        lines += [f"**{len(plan.deletions):,} items to delete, {human_bytes(plan.bytes_to_free)} to free.**", ""]
     lines += [
         f"- Planned at {plan.now.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC",
         f"- Policy: {plan.policy.describe()}",
@@ -62,7 +51,7 @@ def render_markdown(plan: RetentionPlan, row_limit: int = MARKDOWN_ROW_LIMIT) ->
     for location in (LOCAL, S3, LOGS):
         freed = sum(i.size for i in plan.deletions_at(location) if i.kind != "multipart")
         lines.append(
-            f"| {location} | {counts.get(f'{location}_keep', 0):,} | {counts.get(f'{location}_delete', 0):,} | {_human(freed)} |"
+            f"| {location} | {counts.get(f'{location}_keep', 0):,} | {counts.get(f'{location}_delete', 0):,} | {human_bytes(freed)} |"
         )
     lines += ["", "## Backups (newest first)", "", "| backup | verified | local | offsite | decision | why |", "|---|---|---|---|---|---|"]
     rows = []
@@ -73,27 +62,27 @@ def render_markdown(plan: RetentionPlan, row_limit: int = MARKDOWN_ROW_LIMIT) ->
         if d.s3_action:
             where.append(f"s3: {d.s3_action}")
         rows.append(
-            f"| `{d.filename}` | {'yes' if d.verified else 'NO'} ({_cell(d.status)}) | {'yes' if d.local else 'no'} | "
-            f"{_cell(d.offsite)} | {', '.join(where) or d.action} | {_cell('; '.join(d.reasons))} |"
+            f"| `{d.filename}` | {'yes' if d.verified else 'NO'} ({markdown_cell(d.status)}) | {'yes' if d.local else 'no'} | "
+            f"{markdown_cell(d.offsite)} | {', '.join(where) or d.action} | {markdown_cell('; '.join(d.reasons))} |"
         )
     lines += _limited(rows, row_limit, "backups")
     lines += _reverification_lines(plan, row_limit)
     overrides = [i for i in plan.items if i.location == LOCAL and i.kind == "backup" and "no confirmed offsite copy" in i.reason]
     if overrides:
         lines += ["", "## Kept locally because no offsite copy is confirmed", ""]
-        lines += _limited([f"- `{i.name}`: {_cell(i.reason)}" for i in overrides], row_limit, "files")
+        lines += _limited([f"- `{i.name}`: {markdown_cell(i.reason)}" for i in overrides], row_limit, "files")
     deletions = plan.deletions
     lines += ["", f"## To delete ({len(deletions):,})", ""]
     if deletions:
         lines += _limited(
-            [f"- {i.location} {i.kind} `{i.name}` ({_human(i.size)}): {_cell(i.reason)}" for i in deletions], row_limit, "items"
+            [f"- {i.location} {i.kind} `{i.name}` ({human_bytes(i.size)}): {markdown_cell(i.reason)}" for i in deletions], row_limit, "items"
         )
     else:
         lines.append("Nothing.")
     other = [i for i in plan.items if i.kind in ("multipart", "log") and i.action == KEEP]
     if other:
         lines += ["", "## Other items kept", ""]
-        lines += _limited([f"- {i.location} {i.kind} `{i.name}`: {_cell(i.reason)}" for i in other], row_limit, "items")
+        lines += _limited([f"- {i.location} {i.kind} `{i.name}`: {markdown_cell(i.reason)}" for i in other], row_limit, "items")
     ignored = [f"- local `{n}`" for n in plan.ignored_local] + [f"- s3 `{n}`" for n in plan.ignored_remote]
     lines += ["", f"## Left alone: outside this database's backup names ({len(ignored):,})", ""]
     lines += _limited(ignored, row_limit, "names") if ignored else ["None."]
