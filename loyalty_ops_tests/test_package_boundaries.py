@@ -108,6 +108,16 @@ def test_loading_the_definitions_loads_no_development_module(tmp_path):
     assert "LOADED []" in result.stdout, result.stdout[-3000:]
 
 
+def test_loyalty_ops_imports_no_private_dagster_module():
+    offending = [
+        f"{path.relative_to(REPO)}:{line} imports {module}"
+        for path in _package_modules()
+        for line, module in _imported_modules(path)
+        if module.split(".")[0].startswith("dagster") and any(part.startswith("_") for part in module.split(".")[1:])
+    ]
+    assert offending == []
+
+
 @pytest.mark.parametrize(
     "source, expected",
     [

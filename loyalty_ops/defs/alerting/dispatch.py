@@ -1,9 +1,19 @@
 """Open and resolve incidents and deliver their messages, with the ledger kept in the Dagster instance.
 
-The ledger (open incidents and the outbox of undelivered messages) is one JSON document in the instance's
-key-value store (``run_storage`` cursor values, the same table Dagster's own daemons keep their cursors
-in), so it lives in the instance's PostgreSQL database in production and survives restarts. Every sensor
+The ledger (open incidents and the outbox of undelivered messages) is one JSON document kept in the
+instance's event log as an asset observation of ``loyalty_ops/alerting/incident_ledger``: written with
+``DagsterInstance.report_runless_asset_event`` and read back with ``DagsterInstance.fetch_observations``
+(the newest one wins). Both are public instance APIs, so a Dagster upgrade cannot silently break paging;
+the ledger lives in the instance's PostgreSQL database in production and survives restarts. Every sensor
 of this domain calls :func:`apply` once per tick: load, decide, deliver (with retries), save.
+
+Why not the alternatives: sensor cursors belong to one sensor and are written only at the end of its tick,
+while this ledger is shared by five sensors and must be saved as soon as a message is delivered (a
+run-status sensor's cursor is Dagster's own); the key-value store behind the daemons' cursors
+(``run_storage.set_cursor_values``) and a table of our own in the Dagster database are reachable only through
+private storage objects. The price of the event log: one small observation per tick that changed the ledger
+(most ticks change nothing and write nothing), and the asset's page in the UI shows the ledger's history
+(open incidents and queued messages as numbers). Wiping the instance or this asset forgets the ledger.
 """
 
 import threading
@@ -15,31 +25,60 @@ import dagster as dg
 
 from loyalty_ops.defs.alerting.resources import AlertingResource
 from loyalty_ops.lib.alerting.alerts import Alert
-from loyalty_ops.lib.alerting.incidents import IncidentLedger
 from loyalty_ops.lib.alerting.delivery import DeliveryBudget, FlushReport, flush_outbox
+from loyalty_ops.lib.alerting.incidents import IncidentLedger
 from loyalty_ops.lib.alerting.notifiers import Logger
 
-LEDGER_KEY = "loyalty_ops/alerting/incident_ledger"
+LEDGER_ASSET_KEY = dg.AssetKey(["loyalty_ops", "alerting", "incident_ledger"])
+# Where an unreadable ledger is set aside (for a person to read) before paging starts a new one.
+UNREADABLE_LEDGER_ASSET_KEY = dg.AssetKey(["loyalty_ops", "alerting", "incident_ledger_unreadable"])
+LEDGER_METADATA_KEY = "ledger"
 # Sensors of one code location are evaluated in one process, in parallel threads when the daemon's
 # `sensors.use_threads` is on: the load-decide-save of the ledger must not interleave.
 _LEDGER_LOCK = threading.Lock()
 
 
+def read_ledger_text(instance: dg.DagsterInstance, key: dg.AssetKey = LEDGER_ASSET_KEY) -> Optional[str]:
+    """The newest ledger document kept under ``key`` (None when there is none yet)."""
+    records = instance.fetch_observations(key, limit=1).records
+    observation = records[0].asset_observation if records else None
+    if observation is None:
+        return None
+    value = observation.metadata.get(LEDGER_METADATA_KEY)
+    return None if value is None else str(getattr(value, "value", value))
+
+
+def write_ledger_text(
+    instance: dg.DagsterInstance, text: str, key: dg.AssetKey = LEDGER_ASSET_KEY, **numbers: int
+) -> None:
+    """Keep ``text`` as the newest ledger document under ``key`` (``numbers`` are shown in the UI too)."""
+    instance.report_runless_asset_event(
+        dg.AssetObservation(
+            asset_key=key,
+            description="The paging ledger: open incidents and messages not yet delivered (kept by the alerting sensors).",
+            metadata={LEDGER_METADATA_KEY: dg.MetadataValue.text(text), **numbers},
+        )
+    )
+
+
 def load_ledger(instance: dg.DagsterInstance, log: Optional[Logger] = None) -> IncidentLedger:
-    text = instance.run_storage.get_cursor_values({LEDGER_KEY}).get(LEDGER_KEY)
+    text = read_ledger_text(instance)
     try:
         return IncidentLedger.from_json(text)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        # An unreadable ledger must not stop paging for good: keep a copy, start afresh.
-        instance.run_storage.set_cursor_values({f"{LEDGER_KEY}.unreadable": text or ""})
+        # An unreadable ledger must not stop paging for good: keep a copy (once), start afresh.
+        if read_ledger_text(instance, UNREADABLE_LEDGER_ASSET_KEY) != (text or ""):
+            write_ledger_text(instance, text or "", UNREADABLE_LEDGER_ASSET_KEY)
         if log is not None:
             log.error(f"the incident ledger was unreadable ({type(exc).__name__}: {exc}); kept a copy under "
-                      f"{LEDGER_KEY}.unreadable and started a new one (open incidents are forgotten)")
+                      f"{UNREADABLE_LEDGER_ASSET_KEY.to_user_string()} and started a new one (open incidents are forgotten)")
         return IncidentLedger()
 
 
 def save_ledger(instance: dg.DagsterInstance, ledger: IncidentLedger) -> None:
-    instance.run_storage.set_cursor_values({LEDGER_KEY: ledger.to_json()})
+    write_ledger_text(
+        instance, ledger.to_json(), open_incidents=len(ledger.incidents), queued_messages=len(ledger.outbox)
+    )
 
 
 @dataclass

@@ -15,8 +15,6 @@ import weakref
 from typing import Optional
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from loyalty_ops.defs.alerting.dispatch import apply, load_ledger
 from loyalty_ops.defs.alerting.resources import AlertingResource
@@ -104,7 +102,7 @@ def _job_label(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
     keys = set(run.asset_selection or ())
     if not keys:
         planned = instance.get_records_for_run(
-            run_id=run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=50
+            run_id=run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=50
         ).records
         keys = {r.event_log_entry.dagster_event.asset_key for r in planned if r.event_log_entry.dagster_event}
     if not keys:
@@ -116,7 +114,7 @@ def _failed_checks(instance: dg.DagsterInstance, run_id: str) -> tuple[str, ...]
     """The checks that failed in the run, with their descriptions (a blocking check's failure only names
     the check in the step error)."""
     records = instance.get_records_for_run(
-        run_id=run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION, limit=100
+        run_id=run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, limit=100
     ).records
     out = []
     for record in records:
@@ -268,9 +266,6 @@ def page_on_stale_backup(
     return dg.SkipReason(f"{'STALE' if freshness.stale else 'fresh'}: {freshness.reason}{policy}; {report.describe()}")
 
 
-_TERMINAL_CHECK_STATUSES = (AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED)
-
-
 @described(dg.sensor,
     name="page_on_failed_checks",
     minimum_interval_seconds=CHECK_SENSOR_INTERVAL_S,
@@ -297,10 +292,8 @@ def page_on_failed_checks(
     for check_key in sorted(repository.asset_graph.asset_check_keys, key=lambda k: k.to_user_string()):
         name = check_key.to_user_string()
         records = storage.get_asset_check_execution_history(check_key, limit=CHECK_HISTORY_DEPTH)
-        finished = [
-            r for r in records
-            if r.status in _TERMINAL_CHECK_STATUSES and r.event is not None and r.event.asset_check_evaluation is not None
-        ]
+        # finished = holds an evaluation (succeeded or failed); planned and running checks hold none
+        finished = [r for r in records if r.event is not None and r.event.asset_check_evaluation is not None]
         if not finished:
             continue
         latest = max(finished, key=lambda r: r.id)

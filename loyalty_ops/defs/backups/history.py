@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 BACKUP_ASSET_KEY = dg.AssetKey("database_backup")
 OFFSITE_ASSET_KEY = dg.AssetKey("offsite_backup_copy")
@@ -53,13 +52,17 @@ class BackupRecord:
 
 
 def _check_results_by_materialization(instance: dg.DagsterInstance, check_name: str, limit: int) -> dict[int, bool]:
-    """The newest outcome of one check for each materialization it evaluated (keyed by storage id)."""
+    """The newest outcome of one check for each materialization it evaluated (keyed by storage id).
+
+    Dagster's instance has no public reader of check history, so this uses the event log storage's
+    execution history; only records that hold an evaluation count (a planned or still running check has
+    none), which is what "succeeded or failed" means without naming Dagster's private status enum."""
     key = dg.AssetCheckKey(BACKUP_ASSET_KEY, check_name)
     results: dict[int, bool] = {}
     for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=limit):
-        if record.status not in (AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED):
-            continue
         evaluation = record.event.asset_check_evaluation if record.event else None
+        if evaluation is None:
+            continue
         target = evaluation.target_materialization_data if evaluation is not None else None
         if target is not None and target.storage_id not in results:
             results[target.storage_id] = bool(evaluation.passed)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Optional
 
 import dagster as dg
-from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
 from pydantic import Field
 
 from loyalty_ops.defs.instance.policy import HistoryPolicy, Verdict
@@ -62,7 +61,14 @@ class HistoryCleanupConfig(dg.Config):
     )
 
 
-def _run_log_dir(manager: LocalComputeLogManager, run_id: str) -> Path:
+def _is_local(manager: object) -> bool:
+    """Whether the instance keeps compute logs in a local directory (Dagster's local compute log manager, the
+    only one that can name a run's local path). Asked of the object, not its class: that class is not part of
+    Dagster's public API."""
+    return callable(getattr(manager, "get_captured_local_path", None))
+
+
+def _run_log_dir(manager, run_id: str) -> Path:
     return Path(manager.get_captured_local_path([run_id, "probe"], "out")).parent
 
 
@@ -85,7 +91,7 @@ def _materialized_assets(instance: dg.DagsterInstance, run_id: str) -> set[str]:
 def _delete_compute_logs(instance: dg.DagsterInstance, run_id: str, dry_run: bool) -> Optional[int]:
     """Deletes one run's compute logs; returns the bytes freed (None when the manager cannot tell)."""
     manager = instance.compute_log_manager
-    if isinstance(manager, LocalComputeLogManager):
+    if _is_local(manager):
         path = _run_log_dir(manager, run_id)
         if not path.is_dir():
             return 0
@@ -145,7 +151,7 @@ def prune_dagster_history(context: dg.OpExecutionContext, config: HistoryCleanup
     manager = instance.compute_log_manager
     deleted = set(deleted_runs)
     log_cutoff = policy.log_cutoff(now)
-    if isinstance(manager, LocalComputeLogManager):
+    if _is_local(manager):
         base = _run_log_dir(manager, "x").parent
         candidates = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
         for start in range(0, len(candidates), PAGE):

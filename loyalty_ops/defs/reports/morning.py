@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Optional
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
 
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, INTEGRITY_CHECK_NAMES, OFFSITE_ASSET_KEY, recent_backups
 from loyalty_ops.defs.reports.assets import (
@@ -28,7 +27,7 @@ from loyalty_ops.defs.reports.assets import (
 from loyalty_ops.defs.resources import BackupStorage, PostgresTarget
 from loyalty_ops.lib.reports import health as health_lib
 from loyalty_ops.lib.retention.classify import classify_local
-from loyalty_ops.lib.retention.inventory import scan_backup_dir
+from loyalty_ops.lib.backup.inventory import scan_backup_dir
 from loyalty_ops.lib.reports import render
 
 MAINTENANCE_KEY = dg.AssetKey("weekly_maintenance")
@@ -46,7 +45,7 @@ def check_outcomes(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: Optio
     if run_id is None:
         return []
     latest: dict[str, render.CheckOutcome] = {}
-    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
         evaluation = entry.dagster_event.event_specific_data if entry.dagster_event else None
         if evaluation is None or evaluation.asset_key != key:
             continue

@@ -8,7 +8,7 @@ from typing import Iterator
 import dagster as dg
 import pytest
 
-from loyalty_ops.defs.alerting.dispatch import LEDGER_KEY
+from loyalty_ops.defs.alerting.dispatch import read_ledger_text
 from loyalty_ops_tests.lib.alerting.fixtures import pagerduty_server, slack_server, tls_cert, webhook_server  # noqa: F401
 
 
@@ -39,7 +39,8 @@ def _instance(base: Path) -> Iterator[dg.DagsterInstance]:
 
 @pytest.fixture
 def dagster_instance(shared_instance) -> dg.DagsterInstance:
-    """The module's instance, emptied: no runs, no events, no incident ledger."""
+    """The module's instance, emptied: no runs, no events, no incident ledger (the ledger is kept as an
+    asset observation, so wiping the event log empties it)."""
     shared_instance.wipe()
-    shared_instance.run_storage.set_cursor_values({LEDGER_KEY: ""})
+    assert read_ledger_text(shared_instance) is None
     return shared_instance

@@ -461,9 +461,9 @@ def test_a_run_stopped_by_a_blocking_check_names_the_checks_and_their_findings(d
 
 
 def test_an_unreadable_ledger_is_set_aside_and_paging_goes_on(dagster_instance, resources, pagerduty_server):
-    from loyalty_ops.defs.alerting.dispatch import LEDGER_KEY
+    from loyalty_ops.defs.alerting.dispatch import UNREADABLE_LEDGER_ASSET_KEY, read_ledger_text, write_ledger_text
 
-    dagster_instance.run_storage.set_cursor_values({LEDGER_KEY: "{not json"})
+    write_ledger_text(dagster_instance, "{not json")
     result = run_backup(dagster_instance, fail=True)
     with dg.build_run_status_sensor_context(
         sensor_name="page_on_run_failure", dagster_event=result.get_run_failure_event(),
@@ -471,7 +471,7 @@ def test_an_unreadable_ledger_is_set_aside_and_paging_goes_on(dagster_instance, 
     ) as context:
         page_on_run_failure(context)
     assert [e["event_action"] for e in pagerduty_server.bodies()] == ["trigger"]
-    assert dagster_instance.run_storage.get_cursor_values({f"{LEDGER_KEY}.unreadable"}) == {f"{LEDGER_KEY}.unreadable": "{not json"}
+    assert read_ledger_text(dagster_instance, UNREADABLE_LEDGER_ASSET_KEY) == "{not json"
     assert load_ledger(dagster_instance).is_open(DEDUP_KEY)
 
 
@@ -488,3 +488,28 @@ def test_a_run_that_never_started_pages_with_the_monitoring_message(dagster_inst
         f"{JOB} failed on loyalty at run (no step failed): Run timed out due to taking longer than 180 seconds to start."
     )
     assert event["payload"]["custom_details"]["failing_step"] is None
+
+
+def test_the_ledger_is_kept_and_read_through_public_instance_apis_and_a_quiet_tick_writes_nothing(
+    dagster_instance, resources, pagerduty_server
+):
+    from loyalty_ops.defs.alerting.dispatch import LEDGER_ASSET_KEY, LEDGER_METADATA_KEY
+
+    def ledger_observations() -> list:
+        return dagster_instance.fetch_observations(LEDGER_ASSET_KEY, limit=100).records
+
+    failure_cursor = tick(page_on_run_failure, dagster_instance, resources).cursor
+    assert ledger_observations() == []  # nothing happened: nothing written
+    run_backup(dagster_instance, fail=True)
+    failure_cursor = tick(page_on_run_failure, dagster_instance, resources, failure_cursor).cursor
+    (saved,) = ledger_observations()  # one tick, one save (trigger and delivery together)
+    metadata = saved.asset_observation.metadata
+    assert metadata["open_incidents"].value == 1 and metadata["queued_messages"].value == 0
+    assert list(json.loads(metadata[LEDGER_METADATA_KEY].value)["incidents"]) == [DEDUP_KEY]
+    assert [e["event_action"] for e in pagerduty_server.bodies()] == ["trigger"]
+
+    # quiet ticks of every sensor that reads the ledger: nothing new, nothing sent, nothing written
+    tick(page_on_run_failure, dagster_instance, resources, failure_cursor)
+    tick(retry_undelivered_alerts, dagster_instance, resources)
+    assert len(ledger_observations()) == 1 and len(pagerduty_server.requests) == 1
+    assert load_ledger(dagster_instance).is_open(DEDUP_KEY)
