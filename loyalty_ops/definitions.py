@@ -1,5 +1,8 @@
 """The code location: every domain's definitions merged, with the shared resources bound once.
 
+The settings (:mod:`loyalty_ops.defs.settings`) are read and validated first; each domain builds its
+resources from them.
+
 Each domain folder under ``loyalty_ops/defs/`` exposes ``defs`` in its ``definitions.py``; they are
 discovered here so adding a domain never means editing a central list.
 """
@@ -12,7 +15,8 @@ import pkgutil
 import dagster as dg
 
 import loyalty_ops.defs as defs_package
-from loyalty_ops.defs.environment import resources_from_environment
+from loyalty_ops.defs.settings import current_settings
+from loyalty_ops.defs.shared_resources import shared_resources
 
 
 def domain_definitions() -> list[dg.Definitions]:
@@ -31,11 +35,14 @@ def domain_definitions() -> list[dg.Definitions]:
 
 
 def build_definitions() -> dg.Definitions:
+    # The environment first, all of it: a bad variable refuses the load with every problem listed (shown in
+    # the UI as the code location's load error) before any domain is imported or any run can start.
+    settings = current_settings()
     # Every job runs its steps in one process unless it says otherwise: the steps of these jobs run one
     # after another anyway, and a Python start-up per step cost about 4x the run time of a backup.
     return dg.Definitions.merge(
         *domain_definitions(),
-        dg.Definitions(resources=resources_from_environment(), executor=dg.in_process_executor),
+        dg.Definitions(resources=shared_resources(settings), executor=dg.in_process_executor),
     )
 
 

@@ -10,6 +10,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from loyalty_ops.defs.settings import tool_base_environment
 from loyalty_ops.lib.backup.offsite import OffsiteTarget
 from loyalty_ops.lib.pg.connection import DEFAULT_DATABASE, ConnectionSpec
 from loyalty_ops.lib.pg.tools import HostToolRunner, PgToolRunner
@@ -41,6 +42,11 @@ class PostgresTarget(dg.ConfigurableResource):
         default=None, description="Database container for the docker runner (LOYALTY_DB_CONTAINER)."
     )
     docker_host: Optional[str] = Field(default=None, description="Docker API address (DOCKER_HOST).")
+    container_pghost: Optional[str] = Field(
+        default=None, description="PGHOST inside the container, 'local' for its socket (LOYALTY_DB_CONTAINER_PGHOST)."
+    )
+    container_pgport: Optional[int] = Field(default=None, description="PGPORT inside the container (LOYALTY_DB_CONTAINER_PGPORT).")
+    container_user: Optional[str] = Field(default=None, description="OS user of the exec (LOYALTY_DB_CONTAINER_USER).")
     pg_bin_dir: Optional[str] = Field(default=None, description="Directory of the host's PostgreSQL tools.")
 
     def spec(self, database: Optional[str] = None) -> ConnectionSpec:
@@ -68,13 +74,16 @@ class PostgresTarget(dg.ConfigurableResource):
         """The runner for pg_dump/pg_restore/psql chosen by ``runner``."""
         spec = self.spec(database)
         if self.runner == "host":
-            return HostToolRunner(spec, self.pg_bin_dir)
+            return HostToolRunner(spec, self.pg_bin_dir, base_env=tool_base_environment())
         if self.runner == "docker":
             from loyalty_ops.lib.pg.docker_runner import DockerExecToolRunner  # added with the docker runner
 
             if not self.container:
                 raise dg.Failure("runner is 'docker' but no container is set: set LOYALTY_DB_CONTAINER=loyalty-db-prod")
-            return DockerExecToolRunner(spec, self.container, docker_host=self.docker_host)
+            return DockerExecToolRunner(
+                spec, self.container, docker_host=self.docker_host,
+                exec_host=self.container_pghost, exec_port=self.container_pgport, exec_user=self.container_user,
+            )
         raise dg.Failure(f"runner must be 'host' or 'docker', got {self.runner!r} (LOYALTY_PG_RUNNER)")
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from loyalty_ops.defs.environment import resources_from_environment
+from loyalty_ops.defs.settings import load_settings
+from loyalty_ops.defs.shared_resources import shared_resources
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +61,7 @@ def test_environment_maps_to_resources_with_secrets_as_env_vars(monkeypatch):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    resources = resources_from_environment(env)
+    resources = shared_resources(load_settings(env))
     postgres = resources["postgres"]
     # Unresolved: the secret is an EnvVar reference, so the UI and run config show its name only.
     assert isinstance(postgres.password, dg.EnvVar) and postgres.password.env_var_name == "PGPASSWORD"

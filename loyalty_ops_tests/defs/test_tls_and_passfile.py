@@ -16,7 +16,8 @@ import pytest
 from devstack.postgres_cluster import LocalPostgres
 from devstack.sample_data import create_sample_schema
 from loyalty_ops.definitions import defs
-from loyalty_ops.defs.environment import postgres_target
+from loyalty_ops.defs.settings import load_settings
+from loyalty_ops.defs.shared_resources import postgres_target
 from loyalty_ops.defs.restore.resources import RestoreSettings
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pg.tools import HostToolRunner, run_tool
@@ -99,7 +100,7 @@ def test_the_server_refuses_what_is_not_tls(tls_cluster, tls_environment):
 
 
 def test_driver_and_tools_use_the_same_settings(tls_environment):
-    target = postgres_target(tls_environment)
+    target = postgres_target(load_settings(tls_environment))
     spec = target.spec()
     assert spec.password is None
     kwargs = spec.psycopg_kwargs()
@@ -121,7 +122,7 @@ def test_nightly_job_backs_up_and_drills_a_tls_only_server_with_a_passfile(
     from loyalty_ops_tests.conftest import s3_resource
 
     resources = {
-        "postgres": postgres_target(tls_environment),
+        "postgres": postgres_target(load_settings(tls_environment)),
         "backup_storage": BackupStorage(backup_dir=str(backup_dir)),
         "offsite": OffsiteStorage(s3=s3_resource(s3_server), bucket=s3_bucket, prefix="backups/"),
         "restore_settings": RestoreSettings(),

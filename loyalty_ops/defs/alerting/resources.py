@@ -1,10 +1,9 @@
 """The alerting resource: where pages go (PagerDuty Events v2, Slack, a JSON webhook) and how hard to try.
 
 Secrets (routing key, Slack token, webhook URL) arrive as ``dg.EnvVar`` from
-``loyalty_ops.defs.alerting.environment``; the UI shows the variable names only.
+``loyalty_ops.defs.alerting.definitions``; the UI shows the variable names only.
 """
 
-import os
 from typing import Callable, Iterable, Optional
 
 import dagster as dg
@@ -21,7 +20,8 @@ from loyalty_ops.lib.alerting.notifiers import (
     SlackNotifier,
     WebhookNotifier,
 )
-from loyalty_ops.lib.alerting.scrub import scrub_text, secret_values
+from loyalty_ops.defs.settings import process_secret_values
+from loyalty_ops.lib.alerting.scrub import scrub_text
 
 DEFAULT_WEBSERVER_BASE_URL = "http://localhost:3000"
 
@@ -95,7 +95,7 @@ class AlertingResource(dg.ConfigurableResource):
         """Every secret this process knows, for scrubbing payloads: this resource's, the environment's
         (PGPASSWORD, AWS_SECRET_ACCESS_KEY, *_TOKEN, LOYALTY_DATABASE_URL, ...) and ``extra``."""
         own = [self.pagerduty_routing_key, self.webhook_url, self.slack.token if self.slack else None]
-        return secret_values(os.environ, [*own, *extra])
+        return process_secret_values([*own, *extra])
 
     def delivery_timeouts(self) -> DeliveryTimeouts:
         return DeliveryTimeouts(self.connect_timeout_seconds, self.read_timeout_seconds)

@@ -7,7 +7,7 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
-from loyalty_ops.defs.environment import backup_max_age_hours
+from loyalty_ops.defs.settings import current_settings
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, last_verified_backup
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, take_backup
@@ -21,7 +21,7 @@ from loyalty_ops.lib.pg.tools import ToolError
 from loyalty_ops.lib.formatting import human_bytes
 
 OWNERS = ["team:platform"]
-BACKUP_MAX_AGE_HOURS = backup_max_age_hours()
+BACKUP_MAX_AGE_HOURS = current_settings().backups.max_age_hours
 BACKUP_FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(hours=BACKUP_MAX_AGE_HOURS), warn_window=timedelta(hours=max(BACKUP_MAX_AGE_HOURS - 1, 1))
 )

@@ -8,7 +8,7 @@ import dagster as dg
 from loyalty_ops.defs.backups.assets import database_backup
 from loyalty_ops.defs.backups.offsite_copy import offsite_backup_copy
 from loyalty_ops.defs.backups.checks import BACKUP_CHECKS
-from loyalty_ops.defs.environment import target_database_name
+from loyalty_ops.defs.settings import current_settings
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
 from loyalty_ops.lib.concurrency import DATABASE_LOCK_TAG, job_tags  # noqa: F401 (DATABASE_LOCK_TAG re-exported)
 
@@ -21,7 +21,7 @@ nightly_backup_job = dg.define_asset_job(
     description="Dump the loyalty database, verify the file (blocking checks), copy it to S3 and prove it "
     "restores (restore drill into a scratch database). Scheduled nightly at 02:00 Africa/Harare; launch by "
     "hand for an ad-hoc backup.",
-    tags=job_tags(target_database_name(), "critical"),
+    tags=job_tags(current_settings().postgres.database_name, "critical"),
 )
 
 nightly_backup_schedule = dg.ScheduleDefinition(

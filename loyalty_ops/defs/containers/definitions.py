@@ -2,10 +2,13 @@
 only when a compose project (LOYALTY_COMPOSE_PROJECT) or container list (LOYALTY_CONTAINERS) is
 configured; without one there is nothing to check and no asset to show."""
 
+from typing import Optional
+
 import dagster as dg
 
 from loyalty_ops.defs.containers.assets import container_health
-from loyalty_ops.defs.containers.resources import container_engine, containers_configured
+from loyalty_ops.defs.containers.resources import container_engine
+from loyalty_ops.defs.settings import LoyaltySettings, current_settings
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
 
 container_health_job = dg.define_asset_job(
@@ -25,14 +28,15 @@ container_health_schedule = dg.ScheduleDefinition(
 )
 
 
-def build_defs() -> dg.Definitions:
-    if not containers_configured():
+def build_defs(settings: Optional[LoyaltySettings] = None) -> dg.Definitions:
+    settings = settings or current_settings()
+    if not settings.containers.configured:
         return dg.Definitions()
     return dg.Definitions(
         assets=[container_health],
         jobs=[container_health_job],
         schedules=[container_health_schedule],
-        resources={"container_engine": container_engine()},
+        resources={"container_engine": container_engine(settings)},
     )
 
 

@@ -1,11 +1,11 @@
-"""The containers domain's own settings (resource key ``container_engine``), read from the environment once."""
+"""The containers domain's own settings (resource key ``container_engine``), built from the validated settings."""
 
-import os
-from typing import Mapping, Optional
+from typing import Optional
 
 import dagster as dg
 from pydantic import Field
 
+from loyalty_ops.defs.settings import LoyaltySettings
 from loyalty_ops.lib.containers.engine import ContainerSelection, parse_names
 from loyalty_ops.lib.containers.health import MEMORY_PERCENT_LIMIT
 
@@ -36,14 +36,5 @@ class ContainerEngine(dg.ConfigurableResource):
         return ContainerSelection(compose_project=self.compose_project or None, names=parse_names(self.containers))
 
 
-def container_engine(environ: Mapping[str, str] = os.environ) -> ContainerEngine:
-    values = {
-        "compose_project": environ.get("LOYALTY_COMPOSE_PROJECT") or None,
-        "containers": environ.get("LOYALTY_CONTAINERS") or None,
-        "docker_host": environ.get("DOCKER_HOST") or None,
-    }
-    return ContainerEngine(**{k: v for k, v in values.items() if v is not None})
-
-
-def containers_configured(environ: Mapping[str, str] = os.environ) -> bool:
-    return bool(environ.get("LOYALTY_COMPOSE_PROJECT") or environ.get("LOYALTY_CONTAINERS"))
+def container_engine(settings: LoyaltySettings) -> ContainerEngine:
+    return ContainerEngine(**settings.containers.model_dump(exclude_none=True))

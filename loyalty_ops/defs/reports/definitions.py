@@ -7,6 +7,7 @@ import dagster as dg
 from loyalty_ops.defs.reports.assets import application_health, bloat_report, database_health, database_size_report
 from loyalty_ops.defs.reports.morning import morning_report
 from loyalty_ops.defs.reports.resources import application_endpoints
+from loyalty_ops.defs.settings import current_settings
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
 
 SEVERITY_TAGS = {"loyalty_ops/severity": "warning"}
@@ -67,5 +68,5 @@ defs = dg.Definitions(
     assets=[bloat_report, database_size_report, database_health, application_health, morning_report],
     jobs=[database_health_job, daily_reports_job, morning_report_job],
     schedules=[database_health_schedule, daily_reports_schedule, morning_report_schedule],
-    resources={"application_endpoints": application_endpoints()},
+    resources={"application_endpoints": application_endpoints(current_settings())},
 )

@@ -5,11 +5,12 @@ carry a password, so it is passed as ``dg.EnvVar``) are optional: unset, applica
 "not configured" and its checks pass without probing anything.
 """
 
-import os
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import dagster as dg
 from pydantic import Field
+
+from loyalty_ops.defs.settings import LoyaltySettings, secret_ref
 
 
 class ApplicationEndpoints(dg.ConfigurableResource):
@@ -26,16 +27,11 @@ class ApplicationEndpoints(dg.ConfigurableResource):
     )
 
 
-def application_endpoints(environ: Mapping[str, str] = os.environ) -> ApplicationEndpoints:
-    values: dict[str, Any] = {}
-    if environ.get("LOYALTY_API_URL"):
-        values["api_url"] = environ["LOYALTY_API_URL"]
-    if environ.get("LOYALTY_REDIS_URL"):
-        values["redis_url"] = dg.EnvVar("LOYALTY_REDIS_URL")
-    timeout = environ.get("LOYALTY_HEALTH_TIMEOUT_S")
-    if timeout:
-        try:
-            values["timeout_s"] = float(timeout)
-        except ValueError:
-            raise ValueError(f"LOYALTY_HEALTH_TIMEOUT_S must be a number of seconds, got {timeout!r}; example: 5") from None
-    return ApplicationEndpoints(**values)
+def application_endpoints(settings: LoyaltySettings) -> ApplicationEndpoints:
+    reports = settings.reports
+    values: dict[str, Any] = {
+        "api_url": reports.api_url,
+        "redis_url": secret_ref("LOYALTY_REDIS_URL", reports.redis_url),
+        "timeout_s": reports.health_timeout_s,
+    }
+    return ApplicationEndpoints(**{k: v for k, v in values.items() if v is not None})

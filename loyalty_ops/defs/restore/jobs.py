@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import dagster as dg
 from pydantic import Field
 
-from loyalty_ops.defs.environment import target_database_name
+from loyalty_ops.defs.settings import current_settings
 from loyalty_ops.lib.concurrency import DATABASE_POOL, job_tags
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.defs.restore.common import restore_environment
@@ -130,7 +130,7 @@ def restore_database(
 
 
 @dg.job(
-    tags=job_tags(target_database_name(), "critical"),
+    tags=job_tags(current_settings().postgres.database_name, "critical"),
     description="Restore a backup from the launchpad: 'latest', a file name or an S3 key; into a new database "
     "(default) or replacing one (confirm must repeat its name; a safety backup is taken first).",
 )

@@ -1,11 +1,11 @@
-"""The restore domain's own settings (resource key ``restore_settings``), read from the environment once."""
+"""The restore domain's own settings (resource key ``restore_settings``), built from the validated settings."""
 
-import os
-from typing import Mapping, Optional
+from typing import Optional
 
 import dagster as dg
 from pydantic import Field
 
+from loyalty_ops.defs.settings import LoyaltySettings
 from loyalty_ops.lib.restore.plan import DRILL_EVERY_ENV, RestoreConfigError, parse_drill_every
 
 
@@ -25,15 +25,10 @@ class RestoreSettings(dg.ConfigurableResource):
 
     def every_n(self) -> int:
         try:
-            return parse_drill_every({DRILL_EVERY_ENV: self.drill_every_n_backups})
+            return parse_drill_every(self.drill_every_n_backups)
         except RestoreConfigError as exc:
             raise dg.Failure(str(exc)) from None
 
 
-def restore_settings(environ: Mapping[str, str] = os.environ) -> RestoreSettings:
-    values = {
-        "drill_every_n_backups": environ.get(DRILL_EVERY_ENV) or None,
-        "drill_jobs": int(environ["LOYALTY_DRILL_JOBS"]) if (environ.get("LOYALTY_DRILL_JOBS") or "").isdigit() else None,
-        "work_dir": environ.get("LOYALTY_RESTORE_WORK_DIR") or None,
-    }
-    return RestoreSettings(**{k: v for k, v in values.items() if v is not None})
+def restore_settings(settings: LoyaltySettings) -> RestoreSettings:
+    return RestoreSettings(**settings.restore.model_dump(exclude_none=True))

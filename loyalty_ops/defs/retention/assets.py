@@ -60,8 +60,6 @@ class _Context:
 
 def _where(settings: RetentionSettings, backup_storage: BackupStorage, offsite: OffsiteStorage, postgres: PostgresTarget) -> dict:
     """The database, directories, bucket and client, checked before anything is listed."""
-    if settings.invalid_env:
-        raise dg.Failure(f"retention settings are invalid: {settings.invalid_env}")
     try:
         database = postgres.database_name
     except ConnectionConfigError as exc:

@@ -3,7 +3,7 @@ after the nightly backup, and the settings resource from LOYALTY_RETENTION_* var
 
 import dagster as dg
 
-from loyalty_ops.defs.environment import target_database_name
+from loyalty_ops.defs.settings import current_settings
 from loyalty_ops.lib.concurrency import job_tags
 from loyalty_ops.defs.retention.assets import retention_cleanup, retention_plan
 from loyalty_ops.defs.retention.settings import retention_settings
@@ -16,7 +16,7 @@ retention_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(retention_plan, retention_cleanup),
     description="Plan retention (readable in retention_plan's `plan` metadata), then carry it out. Launch with "
     "retention_cleanup's dry_run: true to see what would be deleted without deleting anything.",
-    tags=job_tags(target_database_name(), "warning"),
+    tags=job_tags(current_settings().postgres.database_name, "warning"),
 )
 
 retention_schedule = dg.ScheduleDefinition(
@@ -32,5 +32,5 @@ defs = dg.Definitions(
     assets=[retention_plan, retention_cleanup],
     jobs=[retention_job],
     schedules=[retention_schedule],
-    resources={"retention_settings": retention_settings()},
+    resources={"retention_settings": retention_settings(current_settings())},
 )

@@ -1,35 +1,17 @@
-"""Retention settings: a resource built from ``LOYALTY_RETENTION_*`` variables and ``LOYALTY_LOG_DIR``.
+"""Retention settings: a resource built from the ``LOYALTY_RETENTION_*`` variables and ``LOYALTY_LOG_DIR``
+(read and validated by :mod:`loyalty_ops.defs.settings`).
 
 Unset variables keep the defaults (the guide's 30 days, a floor of 3 verified backups). The launchpad
 config of ``retention_plan`` can override any of them for one run.
 """
 
-import os
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import dagster as dg
 from pydantic import Field
 
+from loyalty_ops.defs.settings import LoyaltySettings
 from loyalty_ops.lib.retention.plan import RetentionPolicy
-
-ENV_VARS = {
-    "keep_days": "LOYALTY_RETENTION_KEEP_DAYS",
-    "min_keep": "LOYALTY_RETENTION_MIN_KEEP",
-    "gfs_daily": "LOYALTY_RETENTION_GFS_DAILY",
-    "gfs_weekly": "LOYALTY_RETENTION_GFS_WEEKLY",
-    "gfs_monthly": "LOYALTY_RETENTION_GFS_MONTHLY",
-    "log_dir": "LOYALTY_LOG_DIR",
-    "log_keep_days": "LOYALTY_RETENTION_LOG_KEEP_DAYS",
-    "multipart_max_age_hours": "LOYALTY_RETENTION_MULTIPART_MAX_AGE_HOURS",
-    "max_backup_age_hours": "LOYALTY_RETENTION_MAX_BACKUP_AGE_HOURS",
-    "drill_required_for_newest": "LOYALTY_RETENTION_DRILL_REQUIRED_FOR_NEWEST",
-    "history_limit": "LOYALTY_RETENTION_HISTORY_LIMIT",
-    "dry_run": "LOYALTY_RETENTION_DRY_RUN",
-}
-_INTS = {"min_keep", "gfs_daily", "gfs_weekly", "gfs_monthly", "history_limit"}
-_FLOATS = {"keep_days", "log_keep_days", "multipart_max_age_hours", "max_backup_age_hours"}
-_BOOLS = {"drill_required_for_newest", "dry_run"}
-
 
 class RetentionSettings(dg.ConfigurableResource):
     """How long backups, offsite copies and logs are kept, and the floor that is never deleted."""
@@ -62,9 +44,6 @@ class RetentionSettings(dg.ConfigurableResource):
         default=400, description="How many backup/drill/offsite records to read from the instance (LOYALTY_RETENTION_HISTORY_LIMIT)."
     )
     dry_run: bool = Field(default=False, description="Default of retention_cleanup's dry_run (LOYALTY_RETENTION_DRY_RUN).")
-    invalid_env: Optional[str] = Field(
-        default=None, description="Set when a LOYALTY_RETENTION_* variable could not be read; the plan then fails naming it."
-    )
 
     def policy(self, **overrides: Any) -> RetentionPolicy:
         values = {
@@ -82,36 +61,7 @@ class RetentionSettings(dg.ConfigurableResource):
         return RetentionPolicy(**values)
 
 
-def _parse(name: str, raw: str) -> Any:
-    var = ENV_VARS[name]
-    try:
-        if name in _INTS:
-            return int(raw)
-        if name in _FLOATS:
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"{var}={raw!r} is not a number; set it to e.g. {RetentionSettings.model_fields[name].default}") from None
-    if name in _BOOLS:
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{var}={raw!r} is not a boolean; use true or false")
-    return raw
-
-
-def retention_settings(environ: Mapping[str, str] = os.environ) -> RetentionSettings:
-    """The settings from the environment. A malformed variable does not break loading the code location
-    (other domains must keep working); it is carried along and the retention run fails naming it."""
-    values: dict[str, Any] = {}
-    problems = []
-    for name, var in ENV_VARS.items():
-        if environ.get(var):
-            try:
-                values[name] = _parse(name, environ[var])
-            except ValueError as exc:
-                problems.append(str(exc))
-    if problems:
-        values["invalid_env"] = "; ".join(problems)
+def retention_settings(settings: LoyaltySettings) -> RetentionSettings:
+    """The resource from the validated settings; unset variables keep the defaults above."""
+    values = settings.retention.model_dump(exclude_none=True)
     return RetentionSettings(**values)

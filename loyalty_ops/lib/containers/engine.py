@@ -8,7 +8,6 @@ container after ``cpu_sample_s`` (all containers together, one wait).
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ def parse_names(text: Optional[str]) -> tuple[str, ...]:
 def connect(docker_host: Optional[str] = None, timeout: int = 30):
     import docker
 
-    where = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    where = docker_host or "the default socket unix:///var/run/docker.sock"
     try:
         client = docker.DockerClient(base_url=docker_host, timeout=timeout) if docker_host else docker.from_env(timeout=timeout)
         client.ping()
@@ -126,13 +125,6 @@ def collect_snapshots(
     return snapshots
 
 
-def selection_from_environment(environ=os.environ) -> ContainerSelection:
-    return ContainerSelection(
-        compose_project=environ.get("LOYALTY_COMPOSE_PROJECT") or None,
-        names=parse_names(environ.get("LOYALTY_CONTAINERS")),
-    )
-
-
 def snapshots_for(
     selection: ContainerSelection, docker_host: Optional[str] = None, *, cpu_sample_s: float = 1.0
 ) -> list[ContainerSnapshot]:
@@ -145,5 +137,5 @@ def snapshots_for(
 
 __all__: Sequence[str] = (
     "ContainerEngineError", "ContainerSelection", "collect_snapshots", "connect", "parse_names",
-    "selection_from_environment", "snapshots_for",
+    "snapshots_for",
 )

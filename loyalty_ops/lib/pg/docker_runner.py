@@ -99,7 +99,7 @@ class ContainerError(ToolError):
 
 
 def _engine_error(exc: BaseException, docker_host: Optional[str]) -> ContainerError:
-    where = docker_host or os.environ.get("DOCKER_HOST") or "the default socket /var/run/docker.sock"
+    where = docker_host or "the default socket /var/run/docker.sock"
     return ContainerError(
         f"cannot reach the Docker engine at {where}: {exc}. Check that the engine runs and DOCKER_HOST points at it."
     )
@@ -130,15 +130,12 @@ class DockerExecToolRunner:
             raise ContainerError("no container named: set LOYALTY_DB_CONTAINER, e.g. loyalty-db-prod")
         self.spec = spec
         self.container = container
-        self.docker_host = docker_host or os.environ.get("DOCKER_HOST") or None
-        self.exec_host = exec_host if exec_host is not None else (os.environ.get("LOYALTY_DB_CONTAINER_PGHOST") or None)
-        port_text = os.environ.get("LOYALTY_DB_CONTAINER_PGPORT")
-        if exec_port is None and port_text:
-            if not port_text.isdigit():
-                raise ContainerError(f"LOYALTY_DB_CONTAINER_PGPORT must be a number, got {port_text!r}")
-            exec_port = int(port_text)
+        # Plain values from the settings (DOCKER_HOST, LOYALTY_DB_CONTAINER_PGHOST/_PGPORT/_USER); None: the
+        # engine's default socket, and the spec's host, port and the image's user inside the container.
+        self.docker_host = docker_host or None
+        self.exec_host = exec_host or None
         self.exec_port = exec_port
-        self.exec_user = exec_user if exec_user is not None else (os.environ.get("LOYALTY_DB_CONTAINER_USER") or None)
+        self.exec_user = exec_user or None
         self._client = client
         self.description = f"docker exec in container {container}" + (f" via {self.docker_host}" if self.docker_host else "")
 

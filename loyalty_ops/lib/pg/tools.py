@@ -10,14 +10,13 @@ Connection settings travel in the environment (``PGHOST``, ``PGPASSWORD``, ...),
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Optional, Protocol, Sequence
+from typing import IO, Mapping, Optional, Protocol, Sequence
 
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 
@@ -185,9 +184,12 @@ def find_bin_dir(preferred: Optional[str] = None) -> Optional[str]:
 class HostToolRunner:
     """Runs the host's PostgreSQL binaries with the connection in the environment."""
 
-    def __init__(self, spec: ConnectionSpec, bin_dir: Optional[str] = None):
+    def __init__(self, spec: ConnectionSpec, bin_dir: Optional[str] = None, base_env: Optional[Mapping[str, str]] = None):
+        """``base_env``: what else the tools' processes get (PATH, HOME, locale: the settings'
+        ``tool_base_environment()``); none: only the connection's libpq settings."""
         self.spec = spec
         self.bin_dir = find_bin_dir(bin_dir)
+        self.base_env = {k: v for k, v in (base_env or {}).items() if not k.startswith("PG")}
         self.description = f"host tools in {self.bin_dir or 'PATH'}"
 
     def _executable(self, tool: str) -> str:
@@ -203,8 +205,8 @@ class HostToolRunner:
         return str(path)
 
     def _env(self, database: Optional[str]) -> dict[str, str]:
-        # Start from the process environment without any inherited libpq settings, then add ours.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        # The base without any libpq settings of its own (they would override the spec's), then ours.
+        env = dict(self.base_env)
         env.update(self.spec.libpq_env())
         if database:
             env["PGDATABASE"] = database

@@ -11,8 +11,9 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Mapping, Optional
+from typing import Optional
 
+from loyalty_ops.lib.backup.location import SAFETY_SUBDIR
 from loyalty_ops.lib.backup.naming import parse_backup_name
 
 MODES = ("new_database", "replace")
@@ -23,7 +24,6 @@ _DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 MAX_IDENTIFIER_BYTES = 63
 DRILL_PREFIX = "loyalty_drill_"
 DRILL_EVERY_ENV = "LOYALTY_DRILL_EVERY_N_BACKUPS"
-SAFETY_SUBDIR = "safety"  # safety backups taken by a replace: LOYALTY_BACKUP_DIR/safety/, restored as safety/<file>
 
 
 class RestoreConfigError(ValueError):
@@ -212,9 +212,10 @@ def drill_database_time(name: str) -> Optional[datetime]:
         return None
 
 
-def parse_drill_every(environ: Mapping[str, str]) -> int:
-    """``LOYALTY_DRILL_EVERY_N_BACKUPS``: 1 (default) drills every backup, 7 every seventh, 0 never."""
-    raw = (environ.get(DRILL_EVERY_ENV) or "").strip()
+def parse_drill_every(text: Optional[str]) -> int:
+    """The value of ``LOYALTY_DRILL_EVERY_N_BACKUPS``: 1 (default, also when empty) drills every backup, 7 every
+    seventh, 0 never."""
+    raw = (text or "").strip()
     if not raw:
         return 1
     if not raw.isdigit():

@@ -4,8 +4,9 @@ environment with secrets as EnvVar, every schedule in the platform's timezone.""
 import dagster as dg
 import pytest
 
-from loyalty_ops.defs.alerting.environment import alerting_resource
+from loyalty_ops.defs.alerting.definitions import alerting_resource
 from loyalty_ops.defs.alerting.sensors import ALERTING_SENSORS
+from loyalty_ops.defs.settings import SettingsError, load_settings
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
 
 
@@ -20,7 +21,7 @@ def test_environment_builds_the_resource_with_secrets_as_env_vars():
         "LOYALTY_BACKUP_MAX_AGE_HOURS": "30",
         "LOYALTY_ALERT_PAGE_WARN_CHECKS": "false",
     }
-    resource = alerting_resource(environ)
+    resource = alerting_resource(load_settings(environ))
     assert resource.webserver_base_url == "https://dagster.loyalty.example"
     assert resource.pagerduty_events_url == "https://events.eu.pagerduty.com/v2/enqueue"
     assert resource.backup_max_age_hours == 30.0 and resource.page_warn_checks is False
@@ -35,17 +36,17 @@ def test_environment_builds_the_resource_with_secrets_as_env_vars():
 
 
 def test_defaults_without_any_destination():
-    resource = alerting_resource({})
+    resource = alerting_resource(load_settings({}))
     assert resource.destination_names() == []
     assert resource.backup_max_age_hours == 26.0
     assert resource.pagerduty_events_url == "https://events.pagerduty.com/v2/enqueue"
 
 
 def test_bad_numbers_name_the_variable():
-    with pytest.raises(ValueError, match="LOYALTY_BACKUP_MAX_AGE_HOURS must be a number"):
-        alerting_resource({"LOYALTY_BACKUP_MAX_AGE_HOURS": "a day"})
-    with pytest.raises(ValueError, match="LOYALTY_ALERT_PAGE_WARN_CHECKS must be true or false"):
-        alerting_resource({"LOYALTY_ALERT_PAGE_WARN_CHECKS": "maybe"})
+    with pytest.raises(SettingsError, match="LOYALTY_BACKUP_MAX_AGE_HOURS must be a number"):
+        load_settings({"LOYALTY_BACKUP_MAX_AGE_HOURS": "a day"})
+    with pytest.raises(SettingsError, match="LOYALTY_ALERT_PAGE_WARN_CHECKS must be true or false"):
+        load_settings({"LOYALTY_ALERT_PAGE_WARN_CHECKS": "maybe"})
 
 
 def test_code_location_has_the_sensors_running_and_every_schedule_in_harare_time():

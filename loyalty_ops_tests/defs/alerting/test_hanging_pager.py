@@ -8,10 +8,11 @@ import time
 import dagster as dg
 
 from loyalty_ops.defs.alerting.dispatch import load_ledger
-from loyalty_ops.defs.alerting.environment import alerting_resource
+from loyalty_ops.defs.alerting.definitions import alerting_resource
 from loyalty_ops.defs.alerting.resources import AlertingResource, AlertSlack
 from loyalty_ops.defs.alerting.sensors import page_on_run_failure, retry_undelivered_alerts
 from loyalty_ops.defs.resources import PostgresTarget
+from loyalty_ops.defs.settings import load_settings
 from loyalty_ops_tests.lib.alerting.http_recorder import HangingServer
 
 ROUTING_KEY = "R0UTINGKEY0123456789abcdef012345"
@@ -101,10 +102,10 @@ def test_a_hanging_pager_costs_one_budget_per_tick_and_its_pages_are_delivered_l
 def test_delivery_timeouts_and_the_tick_budget_are_plain_settings():
     default = AlertingResource()
     assert (default.connect_timeout_seconds, default.read_timeout_seconds, default.tick_delivery_budget_seconds) == (3, 5, 20)
-    configured = alerting_resource({
+    configured = alerting_resource(load_settings({
         "LOYALTY_ALERT_CONNECT_TIMEOUT_SECONDS": "2",
         "LOYALTY_ALERT_READ_TIMEOUT_SECONDS": "4.5",
         "LOYALTY_ALERT_TICK_BUDGET_SECONDS": "15",
-    })
+    }))
     assert configured.delivery_timeouts().connect_s == 2 and configured.delivery_timeouts().read_s == 4.5
     assert configured.delivery_budget().seconds == 15

@@ -46,12 +46,13 @@ def test_job_wiring_schedule_tags_and_pool():
 
 def test_schedule_run_config_from_environment():
     from loyalty_ops.defs.maintenance.definitions import scheduled_run_config
+    from loyalty_ops.defs.settings import load_settings
 
-    assert scheduled_run_config({}) == {}
-    assert scheduled_run_config(
+    assert scheduled_run_config(load_settings({})) == {}
+    assert scheduled_run_config(load_settings(
         {"LOYALTY_MAINTENANCE_MODE": "full", "LOYALTY_MAINTENANCE_FULL_REINDEX": "concurrently",
          "LOYALTY_MAINTENANCE_LOCK_TIMEOUT_S": "5"}
-    ) == {"ops": {"weekly_maintenance": {"config": {"mode": "full", "full_reindex": "concurrently", "lock_timeout_s": 5.0}}}}
+    )) == {"ops": {"weekly_maintenance": {"config": {"mode": "full", "full_reindex": "concurrently", "lock_timeout_s": 5.0}}}}
 
 
 def test_bloated_tables_chosen_and_cleaned_idle_one_not(pg_cluster, maint_db, dagster_instance):

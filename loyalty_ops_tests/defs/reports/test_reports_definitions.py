@@ -7,6 +7,7 @@ import dagster as dg
 
 from loyalty_ops.definitions import defs
 from loyalty_ops.defs.reports.resources import application_endpoints
+from loyalty_ops.defs.settings import load_settings
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
 
 REPORT_ASSETS = {"bloat_report", "database_size_report", "database_health", "application_health", "morning_report"}
@@ -33,10 +34,10 @@ def test_assets_checks_jobs_and_schedules():
 
 
 def test_application_endpoints_from_environment():
-    empty = application_endpoints({})
+    empty = application_endpoints(load_settings({}))
     assert empty.api_url is None and empty.redis_url is None and empty.timeout_s == 5.0
-    configured = application_endpoints(
+    configured = application_endpoints(load_settings(
         {"LOYALTY_API_URL": "http://localhost:8080", "LOYALTY_REDIS_URL": "redis://:pw@cache:6379/0", "LOYALTY_HEALTH_TIMEOUT_S": "3"}
-    )
+    ))
     assert configured.api_url == "http://localhost:8080" and configured.timeout_s == 3.0
     assert isinstance(configured.redis_url, dg.EnvVar)  # the password never lands in run config

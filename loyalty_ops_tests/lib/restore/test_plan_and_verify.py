@@ -112,11 +112,11 @@ def test_drill_due(every, since, due):
 
 
 def test_drill_every_from_environment():
-    assert parse_drill_every({}) == 1
-    assert parse_drill_every({"LOYALTY_DRILL_EVERY_N_BACKUPS": "7"}) == 7
-    assert parse_drill_every({"LOYALTY_DRILL_EVERY_N_BACKUPS": "0"}) == 0
+    assert parse_drill_every(None) == 1 and parse_drill_every("") == 1
+    assert parse_drill_every("7") == 7
+    assert parse_drill_every("0") == 0
     with pytest.raises(RestoreConfigError, match="LOYALTY_DRILL_EVERY_N_BACKUPS must be a whole number"):
-        parse_drill_every({"LOYALTY_DRILL_EVERY_N_BACKUPS": "weekly"})
+        parse_drill_every("weekly")
 
 
 def test_comparison_exact_and_named():

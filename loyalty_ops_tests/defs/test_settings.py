@@ -1,0 +1,191 @@
+"""The one settings layer: every variable the docs list is read there, each bad value is refused with its
+name, the value (never a secret's) and an example, all bad values together, before anything loads."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loyalty_ops.defs.settings import SettingsError, every_variable, load_settings, tool_base_environment
+from loyalty_ops.defs.settings.variables import INSTANCE_VARIABLES
+from loyalty_ops.defs.shared_resources import postgres_target
+from loyalty_ops.lib.pg.tools import run_tool
+from loyalty_ops_tests.conftest import postgres_target as cluster_target
+
+REPO = Path(__file__).resolve().parents[2]
+
+# (variable, bad value, words the refusal must contain besides the variable's name)
+REFUSED = [
+    ("LOYALTY_DATABASE_URL", "mysql://ops:url-secret-1@db/loyalty", ["postgresql://"]),
+    ("LOYALTY_DATABASE_URL", "postgresql://ops:url-secret-2@db:port/loyalty", ["invalid port"]),
+    ("PGPORT", "five", ["whole number", "'five'", "PGPORT=5432"]),
+    ("PGPORT", "70000", ["at most 65535", "'70000'"]),
+    ("PGSSLMODE", "verify", ["verify-full", "'verify'"]),
+    ("PGCONNECT_TIMEOUT", "0", ["greater than 0", "PGCONNECT_TIMEOUT=10"]),
+    ("PGTARGETSESSIONATTRS", "writable", ["read-write", "'writable'"]),
+    ("LOYALTY_PG_RUNNER", "podman", ["'host' or 'docker'", "'podman'"]),
+    ("LOYALTY_DB_CONTAINER_PGPORT", "five", ["whole number", "'five'", "LOYALTY_DB_CONTAINER_PGPORT=5432"]),
+    ("LOYALTY_COMPRESSION", "lz4", ["'gzip' or 'zstd'", "'lz4'", "LOYALTY_COMPRESSION=zstd"]),
+    ("LOYALTY_COMPRESSION_LEVEL", "12", ["1-9 for gzip", "'12'"]),
+    ("LOYALTY_COMPRESSION_LEVEL", "fast", ["whole number", "'fast'"]),
+    ("LOYALTY_BACKUP_MAX_AGE_HOURS", "a day", ["must be a number", "'a day'", "LOYALTY_BACKUP_MAX_AGE_HOURS=26"]),
+    ("LOYALTY_BACKUP_MAX_AGE_HOURS", "1", ["greater than 1", "'1'"]),
+    ("LOYALTY_S3_BUCKET", "My_Bucket", ["lowercase", "'My_Bucket'", "LOYALTY_S3_BUCKET=loyalty-offsite"]),
+    ("LOYALTY_S3_SSE", "kms", ["'AES256' or 'aws:kms'", "'kms'"]),
+    ("LOYALTY_S3_STORAGE_CLASS", "COLD", ["STANDARD_IA", "'COLD'"]),
+    ("AWS_ENDPOINT_URL", "localhost:9000", ["http://", "'localhost:9000'"]),
+    ("LOYALTY_WEBSERVER_BASE_URL", "dagster.example", ["https://", "'dagster.example'"]),
+    ("LOYALTY_PAGERDUTY_EVENTS_URL", "http://events.pagerduty.com/v2/enqueue", ["https://", "/v2/enqueue"]),
+    ("LOYALTY_SLACK_BASE_URL", "slack.com/api", ["https://", "'slack.com/api'"]),
+    ("LOYALTY_ALERT_PAGE_WARN_CHECKS", "maybe", ["true or false", "'maybe'"]),
+    ("LOYALTY_ALERT_DELIVERY_ATTEMPTS", "0", ["greater than 0", "'0'"]),
+    ("LOYALTY_ALERT_RETRY_BACKOFF_SECONDS", "soon", ["must be a number", "'soon'"]),
+    ("LOYALTY_ALERT_CONNECT_TIMEOUT_SECONDS", "-1", ["greater than 0", "'-1'"]),
+    ("LOYALTY_ALERT_READ_TIMEOUT_SECONDS", "inf", ["finite", "'inf'"]),
+    ("LOYALTY_ALERT_TICK_BUDGET_SECONDS", "90", ["at most 50", "'90'"]),
+    ("LOYALTY_RETENTION_KEEP_DAYS", "a month", ["must be a number", "'a month'"]),
+    ("LOYALTY_RETENTION_MIN_KEEP", "three", ["whole number", "'three'", "LOYALTY_RETENTION_MIN_KEEP=3"]),
+    ("LOYALTY_RETENTION_MIN_KEEP", "0", ["at least 1", "'0'"]),
+    ("LOYALTY_RETENTION_GFS_DAILY", "-1", ["at least 0", "'-1'"]),
+    ("LOYALTY_RETENTION_GFS_WEEKLY", "four", ["whole number", "'four'"]),
+    ("LOYALTY_RETENTION_GFS_MONTHLY", "1.5", ["whole number", "'1.5'"]),
+    ("LOYALTY_RETENTION_LOG_KEEP_DAYS", "0", ["greater than 0", "'0'"]),
+    ("LOYALTY_RETENTION_MULTIPART_MAX_AGE_HOURS", "a day", ["must be a number", "'a day'"]),
+    ("LOYALTY_RETENTION_MAX_BACKUP_AGE_HOURS", "-5", ["at least 0", "'-5'"]),
+    ("LOYALTY_RETENTION_DRILL_REQUIRED_FOR_NEWEST", "sometimes", ["true or false", "'sometimes'"]),
+    ("LOYALTY_RETENTION_HISTORY_LIMIT", "all", ["whole number", "'all'"]),
+    ("LOYALTY_RETENTION_DRY_RUN", "maybe", ["true or false", "'maybe'"]),
+    ("LOYALTY_DRILL_EVERY_N_BACKUPS", "weekly", ["whole number", "'weekly'", "LOYALTY_DRILL_EVERY_N_BACKUPS=7"]),
+    ("LOYALTY_DRILL_JOBS", "two", ["whole number", "'two'"]),
+    ("LOYALTY_DRILL_JOBS", "0", ["at least 1", "'0'"]),
+    ("LOYALTY_MAINTENANCE_MODE", "fast", ["'smart' or 'full'", "'fast'"]),
+    ("LOYALTY_MAINTENANCE_FULL_REINDEX", "online", ["'database' or 'concurrently'", "'online'"]),
+    ("LOYALTY_MAINTENANCE_LOCK_TIMEOUT_S", "soon", ["must be a number", "'soon'", "LOYALTY_MAINTENANCE_LOCK_TIMEOUT_S=5"]),
+    ("LOYALTY_API_URL", "localhost:8080", ["http://", "'localhost:8080'"]),
+    ("LOYALTY_REDIS_URL", "http://:redis-secret-1@cache:6379", ["redis://", "not shown"]),
+    ("LOYALTY_HEALTH_TIMEOUT_S", "five", ["must be a number", "'five'", "LOYALTY_HEALTH_TIMEOUT_S=5"]),
+    ("DOCKER_HOST", "/var/run/docker.sock", ["unix://", "'/var/run/docker.sock'"]),
+]
+
+# Taken as given (names, paths, ids, secrets used as they are): nothing to refuse.
+FREE_TEXT = {
+    "PGHOST", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLCRL",
+    "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGAPPNAME", "PGOPTIONS", "LOYALTY_PG_BIN_DIR", "LOYALTY_DB_CONTAINER",
+    "LOYALTY_DB_CONTAINER_PGHOST", "LOYALTY_DB_CONTAINER_USER", "LOYALTY_BACKUP_DIR", "LOYALTY_S3_PREFIX",
+    "LOYALTY_S3_KMS_KEY_ID", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "LOYALTY_PAGERDUTY_ROUTING_KEY", "LOYALTY_PAGERDUTY_CA_BUNDLE", "LOYALTY_SLACK_TOKEN",
+    "LOYALTY_SLACK_CHANNEL", "LOYALTY_ALERT_WEBHOOK_URL", "LOYALTY_LOG_DIR", "LOYALTY_RESTORE_WORK_DIR",
+    "LOYALTY_COMPOSE_PROJECT", "LOYALTY_CONTAINERS",
+}
+SECRET_VALUES = ("url-secret-1", "url-secret-2", "redis-secret-1")
+
+
+def refusal(environ: dict[str, str]) -> str:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(("name", "bad", "words"), REFUSED, ids=[f"{n}={b}" for n, b, _ in REFUSED])
+def test_a_bad_value_is_refused_naming_the_variable_the_value_and_an_example(name, bad, words):
+    message = refusal({name: bad})
+    assert name in message and "example" in message, message
+    for word in words:
+        assert word in message, message
+    for secret in SECRET_VALUES:
+        assert secret not in message
+
+
+def test_every_variable_with_a_rule_has_a_refusal_case_and_every_other_is_free_text():
+    assert set(every_variable()) == {name for name, _, _ in REFUSED} | FREE_TEXT
+
+
+def test_secrets_are_never_shown_even_when_refused():
+    message = refusal({
+        "LOYALTY_DATABASE_URL": "mysql://ops:url-secret-1@db/loyalty",
+        "LOYALTY_REDIS_URL": "http://:redis-secret-1@cache:6379",
+        "PGPASSWORD": "pg-secret-1",
+        "PGPORT": "x",
+    })
+    assert "LOYALTY_DATABASE_URL" in message and "LOYALTY_REDIS_URL" in message
+    for secret in ("url-secret-1", "redis-secret-1", "pg-secret-1", "ops:"):
+        assert secret not in message
+
+
+def test_several_bad_values_are_reported_together():
+    message = refusal({
+        "PGPORT": "five", "LOYALTY_COMPRESSION": "lz4", "LOYALTY_RETENTION_MIN_KEEP": "three",
+        "LOYALTY_MAINTENANCE_LOCK_TIMEOUT_S": "soon", "LOYALTY_BACKUP_MAX_AGE_HOURS": "0.5",
+    })
+    assert "5 environment variables are invalid" in message
+    lines = [line for line in message.splitlines() if line.startswith("- ")]
+    assert [line.split()[1] for line in lines] == [
+        "PGPORT", "LOYALTY_COMPRESSION", "LOYALTY_BACKUP_MAX_AGE_HOURS", "LOYALTY_RETENTION_MIN_KEEP",
+        "LOYALTY_MAINTENANCE_LOCK_TIMEOUT_S",
+    ]
+
+
+def test_unset_and_blank_variables_take_the_defaults():
+    settings = load_settings({"PGPORT": "  ", "LOYALTY_COMPRESSION": ""})
+    assert settings.postgres.port is None and settings.backups.compression is None
+    assert settings.backups.max_age_hours == 26.0 and settings.postgres.database_name == "loyalty"
+    assert load_settings({"LOYALTY_DATABASE_URL": "postgresql://u:pw@db/other", "PGDATABASE": "x"}).postgres.database_name == "other"
+
+
+def test_one_rule_for_the_backup_age_in_the_freshness_policy_and_the_pager():
+    from loyalty_ops.defs.alerting.definitions import alerting_resource
+
+    settings = load_settings({"LOYALTY_BACKUP_MAX_AGE_HOURS": "30"})
+    assert settings.backups.max_age_hours == alerting_resource(settings).backup_max_age_hours == 30.0
+    for refused in ("1", "0.5", "0"):
+        assert "LOYALTY_BACKUP_MAX_AGE_HOURS must be greater than 1" in refusal({"LOYALTY_BACKUP_MAX_AGE_HOURS": refused})
+
+
+def test_the_docs_list_no_variable_the_settings_do_not_read():
+    documented = set()
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for table_row in (line for line in page.read_text().splitlines() if line.startswith("| `")):
+            documented |= set(re.findall(r"`((?:LOYALTY|PG|AWS|DOCKER)_?[A-Z0-9_]*)`", table_row.split("|")[1]))
+    documented -= {"PG"}
+    assert documented, "no configuration table found"
+    assert documented - set(every_variable()) - set(INSTANCE_VARIABLES) == set()
+
+
+def test_the_code_location_refuses_to_load_with_every_bad_value_named(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in every_variable()}
+    env.update({"PGPORT": "five", "LOYALTY_RETENTION_DRY_RUN": "maybe", "PGPASSWORD": "pg-secret-2"})
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-m", "loyalty_ops.definitions"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "2 environment variables are invalid" in output
+    assert "PGPORT must be a whole number, got 'five'; example: PGPORT=5432" in output
+    assert "LOYALTY_RETENTION_DRY_RUN must be true or false, got 'maybe'" in output
+    assert "pg-secret-2" not in output
+
+
+def test_the_tools_get_path_home_and_locale_but_no_inherited_libpq_setting(pg_cluster):
+    environ = {"PATH": "/usr/bin:/bin", "HOME": "/home/ops", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+               "PGHOST": "elsewhere", "LOYALTY_S3_BUCKET": "b", "AWS_SECRET_ACCESS_KEY": "k"}
+    assert tool_base_environment(environ) == {"PATH": "/usr/bin:/bin", "HOME": "/home/ops", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    runner = cluster_target(pg_cluster, "postgres").tools()
+    script = "\\getenv p PATH\n\\getenv h HOME\n\\getenv s AWS_SECRET_ACCESS_KEY\n\\echo :p :h [:s]\n"
+    out = run_tool(runner, "psql", ["-XAtq", "-f", "-"], input_bytes=script.encode()).stdout
+    text = out.decode() if isinstance(out, bytes) else out
+    assert text.split() == [os.environ["PATH"], os.environ["HOME"], "[:s]"], text
+
+
+def test_settings_reach_the_shared_resources_with_secrets_as_env_var_references():
+    settings = load_settings({"LOYALTY_DB_CONTAINER": "loyalty-db-prod", "LOYALTY_DB_CONTAINER_PGPORT": "5433",
+                              "LOYALTY_DB_CONTAINER_PGHOST": "local", "PGPASSWORD": "pw-not-shown"})
+    target = postgres_target(settings)
+    assert (target.runner, target.container, target.container_pgport, target.container_pghost) == (
+        "docker", "loyalty-db-prod", 5433, "local")
+    assert target.password == "PGPASSWORD" and "pw-not-shown" not in repr(target)
