@@ -19,14 +19,8 @@ from loyalty_ops.lib.maintenance.execute import (
     MaintenanceReport,
     connect,
 )
-from loyalty_ops.lib.maintenance.plan import (
-    MaintenancePlan,
-    Thresholds,
-    UnknownTargetError,
-    manual_plan,
-    plan_markdown,
-    plan_maintenance,
-)
+from loyalty_ops.lib.maintenance.manual import UnknownTargetError, manual_plan
+from loyalty_ops.lib.maintenance.plan import MaintenancePlan, Thresholds, plan_markdown, plan_maintenance
 from loyalty_ops.lib.pg.connection import ConnectionConfigError
 
 OWNERS = ["team:platform"]

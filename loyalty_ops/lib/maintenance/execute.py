@@ -163,6 +163,16 @@ class MaintenanceExecutor:
     def _timeout_text(self, what: str) -> str:
         return f"{what} not available within lock_timeout {self.settings.lock_timeout_s:g} s"
 
+    def _retry_after_wait(
+        self, result: ItemResult, relation_oid: Optional[int], what: str, started: float, *, waited_for_lock: bool = True
+    ) -> str:
+        """A wait since ``started`` that ended without the lock: keep the longest wait and why (who held it
+        up), and say the object goes round again."""
+        waited = time.monotonic() - started
+        result.longest_wait_s = max(result.longest_wait_s, waited)
+        result.reason = self._locked_reason(relation_oid, what, waited, result, waited_for_lock=waited_for_lock)
+        return RETRY
+
     # -- one attempt per object ------------------------------------------------------------------
 
     def _vacuum_table(self, item: PlanItem, result: ItemResult) -> str:
@@ -170,12 +180,9 @@ class MaintenanceExecutor:
         try:
             size = self._table_size(item.oid)
         except RETRYABLE:
-            waited = time.monotonic() - started
-            result.longest_wait_s = max(result.longest_wait_s, waited)
-            result.reason = self._locked_reason(
-                item.oid, self._timeout_text("table lock (ACCESS SHARE for the size probe)"), waited, result
+            return self._retry_after_wait(
+                result, item.oid, self._timeout_text("table lock (ACCESS SHARE for the size probe)"), started
             )
-            return RETRY
         if size is None:
             result.reason = "table no longer exists"
             return SKIP
@@ -188,18 +195,10 @@ class MaintenanceExecutor:
         try:
             notices = self._run(statement, f"VACUUM {item.qualified}")
         except RETRYABLE as exc:
-            waited = time.monotonic() - run_started
-            result.longest_wait_s = max(result.longest_wait_s, waited)
-            result.reason = self._locked_reason(
-                item.oid, self._timeout_text(f"table lock ({_first_line(exc)})"), waited, result
-            )
-            return RETRY
+            return self._retry_after_wait(result, item.oid, self._timeout_text(f"table lock ({_first_line(exc)})"), run_started)
         skipped = [msg for state, msg in notices if state == "55P03" or "lock not available" in msg]
         if skipped:
-            waited = time.monotonic() - run_started
-            result.longest_wait_s = max(result.longest_wait_s, waited)
-            result.reason = self._locked_reason(item.oid, f"SKIP_LOCKED: {skipped[0]}", waited, result, waited_for_lock=False)
-            return RETRY
+            return self._retry_after_wait(result, item.oid, f"SKIP_LOCKED: {skipped[0]}", run_started, waited_for_lock=False)
         refused = [msg for _, msg in notices if msg.startswith("skipping")]
         if refused:  # e.g. "skipping "x" --- only table or database owner can vacuum it": a warning, not an error
             result.reason = refused[0]
@@ -238,12 +237,9 @@ class MaintenanceExecutor:
         try:
             size = self._index_size(oid)
         except RETRYABLE:
-            waited = time.monotonic() - started
-            result.longest_wait_s = max(result.longest_wait_s, waited)
-            result.reason = self._locked_reason(
-                oid, self._timeout_text("index lock (ACCESS SHARE for the size probe)"), waited, result
+            return self._retry_after_wait(
+                result, oid, self._timeout_text("index lock (ACCESS SHARE for the size probe)"), started
             )
-            return RETRY
         if result.bytes_before is None:
             result.bytes_before = size
         statement = sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(item.schema, item.name))
@@ -279,10 +275,7 @@ class MaintenanceExecutor:
             result.bytes_before = self._index_size(oid)
             self._drop_index(item.schema, item.name)
         except RETRYABLE as exc:
-            waited = time.monotonic() - started
-            result.longest_wait_s = max(result.longest_wait_s, waited)
-            result.reason = self._locked_reason(oid, self._timeout_text(f"lock ({_first_line(exc)})"), waited, result)
-            return RETRY
+            return self._retry_after_wait(result, oid, self._timeout_text(f"lock ({_first_line(exc)})"), started)
         result.bytes_after = 0
         result.reason = ""
         return DONE

@@ -47,6 +47,14 @@ def _raw_socket(stream_socket: Any) -> socket.socket:
     return getattr(stream_socket, "_sock", None) or stream_socket
 
 
+def _shutdown(sock: socket.socket, how: int) -> None:
+    """Half- or fully close the connection; a connection the engine already closed is fine."""
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
+
+
 class ExecStdin:
     """Writable end of the exec's stdin. ``close()`` half-closes the connection (EOF for the tool)."""
 
@@ -73,10 +81,7 @@ class ExecStdin:
         if self.closed:
             return
         self.closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        _shutdown(self._sock, socket.SHUT_WR)
 
     def __enter__(self) -> "ExecStdin":
         return self
@@ -246,10 +251,7 @@ class ExecStream:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        _shutdown(self._sock, socket.SHUT_RDWR)
         try:
             self._stream_socket.close()
             response = getattr(self._stream_socket, "_response", None)  # docker-py keeps it there for TLS

@@ -6,17 +6,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from loyalty_ops.lib.maintenance.manual import UnknownTargetError, manual_plan, parse_qualified_name, resolve_names
 from loyalty_ops.lib.maintenance.plan import (
     IndexStats,
     TableStats,
     Thresholds,
-    UnknownTargetError,
     estimate_btree_bloat,
-    manual_plan,
-    parse_qualified_name,
     plan_markdown,
     plan_maintenance,
-    resolve_names,
 )
 
 NOW = datetime(2026, 11, 29, 1, 0, tzinfo=timezone.utc)
