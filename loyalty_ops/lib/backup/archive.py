@@ -29,6 +29,10 @@ and holds no NUL byte, so chunk headers are found among the positions that follo
 zero, and the chain "each header's length leads exactly to the next header" is checked for all chunks
 of a piece at once. Wherever that shortcut does not hold (binary large objects, zlib-compressed
 chunks, a broken chain), the reader walks the chunks one by one and reports exactly where it failed.
+
+Why one module over 400 lines: it is one concern, a resumable state machine over one format (header,
+TOC, data blocks share the cursor and the resume points); split, each part would only call back into
+the others.
 """
 
 from __future__ import annotations
