@@ -1,5 +1,5 @@
-"""How sizes and text are shown in run logs, metadata and markdown: one ``human_bytes``, one markdown cell
-escape and one markdown table, so every report reads (and escapes) the same way."""
+"""How sizes and text are shown in run logs, metadata and markdown: one ``human_bytes``, one error headline,
+one markdown cell escape and one markdown table, so every report reads (and escapes) the same way."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ def human_bytes(n: Optional[float]) -> str:
             return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
         n /= 1024
     return f"{sign}{n:.1f} TB"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (PostgreSQL's primary message), or its type's name when the
+    message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def markdown_cell(value: Any) -> str:

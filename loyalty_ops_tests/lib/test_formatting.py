@@ -2,7 +2,7 @@
 
 import pytest
 
-from loyalty_ops.lib.formatting import human_bytes, markdown_cell, markdown_literal, markdown_table
+from loyalty_ops.lib.formatting import first_line, human_bytes, markdown_cell, markdown_literal, markdown_table
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,10 @@ def test_markdown_table_aligns_columns_and_escapes_every_cell():
         "| a\\|b | 2.0 KB |",
         "| c | 1 B |",
     ]
+
+
+def test_first_line_of_an_error_or_its_type_when_it_says_nothing():
+    assert first_line(RuntimeError("  canceling statement due to lock timeout\nCONTEXT: ...")) == (
+        "canceling statement due to lock timeout"
+    )
+    assert first_line(TimeoutError()) == "TimeoutError"

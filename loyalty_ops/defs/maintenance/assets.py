@@ -11,6 +11,7 @@ from pydantic import Field
 
 from loyalty_ops.defs.resources import PostgresTarget
 from loyalty_ops.lib.concurrency import DATABASE_POOL
+from loyalty_ops.lib.formatting import first_line
 from loyalty_ops.lib.maintenance import stats as pgstats
 from loyalty_ops.lib.maintenance.execute import (
     ExecutionSettings,
@@ -291,7 +292,7 @@ def weekly_maintenance(
             raise dg.Failure(str(exc)) from None
         except psycopg.OperationalError as exc:
             raise dg.Failure(
-                f"lost the connection to {spec.redacted()} during maintenance ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                f"lost the connection to {spec.redacted()} during maintenance ({first_line(exc)}); "
                 "objects already done stay done - check the server and relaunch, the plan will pick what is left"
             ) from None
     context.log.info(

@@ -31,7 +31,7 @@ from psycopg import errors, sql
 from loyalty_ops.lib.maintenance import stats as pgstats
 from loyalty_ops.lib.maintenance.blockers import Blocker, BlockerWatch, older_transactions, wait_reason
 from loyalty_ops.lib.maintenance.heartbeat import Heartbeat
-from loyalty_ops.lib.formatting import human_bytes
+from loyalty_ops.lib.formatting import first_line, human_bytes
 from loyalty_ops.lib.maintenance.plan import IndexStats, MaintenancePlan, PlanItem, Reason
 from loyalty_ops.lib.maintenance.report import ItemResult, MaintenanceReport
 from loyalty_ops.lib.maintenance.session import (
@@ -51,11 +51,6 @@ __all__ = [
 # Outcomes of one attempt.
 DONE, RETRY, SKIP, FAILED = "done", "retry", "skip", "failed"
 RETRYABLE = (errors.LockNotAvailable, errors.DeadlockDetected)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class MaintenanceExecutor:
@@ -195,7 +190,7 @@ class MaintenanceExecutor:
         try:
             notices = self._run(statement, f"VACUUM {item.qualified}")
         except RETRYABLE as exc:
-            return self._retry_after_wait(result, item.oid, self._timeout_text(f"table lock ({_first_line(exc)})"), run_started)
+            return self._retry_after_wait(result, item.oid, self._timeout_text(f"table lock ({first_line(exc)})"), run_started)
         skipped = [msg for state, msg in notices if state == "55P03" or "lock not available" in msg]
         if skipped:
             return self._retry_after_wait(result, item.oid, f"SKIP_LOCKED: {skipped[0]}", run_started, waited_for_lock=False)
@@ -226,7 +221,7 @@ class MaintenanceExecutor:
                 self._drop_index(leftover.schema, leftover.name)
                 self.log.info(f"dropped {leftover.qualified}, left by the failed rebuild of {item.qualified}")
             except psycopg.Error as exc:
-                self.log.warning(f"could not drop {leftover.qualified} yet ({_first_line(exc)}); the final sweep retries")
+                self.log.warning(f"could not drop {leftover.qualified} yet ({first_line(exc)}); the final sweep retries")
 
     def _reindex(self, item: PlanItem, result: ItemResult) -> str:
         oid = pgstats.index_oid(self.conn, item.schema, item.name)
@@ -255,7 +250,7 @@ class MaintenanceExecutor:
             if timed_out:
                 result.reason = f"statement_timeout {self.settings.statement_timeout_s:g} s reached; leftover dropped"
                 return FAILED
-            result.reason = self._locked_reason(oid, self._timeout_text(f"lock ({_first_line(exc)})"), waited, result)
+            result.reason = self._locked_reason(oid, self._timeout_text(f"lock ({first_line(exc)})"), waited, result)
             return RETRY
         new_oid = pgstats.index_oid(self.conn, item.schema, item.name)
         result.reason = ""
@@ -275,7 +270,7 @@ class MaintenanceExecutor:
             result.bytes_before = self._index_size(oid)
             self._drop_index(item.schema, item.name)
         except RETRYABLE as exc:
-            return self._retry_after_wait(result, oid, self._timeout_text(f"lock ({_first_line(exc)})"), started)
+            return self._retry_after_wait(result, oid, self._timeout_text(f"lock ({first_line(exc)})"), started)
         result.bytes_after = 0
         result.reason = ""
         return DONE
@@ -298,7 +293,7 @@ class MaintenanceExecutor:
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
-            result.reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            result.reason = f"{type(exc).__name__}: {first_line(exc)}"
             return FAILED
         finally:
             result.duration_s += time.monotonic() - started
@@ -395,10 +390,10 @@ class MaintenanceExecutor:
                     who = (f"; {'transactions open since before it' if guessed else 'blocked by'}: {who}" if who else "")
                     raise MaintenanceError(
                         f"{label} could not get its locks within lock_timeout {self.settings.lock_timeout_s:g} s "
-                        f"after {attempt} attempts ({_first_line(exc)}){who}; end that transaction, raise "
+                        f"after {attempt} attempts ({first_line(exc)}){who}; end that transaction, raise "
                         "lock_timeout_s or run it in a quieter window"
                     ) from None
-                self.log.warning(f"{label}: {_first_line(exc)}; retrying in {policy.delay_before(attempt + 1):g} s")
+                self.log.warning(f"{label}: {first_line(exc)}; retrying in {policy.delay_before(attempt + 1):g} s")
         return []
 
     def execute_full(self) -> MaintenanceReport:

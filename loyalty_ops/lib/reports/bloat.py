@@ -19,6 +19,7 @@ from typing import Optional
 import psycopg
 from psycopg import sql
 
+from loyalty_ops.lib.formatting import first_line
 from loyalty_ops.lib.pg.catalog import SYSTEM_SCHEMA_FILTER
 
 PAGE_HEADER = 24  # PageHeaderData
@@ -267,7 +268,7 @@ def add_exact_figures(conn: psycopg.Connection, rows: list[RelationBloat], top_n
         try:
             length, free, dead, free_pct, dead_pct, scanned = conn.execute(approx, (regclass,)).fetchone()
         except psycopg.Error as exc:
-            row.exact_note = f"pgstattuple_approx failed: {str(exc).strip().splitlines()[0]}"
+            row.exact_note = f"pgstattuple_approx failed: {first_line(exc)}"
             continue
         row.exact_bloat_bytes = int(free + dead)
         row.exact_bloat_pct = round(float(free_pct) + float(dead_pct), 2)
@@ -277,7 +278,7 @@ def add_exact_figures(conn: psycopg.Connection, rows: list[RelationBloat], top_n
         try:
             size, density, leaf_pages = conn.execute(statindex, (regclass,)).fetchone()
         except psycopg.Error as exc:
-            row.exact_note = f"pgstatindex failed: {str(exc).strip().splitlines()[0]}"
+            row.exact_note = f"pgstatindex failed: {first_line(exc)}"
             continue
         if density is None or math.isnan(float(density)) or not leaf_pages:
             row.exact_note = "pgstatindex: no leaf pages"

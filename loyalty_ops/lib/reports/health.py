@@ -18,7 +18,7 @@ from typing import Optional
 
 import psycopg
 
-from loyalty_ops.lib.formatting import human_bytes
+from loyalty_ops.lib.formatting import first_line, human_bytes
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pg.session import DatabaseUnreachable, connect, unreachable_message
 from loyalty_ops.lib.reports import thresholds as th
@@ -190,7 +190,7 @@ def _top_statements(conn: psycopg.Connection, health: DatabaseHealth, limit: int
         rows = conn.execute(query, (limit,)).fetchall()
     except psycopg.Error as exc:
         health.statements_installed = False
-        health.statements_note = f"pg_stat_statements is installed but cannot be read: {str(exc).strip().splitlines()[0]}"
+        health.statements_note = f"pg_stat_statements is installed but cannot be read: {first_line(exc)}"
         return
     health.statements_installed = True
     health.statements_note = f"top {len(rows)} statements by mean time"
@@ -249,7 +249,7 @@ def probe_database(
             names = [d.name for d in cur.description]
             health.replicas = [dict(zip(names, row)) for row in cur.fetchall()]
     except psycopg.Error as exc:
-        health.error = f"query failed on {spec.redacted()}: {str(exc).strip().splitlines()[0]}"
+        health.error = f"query failed on {spec.redacted()}: {first_line(exc)}"
     finally:
         conn.close()
     return health

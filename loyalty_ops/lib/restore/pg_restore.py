@@ -20,7 +20,7 @@ import psycopg
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pg.session import connect
 from loyalty_ops.lib.pg.tools import PgToolRunner, ToolError
-from loyalty_ops.lib.formatting import human_bytes
+from loyalty_ops.lib.formatting import first_line, human_bytes
 from loyalty_ops.lib.progress import ProgressSnapshot
 
 POLL_S = 0.25  # a COPY's last bytes are known only up to its final poll
@@ -119,7 +119,7 @@ class RestoreMonitor:
                     conn = connect(self._spec, autocommit=True)
                 self._poll(conn)
             except Exception as exc:  # the restore goes on; the log still says it is alive
-                self.progress.monitor_error = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                self.progress.monitor_error = first_line(exc)[:200]
                 if conn is not None:
                     try:
                         conn.close()
