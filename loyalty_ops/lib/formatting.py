@@ -32,11 +32,21 @@ def markdown_cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _as_typed(value: Any) -> str:
+    # Backslashes escaped (a name's "\|" must not turn into a cell separator), backticks made ' so they
+    # cannot end a code span.
+    return str(value).replace("\\", "\\\\").replace("`", "'")
+
+
 def markdown_literal(value: Any) -> str:
-    """A name or free text shown as typed, in a table cell or a code span (identifiers may contain ``|``,
-    backslashes and backticks): backslashes escaped, backticks made ``'`` so they cannot end a code span,
-    then :func:`markdown_cell`."""
-    return markdown_cell(str(value).replace("\\", "\\\\").replace("`", "'"))
+    """A name or free text shown as typed, in a table cell or a code span written by hand (identifiers
+    may contain ``|``, backslashes and backticks): :func:`markdown_cell` of the value as typed."""
+    return markdown_cell(_as_typed(value))
+
+
+def markdown_code(value: Any) -> str:
+    """A name as a code span, for a :func:`markdown_table` cell (the table escapes its ``|``)."""
+    return "`" + _as_typed(value).replace("\n", " ") + "`"
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: Optional[str] = None) -> str:

@@ -2,7 +2,14 @@
 
 import pytest
 
-from loyalty_ops.lib.formatting import first_line, human_bytes, markdown_cell, markdown_literal, markdown_table
+from loyalty_ops.lib.formatting import (
+    first_line,
+    human_bytes,
+    markdown_cell,
+    markdown_code,
+    markdown_literal,
+    markdown_table,
+)
 
 
 @pytest.mark.parametrize(
@@ -49,3 +56,8 @@ def test_first_line_of_an_error_or_its_type_when_it_says_nothing():
         "canceling statement due to lock timeout"
     )
     assert first_line(TimeoutError()) == "TimeoutError"
+
+
+def test_a_name_as_a_code_span_in_a_table_keeps_the_table_whole():
+    text = markdown_table(["table", "rows"], [(markdown_code('public."a|b`c"'), "3")], "lr")
+    assert text.splitlines()[2] == "| `public.\"a\\|b'c\"` | 3 |"  # the pipe escaped, the backtick made '

@@ -18,7 +18,7 @@ from loyalty_ops.lib.backup.offsite import StreamingUpload
 from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.concurrency import DATABASE_POOL
 from loyalty_ops.lib.pg.tools import ToolError
-from loyalty_ops.lib.formatting import human_bytes
+from loyalty_ops.lib.formatting import human_bytes, markdown_code, markdown_table
 
 OWNERS = ["team:platform"]
 BACKUP_MAX_AGE_HOURS = current_settings().backups.max_age_hours
@@ -52,9 +52,9 @@ class BackupConfig(dg.Config):
 
 
 def _row_count_table(row_counts: dict[str, int]) -> str:
-    lines = ["| table | rows |", "|---|---:|"]
-    lines += [f"| `{name}` | {count:,} |" for name, count in sorted(row_counts.items())]
-    return "\n".join(lines)
+    return markdown_table(
+        ["table", "rows"], [(markdown_code(name), f"{count:,}") for name, count in sorted(row_counts.items())], "lr"
+    )
 
 
 @dg.asset(

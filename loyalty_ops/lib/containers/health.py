@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Optional, Sequence
 
-from loyalty_ops.lib.formatting import human_bytes
+from loyalty_ops.lib.formatting import human_bytes, markdown_code, markdown_table
 
 MEMORY_PERCENT_LIMIT = 85.0  # the guide's "When to Alert: Memory usage > 85%"
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
@@ -65,18 +65,16 @@ class ContainerReport:
         return [f for f in self.findings if f.check == check]
 
     def markdown(self) -> str:
-        lines = [
-            "| container | service | status | health | restarts | uptime | memory | mem % | CPU % |",
-            "|---|---|---|---|---:|---:|---:|---:|---:|",
-        ]
+        rows = []
         for c in self.containers:
             mem = human_bytes(c.memory_bytes) if c.memory_bytes is not None else "-"
             pct = f"{c.memory_percent:.1f}" if c.memory_percent is not None else "-"
             cpu = f"{c.cpu_percent:.1f}" if c.cpu_percent is not None else "-"
-            lines.append(
-                f"| `{c.name}` | {c.service or '-'} | {c.status} | {c.health or '-'} | {c.restart_count} | "
-                f"{format_uptime(c.uptime_s)} | {mem} | {pct} | {cpu} |"
-            )
+            rows.append((markdown_code(c.name), c.service or "-", c.status, c.health or "-", c.restart_count,
+                         format_uptime(c.uptime_s), mem, pct, cpu))
+        lines = [markdown_table(
+            ["container", "service", "status", "health", "restarts", "uptime", "memory", "mem %", "CPU %"], rows, "llllrrrrr"
+        )]
         if self.findings:
             lines += ["", "**Findings**", ""] + [f"- `{f.container}`: {f.message}" for f in self.findings]
         else:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from loyalty_ops.lib.formatting import markdown_table
+
 OK = "ok"
 WARN = "warn"
 ERROR = "error"
@@ -119,7 +121,8 @@ ALL_THRESHOLDS = (
 
 
 def thresholds_markdown() -> str:
-    lines = ["| metric | WARN | ERROR | unit | where the number comes from |", "|---|---:|---:|---|---|"]
-    for t in ALL_THRESHOLDS:
-        lines.append(f"| {t.name} | {_number(t.warn)} | {_number(t.error)} | {t.unit} | {t.source} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["metric", "WARN", "ERROR", "unit", "where the number comes from"],
+        [(t.name, _number(t.warn), _number(t.error), t.unit, t.source) for t in ALL_THRESHOLDS],
+        "lrrll",
+    )

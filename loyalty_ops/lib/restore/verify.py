@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
+from loyalty_ops.lib.formatting import markdown_code, markdown_table
+
 
 @dataclass(frozen=True)
 class Mismatch:
@@ -120,10 +122,12 @@ def compare_with_manifest(
 
 def row_count_table(expected: Mapping[str, int], actual: Mapping[str, int]) -> str:
     """A markdown table of expected vs restored rows, for the UI."""
-    lines = ["| table | at dump | restored | |", "|---|---:|---:|---|"]
+    def rows_text(count: Optional[int]) -> str:
+        return f"{int(count):,}" if count is not None else "-"
+
+    rows = []
     for table in sorted(set(expected) | set(actual)):
         e, a = expected.get(table), actual.get(table)
         ok = "ok" if e is not None and a is not None and int(e) == int(a) else "MISMATCH"
-        fmt = lambda v: f"{int(v):,}" if v is not None else "-"  # noqa: E731
-        lines.append(f"| `{table}` | {fmt(e)} | {fmt(a)} | {ok} |")
-    return "\n".join(lines)
+        rows.append((markdown_code(table), rows_text(e), rows_text(a), ok))
+    return markdown_table(["table", "at dump", "restored", ""], rows, "lrrl")
