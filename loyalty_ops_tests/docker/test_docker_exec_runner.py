@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 from dagster_aws.s3 import S3Resource
@@ -23,13 +25,44 @@ from loyalty_ops_tests.helpers import check_evaluations, materialization_metadat
 pytestmark = pytest.mark.docker
 
 
+def feed_decompressed(path: Path, sink: IO[bytes]) -> None:
+    """Write the decompressed archive into ``sink`` (a tool's stdin); stops quietly when the reader hangs up."""
+    try:
+        for block in integrity.iter_decompressed(path):
+            sink.write(block)
+    except (BrokenPipeError, ConnectionResetError, OSError) as exc:
+        if not isinstance(exc, (BrokenPipeError, ConnectionResetError)) and getattr(exc, "errno", None) != 32:
+            raise
+    finally:
+        try:
+            sink.close()
+        except OSError:
+            pass
+
+
+def start_feeder(path: Path, sink: IO[bytes]) -> threading.Thread:
+    """Feed the decompressed archive into ``sink`` from a thread; its ``.errors`` holds what went wrong."""
+    errors: list[BaseException] = []
+
+    def _run() -> None:
+        try:
+            feed_decompressed(path, sink)
+        except BaseException as exc:  # reported by the caller through .errors
+            errors.append(exc)
+
+    thread = threading.Thread(target=_run, name="archive-feeder", daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
 def _restore_on_host(pg_cluster, target: str, path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", **pg_cluster.env(target)}
     proc = subprocess.Popen(
         [f"{pg_cluster.bin_dir}/pg_restore", "--exit-on-error", "--no-owner", "-d", target],
         stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )
-    feeder = integrity.start_feeder(path, proc.stdin)
+    feeder = start_feeder(path, proc.stdin)
     err = proc.stderr.read()
     proc.wait()
     feeder.join()
@@ -57,7 +90,7 @@ def test_restore_streams_into_exec(db_container, backup_dir):
     try:
         proc = runner.start("pg_restore", ["--exit-on-error", "--no-owner", f"--dbname={target}"], database=target,
                             stdin=True, stdout=False)
-        feeder = integrity.start_feeder(backup.path, proc.stdin)
+        feeder = start_feeder(backup.path, proc.stdin)
         code = proc.wait(timeout=120)
         feeder.join()
         assert code == 0, proc.stderr_text()

@@ -186,36 +186,6 @@ def missing_from_toc(toc_text: str, tables: Iterable[TableRef]) -> list[str]:
     return missing
 
 
-def feed_decompressed(path: Path, sink: IO[bytes]) -> None:
-    """Write the decompressed archive into ``sink`` (a tool's stdin); stops quietly when the reader hangs up."""
-    try:
-        for block in iter_decompressed(path):
-            sink.write(block)
-    except (BrokenPipeError, ConnectionResetError, OSError) as exc:
-        if not isinstance(exc, (BrokenPipeError, ConnectionResetError)) and getattr(exc, "errno", None) != 32:
-            raise
-    finally:
-        try:
-            sink.close()
-        except OSError:
-            pass
-
-
-def start_feeder(path: Path, sink: IO[bytes]) -> threading.Thread:
-    errors: list[BaseException] = []
-
-    def _run() -> None:
-        try:
-            feed_decompressed(path, sink)
-        except BaseException as exc:  # reported by the caller through .errors
-            errors.append(exc)
-
-    thread = threading.Thread(target=_run, name="archive-feeder", daemon=True)
-    thread.errors = errors  # type: ignore[attr-defined]
-    thread.start()
-    return thread
-
-
 @dataclass(frozen=True)
 class ArchiveInspection:
     """Everything one read of a backup file tells: its hash, whether the stream is valid, whether the archive

@@ -14,7 +14,6 @@ from typing import Optional
 
 from loyalty_ops.lib.backup.dump import BackupResult
 from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX
-from loyalty_ops.lib.backup.stream import write_text_atomically
 from loyalty_ops.lib.pg.catalog import TableRef
 
 MANIFEST_VERSION = 2  # 2: materialized_views and database_locale are recorded
@@ -81,12 +80,6 @@ def manifest_for(result: BackupResult) -> BackupManifest:
 
 def manifest_path(backup_path: Path) -> Path:
     return Path(str(backup_path) + MANIFEST_SUFFIX)
-
-
-def write_manifest(backup_path: Path, manifest: BackupManifest) -> Path:
-    path = manifest_path(backup_path)
-    write_text_atomically(path, manifest.to_json())
-    return path
 
 
 def read_manifest(backup_path: Path) -> Optional[BackupManifest]:

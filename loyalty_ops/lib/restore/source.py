@@ -11,7 +11,6 @@ stream removes the temporary file and refuses the restore.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import queue
 import threading
@@ -353,7 +352,3 @@ def prepare_archive(
         raise
     meter.finish()
     return PreparedArchive(out_path, raw, size, actual, time.monotonic() - started)
-
-
-def manifest_json(manifest: Optional[BackupManifest]) -> Optional[dict]:
-    return json.loads(manifest.to_json()) if manifest else None
