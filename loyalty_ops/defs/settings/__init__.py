@@ -118,7 +118,7 @@ def describe_error(model: type[DomainVariables], error: Mapping[str, Any]) -> st
             rule = rule.split(", got ")[0]
     shown = " (value not shown: secret)" if is_secret(model, field_name) else f", got {error['input']!r}"
     line = f"{alias} {rule}" if "got " in rule else f"{alias} {rule}{shown}"
-    return line if "example" in line else f"{line}; example: {alias}={example_of(model, field_name)}"
+    return line if "example" in line or "e.g." in line else f"{line}; example: {alias}={example_of(model, field_name)}"
 
 
 def present_values(environ: Mapping[str, str]) -> dict[str, str]:

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from loyalty_ops.lib.alerting.notifiers import split_pagerduty_events_url
+from loyalty_ops.lib.backup.location import upload_settings_problems
 from loyalty_ops.lib.pg.connection import ConnectionConfigError, ConnectionSpec
 from loyalty_ops.lib.restore.plan import DRILL_EVERY_ENV, RestoreConfigError, parse_drill_every
 
@@ -29,10 +30,6 @@ def positive_number(name: str, meaning: str, example: str, **bounds: Any) -> Any
 
 
 PORT = {"ge": 1, "le": 65535}
-S3_STORAGE_CLASSES = Literal[
-    "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER",
-    "DEEP_ARCHIVE", "OUTPOSTS", "GLACIER_IR", "SNOW", "EXPRESS_ONEZONE",
-]
 
 
 def require_url(value: Optional[str], schemes: tuple[str, ...]) -> Optional[str]:
@@ -98,6 +95,13 @@ class PostgresVariables(DomainVariables):
                 raise ValueError(str(exc)) from None
         return value
 
+    @model_validator(mode="after")
+    def check_runner_has_a_container(self) -> "PostgresVariables":
+        if self.runner == "docker" and not self.container:
+            raise ValueError("LOYALTY_PG_RUNNER is 'docker' but LOYALTY_DB_CONTAINER is not set; example: "
+                             "LOYALTY_DB_CONTAINER=loyalty-db-prod")
+        return self
+
     def libpq_settings(self) -> dict[str, str]:
         """The passed-through libpq settings that are set, by variable name."""
         fields = type(self).model_fields
@@ -142,10 +146,10 @@ class OffsiteVariables(DomainVariables):
         "LOYALTY_S3_BUCKET", "Bucket of the offsite copy; unset: no offsite copy.", "loyalty-offsite",
         pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     prefix: Optional[str] = variable("LOYALTY_S3_PREFIX", "Key prefix (default backups/).", "backups/")
-    sse: Optional[Literal["AES256", "aws:kms"]] = variable(
+    sse: Optional[str] = variable(
         "LOYALTY_S3_SSE", "Server-side encryption: AES256 (default) or aws:kms.", "aws:kms")
     kms_key_id: Optional[str] = variable("LOYALTY_S3_KMS_KEY_ID", "KMS key of aws:kms.", "alias/loyalty-backups")
-    storage_class: Optional[S3_STORAGE_CLASSES] = variable(
+    storage_class: Optional[str] = variable(
         "LOYALTY_S3_STORAGE_CLASS", "S3 storage class (default STANDARD).", "STANDARD_IA")
     endpoint_url: Optional[str] = variable(
         "AWS_ENDPOINT_URL", "S3-compatible endpoint (boto3's default: AWS).", "https://s3.eu-west-1.amazonaws.com")
@@ -155,6 +159,26 @@ class OffsiteVariables(DomainVariables):
     secret_access_key: Optional[SecretStr] = variable(
         "AWS_SECRET_ACCESS_KEY", "Secret access key. Secret.", "...", secret=True)
     session_token: Optional[SecretStr] = variable("AWS_SESSION_TOKEN", "Session token. Secret.", "...", secret=True)
+
+    @field_validator("sse")
+    @classmethod
+    def check_sse(cls, value: Optional[str]) -> Optional[str]:
+        for problem in upload_settings_problems(value, None, "STANDARD") if value is not None else ():
+            raise ValueError(problem)  # the backup location's own rule
+        return value
+
+    @field_validator("storage_class")
+    @classmethod
+    def check_storage_class(cls, value: Optional[str]) -> Optional[str]:
+        for problem in upload_settings_problems("AES256", None, value) if value is not None else ():
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def check_kms_key(self) -> "OffsiteVariables":
+        for problem in upload_settings_problems(self.sse or "AES256", self.kms_key_id, self.storage_class or "STANDARD"):
+            raise ValueError(f"{problem} (got LOYALTY_S3_KMS_KEY_ID={self.kms_key_id!r}); example: LOYALTY_S3_SSE=aws:kms")
+        return self
 
     @field_validator("endpoint_url")
     @classmethod
