@@ -13,7 +13,7 @@ import pytest
 
 from loyalty_ops.defs.settings import SettingsError, every_variable, load_settings, tool_base_environment
 from loyalty_ops.defs.settings.variables import INSTANCE_VARIABLES
-from loyalty_ops.defs.shared_resources import postgres_target
+from loyalty_ops.defs.shared_resources import postgres_target, shared_resources
 from loyalty_ops.lib.pg.tools import run_tool
 from loyalty_ops_tests.conftest import postgres_target as cluster_target
 
@@ -178,6 +178,28 @@ def test_the_code_location_refuses_to_load_with_every_bad_value_named(tmp_path):
     assert "pg-secret-2" not in output
 
 
+def test_the_ui_shows_the_refusal_as_the_code_location_load_error(monkeypatch, tmp_path, dagster_instance):
+    """What the webserver shows under Deployment -> Code locations, asked the way the UI asks (GraphQL)."""
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PGPORT", "five")
+    monkeypatch.setenv("LOYALTY_ALERT_WEBHOOK_URL", "https://hooks.example/webhook-secret-1")
+    monkeypatch.setenv("LOYALTY_ALERT_TICK_BUDGET_SECONDS", "90")
+    query = """query { workspaceOrError { ... on Workspace { locationEntries { name
+        locationOrLoadError { __typename ... on PythonError { message causes { message } } } } } } }"""
+    with define_out_of_process_context(str(REPO / "workspace.yaml"), None, dagster_instance) as context:
+        entries = execute_dagster_graphql(context, query).data["workspaceOrError"]["locationEntries"]
+    (entry,) = [e for e in entries if e["name"] == "loyalty_ops"]
+    error = entry["locationOrLoadError"]
+    assert error["__typename"] == "PythonError"
+    shown = error["message"] + "".join(cause["message"] for cause in error["causes"])
+    assert "2 environment variables are invalid" in shown
+    assert "PGPORT must be a whole number, got 'five'; example: PGPORT=5432" in shown
+    assert "LOYALTY_ALERT_TICK_BUDGET_SECONDS must be at most 50, got '90'" in shown
+    assert "webhook-secret-1" not in shown
+
+
 def test_the_tools_get_path_home_and_locale_but_no_inherited_libpq_setting(pg_cluster):
     environ = {"PATH": "/usr/bin:/bin", "HOME": "/home/ops", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "PGHOST": "elsewhere", "LOYALTY_S3_BUCKET": "b", "AWS_SECRET_ACCESS_KEY": "k"}
@@ -196,3 +218,33 @@ def test_settings_reach_the_shared_resources_with_secrets_as_env_var_references(
     assert (target.runner, target.container, target.container_pgport, target.container_pghost) == (
         "docker", "loyalty-db-prod", 5433, "local")
     assert target.password == "PGPASSWORD" and "pw-not-shown" not in repr(target)
+
+
+def test_walk_the_backup_directory_and_the_bucket_from_the_environment_to_the_file_and_the_key(
+    monkeypatch, tmp_path, pg_cluster, loyalty_db, s3_server, s3_bucket, dagster_instance
+):
+    """Each setting is read once (here), carried by the resources built from it, and ends up as the file
+    written and the key uploaded; the secrets reach the run as EnvVar references resolved at run time."""
+    from loyalty_ops.definitions import defs
+    from loyalty_ops.defs.restore.resources import RestoreSettings
+
+    backup_dir = tmp_path / "walked backups"
+    environ = {
+        "PGHOST": "127.0.0.1", "PGPORT": str(pg_cluster.port), "PGUSER": pg_cluster.user, "PGPASSWORD": pg_cluster.password,
+        "PGDATABASE": loyalty_db, "LOYALTY_BACKUP_DIR": str(backup_dir), "LOYALTY_S3_BUCKET": s3_bucket,
+        "LOYALTY_S3_PREFIX": "/walk/nightly", **s3_server.env(),
+    }
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    backup_dir.mkdir()
+    resources = shared_resources(load_settings(environ))
+    assert pg_cluster.password not in repr(resources) and "local-secret-key" not in repr(resources)
+    result = defs.resolve_job_def("nightly_backup_job").execute_in_process(
+        resources={**resources, "restore_settings": RestoreSettings(drill_every_n_backups="0")},  # no drill: not walked here
+        instance=dagster_instance,
+    )
+    assert result.success
+    (written,) = [p for p in backup_dir.iterdir() if p.name.endswith(".dump.gz")]
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    stamp = re.search(r"_(\d{4})(\d\d)(\d\d)_", written.name).groups()
+    assert f"walk/nightly/{'/'.join(stamp)}/{written.name}" in keys, keys
