@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from loyalty_ops.lib.formatting import markdown_table
-
 OK = "ok"
 WARN = "warn"
 ERROR = "error"
@@ -103,11 +101,8 @@ REPLICATION_LAG_SECONDS = Threshold(
 # they are listed in the report but do not fail the long-running-query check.
 LONG_QUERY_IGNORED_APPLICATIONS = ("pg_dump", "pg_restore", "pg_basebackup", "loyalty_ops")
 
-# What the guide asks for but no source here can measure (listed in docs/reports.md):
+# What the guide asks for but no source here can measure, so no threshold is defined (docs/reports.md):
 # "Error rate > 1%" needs the API's request logs; "CPU usage > 90% for > 5 minutes" needs a time series.
-ERROR_RATE_PERCENT = Threshold(
-    "error_rate_percent", warn=0.1, error=1, unit="%", source="guide: 'Error rate > 1%' (not measured here)",
-)
 
 ALL_THRESHOLDS = (
     CONNECTIONS_PERCENT,
@@ -118,11 +113,3 @@ ALL_THRESHOLDS = (
     XID_AGE,
     REPLICATION_LAG_SECONDS,
 )
-
-
-def thresholds_markdown() -> str:
-    return markdown_table(
-        ["metric", "WARN", "ERROR", "unit", "where the number comes from"],
-        [(t.name, _number(t.warn), _number(t.error), t.unit, t.source) for t in ALL_THRESHOLDS],
-        "lrrll",
-    )

@@ -34,7 +34,7 @@ def test_threshold_levels(threshold, value, level):
 def test_guide_numbers_are_the_error_levels():
     assert (th.CONNECTIONS_PERCENT.error, th.DISK_PERCENT.error, th.MEMORY_PERCENT.error, th.API_LATENCY_MS.error) == (80, 80, 85, 500)
     assert all(t.warn < t.error for t in th.ALL_THRESHOLDS)
-    assert "| connections_percent | 70 | 80 |" in th.thresholds_markdown()
+    assert (th.CONNECTIONS_PERCENT.name, th.CONNECTIONS_PERCENT.warn, th.CONNECTIONS_PERCENT.error) == ("connections_percent", 70, 80)
     assert th.worst([th.OK, th.WARN, th.OK]) == th.WARN and th.worst([]) == th.OK
 
 
