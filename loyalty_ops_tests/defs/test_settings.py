@@ -105,6 +105,15 @@ def test_every_variable_with_a_rule_has_a_refusal_case_and_every_other_is_free_t
     assert set(every_variable()) == {name for name, _, _ in REFUSED} | FREE_TEXT
 
 
+def test_only_the_settings_read_the_process_environment():
+    package = REPO / "loyalty_ops"
+    reads = re.compile(r"\bos\.(environ|getenv)\b|from os import [^\n]*\b(environ|getenv)\b")
+    readers = sorted(
+        str(path.relative_to(package)) for path in package.rglob("*.py") if reads.search(path.read_text(encoding="utf-8"))
+    )
+    assert readers == ["defs/settings/__init__.py"]
+
+
 def test_secrets_are_never_shown_even_when_refused():
     message = refusal({
         "LOYALTY_DATABASE_URL": "mysql://ops:url-secret-1@db/loyalty",
