@@ -93,10 +93,6 @@ class ArchiveSummary:
     def data_blocks(self) -> int:
         return len(self.block_bytes)
 
-    def table_entries(self) -> set[tuple[str, str, str, str]]:
-        """(desc, schema, name, owner) of every TABLE and TABLE DATA entry, as ``pg_restore --list`` shows them."""
-        return {(e.desc, e.namespace, e.tag, e.owner) for e in self.entries if e.desc in ("TABLE", "TABLE DATA")}
-
 
 class _Cursor:
     """Reads ints and strings from a bytes buffer; raises _NeedMore at its end."""

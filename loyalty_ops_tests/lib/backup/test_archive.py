@@ -66,7 +66,7 @@ def test_a_complete_archive_reads_to_its_last_byte(sample_archive, loyalty_db):
     assert summary.archive_bytes == len(sample_archive)
     assert summary.database == loyalty_db
     assert summary.version.startswith("1.")
-    tables = {name for desc, _schema, name, _owner in summary.table_entries() if desc == "TABLE DATA"}
+    tables = {entry.tag for entry in summary.entries if entry.desc == "TABLE DATA"}
     assert {"events", "members", "tenants", "rewards", "redemptions"} <= tables
     assert summary.data_blocks == len([e for e in summary.entries if e.has_data])
     assert sum(summary.block_bytes.values()) > 0.9 * len(sample_archive)
