@@ -23,6 +23,7 @@ from pathlib import Path
 
 from _common import MB_PER_SCALE, sample_cluster
 
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.backup.integrity import iter_decompressed
 from loyalty_ops.lib.pg.tools import HostToolRunner
 from loyalty_ops.lib.formatting import human_bytes
@@ -55,7 +56,7 @@ def main() -> None:
         env = RestoreEnvironment(
             spec=cluster.spec("loyalty"),
             runner=HostToolRunner(cluster.spec("loyalty")),
-            backup_dir=work,
+            location=BackupLocation(work),
             compression=args.compression,
             log=lambda m: None,
         )

@@ -35,7 +35,8 @@ from loyalty_ops.lib.backup.naming import backup_name, parse_backup_name  # noqa
 from loyalty_ops.lib.retention.cleanup import carry_out  # noqa: E402
 from loyalty_ops.lib.retention.gates import apply_reverification  # noqa: E402
 from loyalty_ops.lib.retention.reverify import reverify  # noqa: E402
-from loyalty_ops.lib.retention.inventory import list_multipart_uploads, list_objects  # noqa: E402
+from loyalty_ops.lib.backup.inventory import list_multipart_uploads, list_objects  # noqa: E402
+from loyalty_ops.lib.backup.location import BackupLocation  # noqa: E402
 from loyalty_ops.lib.retention.plan import Evidence, IntegrityResult, Inventory, RetentionPolicy, plan_retention  # noqa: E402
 
 DB = "loyalty"
@@ -100,8 +101,9 @@ def main() -> int:
         client.meta.events.register("before-send.s3", count)
 
         t0 = time.perf_counter()
-        remote = list_objects(client, bucket, PREFIX)
-        multipart = list_multipart_uploads(client, bucket, PREFIX)
+        location = BackupLocation(Path(backup_dir), bucket, PREFIX)
+        remote = list_objects(client, location)
+        multipart = list_multipart_uploads(client, location)
         list_s = time.perf_counter() - t0
         assert len(remote) == n, (len(remote), n)
 
@@ -134,7 +136,7 @@ def main() -> int:
         outcome = carry_out(plan, backup_dir=Path(backup_dir), client=client, bucket=bucket)
         delete_s = time.perf_counter() - t0
         client.meta.events.unregister("before-send.s3", count)
-        left = list_objects(client, bucket, "")
+        left = list_objects(client, BackupLocation(Path(backup_dir), bucket, ""))
         gc.collect()
 
     list_requests = requests["ListObjectsV2"]

@@ -11,7 +11,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from loyalty_ops.defs.settings import tool_base_environment
-from loyalty_ops.lib.backup.offsite import OffsiteTarget
+from loyalty_ops.lib.backup.location import DEFAULT_BACKUP_DIR, DEFAULT_PREFIX, BackupLocation, LocationError
 from loyalty_ops.lib.pg.connection import DEFAULT_DATABASE, ConnectionSpec
 from loyalty_ops.lib.pg.tools import HostToolRunner, PgToolRunner
 
@@ -90,7 +90,7 @@ class PostgresTarget(dg.ConfigurableResource):
 class BackupStorage(dg.ConfigurableResource):
     """Where backup files are written on this machine, and how they are compressed."""
 
-    backup_dir: str = Field(default="backups", description="Directory for backup files (LOYALTY_BACKUP_DIR).")
+    backup_dir: str = Field(default=DEFAULT_BACKUP_DIR, description="Directory for backup files (LOYALTY_BACKUP_DIR).")
     compression: str = Field(
         default="gzip", description="'gzip' (.dump.gz, gunzip -t compatible) or 'zstd' (.dump.zst, faster)."
     )
@@ -102,13 +102,27 @@ class BackupStorage(dg.ConfigurableResource):
     def path(self) -> Path:
         return Path(self.backup_dir).expanduser().resolve()
 
+    def location(self, offsite: Optional["OffsiteStorage"] = None) -> BackupLocation:
+        """Where backups live: this directory and, when ``offsite`` has a bucket, its S3 prefix. The one
+        object backup, restore, retention and the reports take their file names and keys from."""
+        if offsite is None:
+            return BackupLocation(self.path)
+        if not offsite.configured:
+            return BackupLocation(self.path, prefix=offsite.prefix)
+        try:
+            return BackupLocation(
+                self.path, offsite.bucket, offsite.prefix, offsite.sse, offsite.kms_key_id, offsite.storage_class
+            )
+        except LocationError as exc:
+            raise dg.Failure(f"offsite settings are invalid: {exc}") from None
+
 
 class OffsiteStorage(dg.ConfigurableResource):
     """The offsite copy on S3 (or an S3-compatible endpoint). With no bucket, no offsite copy is made."""
 
     s3: dg.ResourceDependency[S3Resource]
     bucket: Optional[str] = Field(default=None, description="Bucket for offsite copies (LOYALTY_S3_BUCKET).")
-    prefix: str = Field(default="backups/", description="Key prefix (LOYALTY_S3_PREFIX).")
+    prefix: str = Field(default=DEFAULT_PREFIX, description="Key prefix (LOYALTY_S3_PREFIX).")
     sse: str = Field(default="AES256", description="Server-side encryption: AES256 or aws:kms (LOYALTY_S3_SSE).")
     kms_key_id: Optional[str] = Field(default=None, description="KMS key id for aws:kms (LOYALTY_S3_KMS_KEY_ID).")
     storage_class: str = Field(default="STANDARD", description="S3 storage class (LOYALTY_S3_STORAGE_CLASS).")
@@ -116,11 +130,6 @@ class OffsiteStorage(dg.ConfigurableResource):
     @property
     def configured(self) -> bool:
         return bool(self.bucket)
-
-    def target(self) -> OffsiteTarget:
-        if not self.bucket:
-            raise dg.Failure("no offsite copy is configured: set LOYALTY_S3_BUCKET")
-        return OffsiteTarget(self.bucket, self.prefix, self.sse, self.kms_key_id, self.storage_class)
 
     def client(self):
         return self.s3.get_client()

@@ -89,9 +89,10 @@ def database_backup(
         runner = postgres.tools()
     except ConnectionConfigError as exc:
         raise dg.Failure(str(exc)) from None
+    location = backup_storage.location(offsite)
     previous = last_verified_backup(context.instance, exclude_run_id=context.run_id)
     request = BackupRequest(
-        backup_dir=backup_storage.path,
+        backup_dir=location.backup_dir,
         compression=compression,
         compression_level=backup_storage.compression_level,
         progress_interval_s=config.progress_interval_seconds,
@@ -99,9 +100,9 @@ def database_backup(
     streaming: list[StreamingUpload] = []
 
     def open_sink(name, expected_bytes):
-        if not (config.stream_upload and offsite.configured):
+        if not (config.stream_upload and location.offsite_configured):
             return None
-        upload = start_streaming_upload(context, offsite, name, expected_bytes)
+        upload = start_streaming_upload(context, location, offsite.client(), name, expected_bytes)
         if upload is None:
             return None
         streaming.append(upload)

@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import dagster as dg
 
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, INTEGRITY_CHECK_NAMES, metadata_values
-from loyalty_ops.defs.resources import OffsiteStorage, PostgresTarget
+from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.lib.backup import integrity
 from loyalty_ops.lib.backup.manifest import read_manifest
 from loyalty_ops.lib.backup.offsite import abort_pending_upload
@@ -57,7 +57,7 @@ def _result(name: str, passed: bool, description: str, **metadata) -> dg.AssetCh
     "contents and size. Any failure blocks (and aborts) the offsite copy.",
 )
 def backup_integrity_checks(
-    context: dg.AssetCheckExecutionContext, postgres: PostgresTarget, offsite: OffsiteStorage
+    context: dg.AssetCheckExecutionContext, postgres: PostgresTarget, backup_storage: BackupStorage, offsite: OffsiteStorage
 ) -> Iterator[dg.AssetCheckResult]:
     entry = backup_of_run(context.instance, context.run.run_id) or context.instance.get_latest_materialization_event(
         BACKUP_ASSET_KEY
@@ -128,8 +128,9 @@ def backup_integrity_checks(
 
         results.append(_size_result(inspection.file_bytes, meta))
     failed = [r.check_name for r in results if not r.passed]
-    if failed and meta.get("pending_upload_id") and offsite.configured:
-        abort_pending_upload(offsite.client(), offsite.target().bucket, meta["pending_upload_key"], meta["pending_upload_id"])
+    location = backup_storage.location(offsite)
+    if failed and meta.get("pending_upload_id") and location.offsite_configured:
+        abort_pending_upload(offsite.client(), location.bucket, meta["pending_upload_key"], meta["pending_upload_id"])
         context.log.error(
             f"integrity checks failed ({', '.join(failed)}): aborted the pending offsite upload of {path.name}; "
             "nothing was copied offsite"

@@ -9,12 +9,11 @@ import dagster as dg
 from pydantic import Field
 
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, BackupRecord, recent_backups
-from loyalty_ops.defs.resources import OffsiteStorage
-from loyalty_ops.lib.backup.naming import parse_backup_name
+from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.backup.offsite import (
     S3_ERRORS,
     OffsiteError,
-    OffsiteTarget,
     PendingUpload,
     PendingUploadGone,
     StreamingUpload,
@@ -31,38 +30,36 @@ from loyalty_ops.lib.formatting import human_bytes
 OWNERS = ["team:platform"]
 
 
-def abort_abandoned(context, client, target: OffsiteTarget, database: str) -> list[str]:
+def abort_abandoned(context, client, location: BackupLocation, database: str) -> list[str]:
     """Abort what earlier, dead runs left half-uploaded for this database; log each one. Never fails."""
     try:
-        aborted = abort_abandoned_uploads(client, target.bucket, target.prefix, database)
+        aborted = abort_abandoned_uploads(client, location, database)
     except OffsiteError as exc:
         context.log.warning(f"could not look for abandoned multipart uploads ({exc}); retention will still find them")
         return []
     for upload in aborted:
         context.log.warning(
-            f"aborted an abandoned multipart upload of s3://{target.bucket}/{upload.key} "
+            f"aborted an abandoned multipart upload of {location.uri_for(upload.key)} "
             f"(started {upload.age_hours} h ago by a run that no longer runs)"
         )
     return [upload.key for upload in aborted]
 
 
-def start_streaming_upload(context, offsite: OffsiteStorage, name, expected_bytes: int):
+def start_streaming_upload(context, location: BackupLocation, client, name, expected_bytes: int):
     """Begin the offsite multipart upload alongside the dump, or say why the upload will happen later.
     First aborts the uploads that earlier runs of this database left behind when they were killed."""
-    target = offsite.target()
-    client = offsite.client()
     try:
-        check_bucket(client, target.bucket)
+        check_bucket(client, location.bucket)
     except OffsiteError as exc:
         context.log.warning(f"offsite copy cannot start now ({exc}); the backup continues and the offsite step will retry")
         return None
-    abort_abandoned(context, client, target, name.database)
+    abort_abandoned(context, client, location, name.database)
     part_bytes = streaming_part_bytes(expected_bytes)
     if part_bytes is None:
         context.log.info("database too large for a bounded-memory streamed upload; uploading after the checks")
         return None
     try:
-        return StreamingUpload(client, target, name.s3_key(target.prefix), part_bytes, log=context.log.warning)
+        return StreamingUpload(client, location, location.key_for(name), part_bytes, log=context.log.warning)
     except (OffsiteError, *S3_ERRORS) as exc:
         context.log.warning(f"offsite copy cannot start now ({exc}); the backup continues and the offsite step will retry")
         return None
@@ -121,7 +118,7 @@ def backup_for_this_run(context: dg.AssetExecutionContext) -> Optional[BackupRec
     tags={"loyalty_ops/criticality": "critical"},
 )
 def offsite_backup_copy(
-    context: dg.AssetExecutionContext, config: OffsiteConfig, offsite: OffsiteStorage
+    context: dg.AssetExecutionContext, config: OffsiteConfig, backup_storage: BackupStorage, offsite: OffsiteStorage
 ) -> Iterator[dg.MaterializeResult]:
     """This run's verified backup (or, launched alone, the newest) copied to S3 at `PREFIX/YYYY/MM/DD/<file>`
     with its `.sha256` and `.manifest.json`, using multipart upload, SHA-256 checksums (also in the object's
@@ -142,12 +139,12 @@ def offsite_backup_copy(
             f"the backup {backup.metadata.get('filename')} did not pass its integrity checks "
             f"({', '.join(failed)}); refusing to copy it offsite"
         )
+    location = backup_storage.location(offsite)
     path = Path(backup.path)
-    name = parse_backup_name(path.name)
+    name = location.parse_name(path.name)
     if name is None or not path.exists():
         raise dg.Failure(f"backup file {path} is missing on this machine; it cannot be copied offsite")
-    target = offsite.target()
-    key = name.s3_key(target.prefix)
+    key = location.key_for(name)
     client = (
         offsite.client() if config.max_attempts is None
         else offsite.s3.model_copy(update={"max_attempts": config.max_attempts}).get_client()
@@ -157,26 +154,26 @@ def offsite_backup_copy(
     streamed = bool(meta.get("pending_upload_id") and meta.get("pending_upload_key") == key)
     try:
         if streamed:
-            size, checksum, streamed = _complete_streamed_upload(context, client, path, backup, target)
+            size, checksum, streamed = _complete_streamed_upload(context, client, path, backup, location)
         else:
             uploaded = upload_backup(
-                client, target, path, key, meta["sha256"],
+                client, location, path, key, meta["sha256"],
                 on_progress=lambda snap: context.log.info(snap.message()),
                 progress_interval_s=config.progress_interval_seconds,
                 log=context.log.info,
             )
             size, checksum = uploaded.bytes, uploaded.checksum_sha256
         # The one gate before `verified: true`, whichever way the object went up.
-        status = require_complete_copy(client, target.bucket, key, sha256_hex=meta["sha256"], size=path.stat().st_size)
+        status = require_complete_copy(client, location.bucket, key, sha256_hex=meta["sha256"], size=path.stat().st_size)
     except OffsiteError as exc:
-        raise dg.Failure(description=str(exc), metadata={"bucket": target.bucket, "key": key, "verified": False}) from None
+        raise dg.Failure(description=str(exc), metadata={"bucket": location.bucket, "key": key, "verified": False}) from None
     duration = time.monotonic() - started
-    aborted = [] if streamed else abort_abandoned(context, client, target, name.database)
+    aborted = [] if streamed else abort_abandoned(context, client, location, name.database)
     context.log.info(f"offsite copy verified: {status.uri} ({human_bytes(size)}) with both sidecars")
     yield dg.MaterializeResult(
         metadata={
             "uri": dg.MetadataValue.url(status.uri),
-            "bucket": target.bucket,
+            "bucket": location.bucket,
             "key": key,
             "filename": path.name,
             "bytes": size,
@@ -185,8 +182,8 @@ def offsite_backup_copy(
             "verified": status.complete,
             "duration_s": round(duration, 3),
             "throughput_mb_s": round(size / 1e6 / max(duration, 1e-6), 2),
-            "sse": target.sse,
-            "storage_class": target.storage_class,
+            "sse": location.sse,
+            "storage_class": location.storage_class,
             "sidecar_keys": dg.MetadataValue.json(list(status.sidecar_keys)),
             "source_run_id": backup.run_id,
             "streamed": streamed,
@@ -198,14 +195,14 @@ def offsite_backup_copy(
 
 
 def _complete_streamed_upload(
-    context, client, path: Path, backup: BackupRecord, target: OffsiteTarget
+    context, client, path: Path, backup: BackupRecord, location: BackupLocation
 ) -> tuple[int, str, bool]:
     """The parts were uploaded during the dump: check them against the file, complete, stamp, add sidecars.
     When the pending upload is gone (an earlier attempt completed or aborted it), upload the file instead.
     Returns (size, ChecksumSHA256, whether the streamed parts were used)."""
     meta = backup.metadata
     pending = PendingUpload(
-        bucket=target.bucket,
+        bucket=location.bucket,
         key=meta["pending_upload_key"],
         upload_id=meta["pending_upload_id"],
         parts=meta["pending_upload_parts"],
@@ -213,11 +210,11 @@ def _complete_streamed_upload(
         bytes=meta["bytes"],
     )
     try:
-        size, checksum = complete_pending_upload(client, pending, path, meta["sha256"], target=target)
+        size, checksum = complete_pending_upload(client, pending, path, meta["sha256"], location=location)
     except PendingUploadGone as exc:
         context.log.warning(f"{exc}; uploading the finished file instead")
-        uploaded = upload_backup(client, target, path, pending.key, meta["sha256"], log=context.log.info)
+        uploaded = upload_backup(client, location, path, pending.key, meta["sha256"], log=context.log.info)
         return uploaded.bytes, uploaded.checksum_sha256, False
-    upload_sidecars(client, target, path, pending.key)
+    upload_sidecars(client, location, path, pending.key)
     context.log.info(f"streamed upload completed: {pending.parts} parts sent during the dump")
     return size, checksum, True

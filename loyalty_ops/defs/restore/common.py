@@ -8,7 +8,6 @@ import dagster as dg
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.restore.run import RestoreEnvironment
-from loyalty_ops.lib.restore.source import S3Location
 
 
 def restore_environment(
@@ -25,16 +24,13 @@ def restore_environment(
         runner = postgres.tools()
     except ConnectionConfigError as exc:
         raise dg.Failure(str(exc)) from None
-    s3 = None
-    if offsite.configured:
-        target = offsite.target()
-        s3 = S3Location(offsite.client(), target.bucket, target.prefix)
+    location = backup_storage.location(offsite)
     return RestoreEnvironment(
         spec=spec,
         runner=runner,
-        backup_dir=backup_storage.path,
+        location=location,
         work_dir=Path(work_dir).expanduser().resolve() if work_dir else None,
-        s3=s3,
+        s3_client=offsite.client() if location.offsite_configured else None,
         log=context.log.info,
         warn=context.log.warning,
         on_progress=lambda snap: context.log.info(snap.message()),

@@ -6,7 +6,7 @@ state would keep."""
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -16,12 +16,12 @@ from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTa
 from loyalty_ops.defs.retention.evidence import gather_evidence
 from loyalty_ops.defs.retention.settings import RetentionSettings
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
-from loyalty_ops.lib.backup.naming import normalize_prefix
-from loyalty_ops.lib.backup.offsite import OffsiteError
+from loyalty_ops.lib.backup.inventory import list_local_files, list_multipart_uploads, list_objects
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.retention.cleanup import carry_out
-from loyalty_ops.lib.retention.inventory import list_multipart_uploads, list_objects, resolve_log_dir, scan_backup_dir, scan_log_dir
+from loyalty_ops.lib.retention.inventory import resolve_log_dir, scan_log_dir
 from loyalty_ops.lib.retention.gates import plan_with_reverification
 from loyalty_ops.lib.retention.plan import Inventory, PolicyError, RetentionPlan, RetentionPolicy, restrict_to
 from loyalty_ops.lib.retention.render import plan_summary
@@ -51,29 +51,40 @@ class RetentionCleanupConfig(dg.Config):
     )
 
 
-class _Context:
-    """What listing found, kept for the cleanup step (client, bucket, directories)."""
+class _Where(NamedTuple):
+    """What retention works on: the database, where its backups live (and an S3 client for the bucket), the logs."""
 
-    def __init__(self, plan: RetentionPlan, backup_dir: Path, client: Any, bucket: Optional[str], log_dir: Optional[Path], stats: dict):
-        self.plan, self.backup_dir, self.client, self.bucket, self.log_dir, self.stats = plan, backup_dir, client, bucket, log_dir, stats
+    database: str
+    location: BackupLocation
+    client: Any  # None when no offsite copy is configured
+    log_dir: Optional[Path]
+
+    @property
+    def bucket(self) -> Optional[str]:
+        return self.location.bucket
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.location.backup_dir
 
 
-def _where(settings: RetentionSettings, backup_storage: BackupStorage, offsite: OffsiteStorage, postgres: PostgresTarget) -> dict:
-    """The database, directories, bucket and client, checked before anything is listed."""
+class _Context(NamedTuple):
+    """What listing found, kept for the cleanup step."""
+
+    plan: RetentionPlan
+    where: _Where
+    stats: dict
+
+
+def _where(settings: RetentionSettings, backup_storage: BackupStorage, offsite: OffsiteStorage, postgres: PostgresTarget) -> _Where:
+    """The database, the backup location and the log directory, checked before anything is listed."""
     try:
         database = postgres.database_name
     except ConnectionConfigError as exc:
         raise dg.Failure(str(exc)) from None
-    where = {"database": database, "backup_dir": backup_storage.path, "client": None, "bucket": None, "prefix": offsite.prefix}
-    if offsite.configured:
-        try:
-            target = offsite.target()
-            target.validate()
-        except (OffsiteError, dg.Failure) as exc:
-            raise dg.Failure(f"offsite settings are invalid: {exc}") from None
-        where.update(bucket=target.bucket, prefix=target.prefix, client=offsite.client())
-    where["log_dir"] = resolve_log_dir(settings.log_dir)
-    return where
+    location = backup_storage.location(offsite)  # refuses invalid offsite settings
+    client = offsite.client() if location.offsite_configured else None
+    return _Where(database, location, client, resolve_log_dir(settings.log_dir))
 
 
 def make_plan(
@@ -90,9 +101,9 @@ def make_plan(
     except PolicyError as exc:
         raise dg.Failure(f"retention policy is invalid: {exc}") from None
     where = _where(settings, backup_storage, offsite, postgres)
-    client, bucket, prefix, log_dir, backup_dir = where["client"], where["bucket"], where["prefix"], where["log_dir"], where["backup_dir"]
+    location, client, bucket, log_dir, backup_dir = where.location, where.client, where.bucket, where.log_dir, where.backup_dir
     try:
-        local = scan_backup_dir(backup_dir)
+        local = list_local_files(location)
     except FileNotFoundError as exc:
         raise dg.Failure(str(exc)) from None
     remote = None
@@ -100,11 +111,11 @@ def make_plan(
     list_started = time.monotonic()
     if bucket:
         try:
-            remote = list_objects(client, bucket, prefix, log=context.log.info)
-            multipart = list_multipart_uploads(client, bucket, prefix)
+            remote = list_objects(client, location, log=context.log.info)
+            multipart = list_multipart_uploads(client, location)
         except Exception as exc:
             raise dg.Failure(
-                f"listing s3://{bucket}/{prefix} failed ({exc}); nothing was planned or deleted. Check AWS_ENDPOINT_URL, "
+                f"listing {location.prefix_uri} failed ({exc}); nothing was planned or deleted. Check AWS_ENDPOINT_URL, "
                 "the credentials and LOYALTY_S3_BUCKET"
             ) from None
     list_s = time.monotonic() - list_started
@@ -115,7 +126,7 @@ def make_plan(
         except FileNotFoundError as exc:
             raise dg.Failure(str(exc)) from None
     evidence = gather_evidence(context.instance, settings.history_limit)
-    inventory = Inventory(where["database"], local, remote, prefix, multipart, logs)
+    inventory = Inventory(where.database, local, remote, location.prefix, multipart, logs)
     started = time.monotonic()
     checked: dict = {}
 
@@ -138,7 +149,7 @@ def make_plan(
         "multipart_uploads_listed": len(multipart),
         "log_files_listed": len(logs or ()),
     }
-    return _Context(plan, backup_dir, client, bucket, log_dir, stats)
+    return _Context(plan, where, stats)
 
 
 @dg.asset(group_name=GROUP, kinds={"python", "s3"}, owners=OWNERS, tags={"loyalty_ops/criticality": "warning"})
@@ -178,8 +189,8 @@ def retention_plan(
             "blocked_reason": plan.blocked or "",
             "policy": plan.policy.describe(),
             "database": plan.database,
-            "backup_dir": dg.MetadataValue.path(str(found.backup_dir)),
-            "s3_prefix": f"s3://{found.bucket}/{plan.prefix}" if found.bucket else "not configured",
+            "backup_dir": dg.MetadataValue.path(str(found.where.backup_dir)),
+            "s3_prefix": f"s3://{found.where.bucket}/{plan.prefix}" if found.where.bucket else "not configured",
             # Names that are not this database's backups (month 13, other databases, temp files): never touched.
             "left_alone": dg.MetadataValue.json(
                 {"local": list(plan.ignored_local[:LEFT_ALONE_LIMIT]), "s3": list(plan.ignored_remote[:LEFT_ALONE_LIMIT])}
@@ -213,11 +224,11 @@ def retention_cleanup(
         )
     where = _where(retention_settings, backup_storage, offsite, postgres)
     planned_prefix = retention_plan.prefix if retention_plan.offsite_configured else None
-    current_prefix = normalize_prefix(where["prefix"]) if where["bucket"] else None
-    if where["database"] != retention_plan.database or planned_prefix != current_prefix:
+    current_prefix = where.location.prefix if where.bucket else None
+    if where.database != retention_plan.database or planned_prefix != current_prefix:
         raise dg.Failure(
             f"the plan was made for database {retention_plan.database!r}, S3 prefix {planned_prefix!r}, but the settings "
-            f"now say {where['database']!r}, {current_prefix!r} (PGDATABASE / LOYALTY_S3_BUCKET / LOYALTY_S3_PREFIX changed); "
+            f"now say {where.database!r}, {current_prefix!r} (PGDATABASE / LOYALTY_S3_BUCKET / LOYALTY_S3_PREFIX changed); "
             "re-run retention_plan"
         )
     latest = context.instance.get_latest_materialization_event(dg.AssetKey("retention_plan"))
@@ -226,7 +237,7 @@ def retention_cleanup(
         # Planned moments ago in this run, under the same database lock: no second listing of the bucket
         # (that would double the list requests). carry_out still re-checks each local file, and each local
         # backup's offsite copy, right before deleting it.
-        found = _Context(retention_plan, where["backup_dir"], where["client"], where["bucket"], where["log_dir"], {})
+        found = _Context(retention_plan, where, {})
         plan = retention_plan
     else:
         # A plan from an earlier run: re-list and re-plan, and carry out only what both plans delete.
@@ -240,10 +251,10 @@ def retention_cleanup(
     started = time.monotonic()
     outcome = carry_out(
         plan,
-        backup_dir=found.backup_dir,
-        client=found.client,
-        bucket=found.bucket,
-        log_dir=found.log_dir,
+        backup_dir=found.where.backup_dir,
+        client=found.where.client,
+        bucket=found.where.bucket,
+        log_dir=found.where.log_dir,
         dry_run=dry_run,
         log=context.log.info,
     )

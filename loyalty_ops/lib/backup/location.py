@@ -113,7 +113,7 @@ class BackupLocation:
 
     def key_for(self, name: BackupName) -> str:
         """``PREFIX/YYYY/MM/DD/<file>`` for the backup's own date (UTC)."""
-        return f"{self.prefix}{name.taken_at:%Y/%m/%d}/{name.filename}"
+        return name.s3_key(self.prefix)
 
     def uri_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"

@@ -1,7 +1,9 @@
 """Backup file names and S3 keys, in the guide's form: ``loyalty_YYYYMMDD_HHMMSS.dump.gz``.
 
 The prefix is the database name, so backups of different databases never share a name and retention
-can tell them apart. ``.dump.zst`` is the zstd variant.
+can tell them apart. ``.dump.zst`` is the zstd variant. These are the parsing primitives; the rest of the
+tool asks :class:`loyalty_ops.lib.backup.location.BackupLocation` (``key_for``, ``parse_key``,
+``sidecar_names``), which holds the normalised prefix.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 from boto3.s3.transfer import TransferConfig
 
-from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, SIDECAR_SUFFIX
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.backup.offsite_status import (  # noqa: F401  (re-exported)
     OffsiteCopyStatus,
     offsite_copy_status,
@@ -40,13 +40,10 @@ from loyalty_ops.lib.backup.offsite_stream import (  # noqa: F401  (re-exported)
     complete_pending_upload,
     streaming_part_bytes,
 )
-from loyalty_ops.lib.backup.offsite_target import (  # noqa: F401  (re-exported)
+from loyalty_ops.lib.backup.offsite_errors import (  # noqa: F401  (re-exported)
     S3_ERRORS,
     SHA256_METADATA,
-    SSE_CHOICES,
-    STORAGE_CLASSES,
     OffsiteError,
-    OffsiteTarget,
     check_bucket,
     explain,
     s3_failure,
@@ -91,29 +88,31 @@ def expected_s3_checksum(path: Path, chunk_bytes: int = MULTIPART_CHUNK_BYTES, t
     return f"{base64.b64encode(hashlib.sha256(b''.join(digests)).digest()).decode()}-{len(digests)}"
 
 
-def sidecar_paths(path: Path) -> tuple[Path, ...]:
-    return tuple(p for p in (Path(str(path) + SIDECAR_SUFFIX), Path(str(path) + MANIFEST_SUFFIX)) if p.exists())
+def _bucket(location: BackupLocation) -> str:
+    if location.bucket is None:
+        raise OffsiteError("no offsite copy is configured: set LOYALTY_S3_BUCKET (e.g. LOYALTY_S3_BUCKET=loyalty-backups)")
+    return location.bucket
 
 
-def upload_sidecars(client: Any, target: OffsiteTarget, path: Path, key: str) -> tuple[str, ...]:
+def upload_sidecars(client: Any, location: BackupLocation, path: Path, key: str) -> tuple[str, ...]:
     """Put ``FILE.sha256`` and ``FILE.manifest.json`` next to the object (small: one PUT each, retried by
     botocore). Raises OffsiteError naming the sidecar when one cannot be stored or is missing locally."""
     path = Path(path)
+    bucket = _bucket(location)
     keys = []
-    for suffix in (SIDECAR_SUFFIX, MANIFEST_SUFFIX):
-        local = Path(str(path) + suffix)
-        sidecar_key = key + suffix
+    for local_name, sidecar_key in zip(location.sidecar_names(path.name), location.sidecar_names(key)):
+        local = path.with_name(local_name)
         if not local.exists():
             raise OffsiteError(
-                f"{local.name} is missing next to the backup, so s3://{target.bucket}/{key} cannot be completed; "
+                f"{local.name} is missing next to the backup, so s3://{bucket}/{key} cannot be completed; "
                 "the backup was not written in full: take a new one"
             )
         try:
-            client.put_object(Bucket=target.bucket, Key=sidecar_key, Body=local.read_bytes(), **target.extra_args())
+            client.put_object(Bucket=bucket, Key=sidecar_key, Body=local.read_bytes(), **location.upload_args())
         except S3_ERRORS as exc:
             raise OffsiteError(
-                f"{s3_failure('uploading the sidecar', target.bucket, sidecar_key, exc)}. The object "
-                f"s3://{target.bucket}/{key} carries its sha256 in its metadata but is NOT counted as offsite "
+                f"{s3_failure('uploading the sidecar', bucket, sidecar_key, exc)}. The object "
+                f"s3://{bucket}/{key} carries its sha256 in its metadata but is NOT counted as offsite "
                 "until both sidecars are there"
             ) from None
         keys.append(sidecar_key)
@@ -122,7 +121,7 @@ def upload_sidecars(client: Any, target: OffsiteTarget, path: Path, key: str) ->
 
 def upload_backup(
     client: Any,
-    target: OffsiteTarget,
+    location: BackupLocation,
     path: Path,
     key: str,
     sha256_hex: str,
@@ -132,29 +131,30 @@ def upload_backup(
     chunk_bytes: int = MULTIPART_CHUNK_BYTES,
     log: Callable[[str], None] = lambda _m: None,
 ) -> UploadedObject:
-    """Upload ``path`` to ``key`` with its sha256 metadata, then its two sidecars, then verify all three."""
-    target.validate()
+    """Upload ``path`` to ``key`` (``location.key_for`` its name) with its sha256 metadata, then its two
+    sidecars, then verify all three. The location's upload settings were checked when it was made."""
     path = Path(path)
-    check_bucket(client, target.bucket)
+    bucket = _bucket(location)
+    check_bucket(client, bucket)
     size = path.stat().st_size
     config = TransferConfig(multipart_threshold=chunk_bytes, multipart_chunksize=chunk_bytes, max_concurrency=2)
-    extra = dict(target.extra_args())
+    extra = dict(location.upload_args())
     extra["Metadata"] = {SHA256_METADATA: sha256_hex}
     started = time.monotonic()
     meter = ProgressMeter("upload", on_progress, expected_bytes=size, interval_s=progress_interval_s)
     try:
-        client.upload_file(str(path), target.bucket, key, ExtraArgs=extra, Callback=meter.add, Config=config)
+        client.upload_file(str(path), bucket, key, ExtraArgs=extra, Callback=meter.add, Config=config)
     except S3_ERRORS as exc:  # S3UploadFailedError after botocore's retries; the transfer aborted its parts
-        raise OffsiteError(f"{s3_failure(f'uploading {path.name} to', target.bucket, key, exc)}") from None
+        raise OffsiteError(f"{s3_failure(f'uploading {path.name} to', bucket, key, exc)}") from None
     meter.finish()
     _size, checksum = verify_remote_copy(
-        client, target.bucket, key, path, sha256_hex, expected_checksum=expected_s3_checksum(path, chunk_bytes)
+        client, bucket, key, path, sha256_hex, expected_checksum=expected_s3_checksum(path, chunk_bytes)
     )
-    sidecar_keys = upload_sidecars(client, target, path, key)
-    status = require_complete_copy(client, target.bucket, key, sha256_hex=sha256_hex, size=size)
+    sidecar_keys = upload_sidecars(client, location, path, key)
+    status = require_complete_copy(client, bucket, key, sha256_hex=sha256_hex, size=size)
     log(f"offsite copy complete: {status.uri} with {', '.join(k.rsplit('/', 1)[-1] for k in sidecar_keys)}")
     return UploadedObject(
-        bucket=target.bucket,
+        bucket=bucket,
         key=key,
         bytes=size,
         checksum_sha256=checksum,

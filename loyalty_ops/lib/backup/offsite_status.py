@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, SIDECAR_SUFFIX
-from loyalty_ops.lib.backup.offsite_target import S3_ERRORS, SHA256_METADATA, OffsiteError, error_code, explain
+from loyalty_ops.lib.backup.location import BackupLocation
+from loyalty_ops.lib.backup.offsite_errors import S3_ERRORS, SHA256_METADATA, OffsiteError, error_code, explain
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MISSING = {"404", "NoSuchKey", "NotFound"}
@@ -80,7 +80,7 @@ def offsite_copy_status(
     Never raises for S3 errors: an S3 that cannot be asked gives ``complete=False, unreadable=True`` with the
     reason, so callers can tell "we could not check" from "it is incomplete".
     """
-    sidecar_key, manifest_key = key + SIDECAR_SUFFIX, key + MANIFEST_SUFFIX
+    sidecar_key, manifest_key = BackupLocation.sidecar_names(key)
     problems: list[str] = []
     try:
         try:

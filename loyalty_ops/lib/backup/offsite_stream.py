@@ -17,13 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from loyalty_ops.lib.backup.naming import normalize_prefix, parse_backup_key
+from loyalty_ops.lib.backup.inventory import list_multipart_uploads
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.backup.offsite_status import part_checksums, verify_remote_copy, whole_object_checksum
-from loyalty_ops.lib.backup.offsite_target import (
+from loyalty_ops.lib.backup.offsite_errors import (
     S3_ERRORS,
     SHA256_METADATA,
     OffsiteError,
-    OffsiteTarget,
     error_code,
     explain,
     s3_failure,
@@ -72,15 +72,16 @@ class StreamingUpload:
     fails the backup itself. Memory is bounded by three parts.
     """
 
-    def __init__(self, client: Any, target: OffsiteTarget, key: str, part_bytes: int, *, log: Callable[[str], None] = lambda _m: None):
-        target.validate()
+    def __init__(self, client: Any, location: BackupLocation, key: str, part_bytes: int, *, log: Callable[[str], None] = lambda _m: None):
+        if location.bucket is None:
+            raise OffsiteError("no offsite copy is configured: set LOYALTY_S3_BUCKET (e.g. LOYALTY_S3_BUCKET=loyalty-backups)")
         self._client = client
-        self.target = target
+        self.bucket: str = location.bucket
         self.key = key
         self.part_bytes = part_bytes
         self._log = log
         # No Metadata here: the SHA-256 is not known until the dump ends; complete_pending_upload adds it.
-        created = client.create_multipart_upload(Bucket=target.bucket, Key=key, **target.extra_args())
+        created = client.create_multipart_upload(Bucket=self.bucket, Key=key, **location.upload_args())
         self.upload_id: str = created["UploadId"]
         self._pending: list[bytes] = []  # blocks of the part being filled (joined once: one copy)
         self._pending_bytes = 0
@@ -121,11 +122,11 @@ class StreamingUpload:
             checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
             try:
                 self._client.upload_part(
-                    Bucket=self.target.bucket, Key=self.key, UploadId=self.upload_id,
+                    Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
                     PartNumber=number, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
                 )
             except S3_ERRORS as exc:
-                self.failed = f"part {number} failed: {explain(exc, self.target.bucket)}"
+                self.failed = f"part {number} failed: {explain(exc, self.bucket)}"
                 self._log(f"streaming offsite upload stopped ({self.failed}); the finished file will be uploaded instead")
 
     def finish(self) -> Optional[PendingUpload]:
@@ -137,7 +138,7 @@ class StreamingUpload:
         if self.failed:
             self.abort()
             return None
-        return PendingUpload(self.target.bucket, self.key, self.upload_id, self._next_part - 1, self.part_bytes, self._bytes)
+        return PendingUpload(self.bucket, self.key, self.upload_id, self._next_part - 1, self.part_bytes, self._bytes)
 
     def abort(self) -> None:
         if self._worker.is_alive():
@@ -147,7 +148,7 @@ class StreamingUpload:
             except queue.Full:
                 pass
             self._worker.join(30)
-        abort_pending_upload(self._client, self.target.bucket, self.key, self.upload_id)
+        abort_pending_upload(self._client, self.bucket, self.key, self.upload_id)
 
 
 def abort_pending_upload(client: Any, bucket: str, key: str, upload_id: str) -> bool:
@@ -172,14 +173,14 @@ def complete_pending_upload(
     path: Path,
     sha256_hex: str,
     *,
-    target: Optional[OffsiteTarget] = None,
+    location: Optional[BackupLocation] = None,
     copy_limit_bytes: int = COPY_OBJECT_MAX_BYTES,
 ) -> tuple[int, str]:
     """Check every uploaded part against the local file, complete the upload, stamp the object with its
     SHA-256 and verify it. Returns (size, ChecksumSHA256) as S3 reports them.
 
     Raises OffsiteError after aborting the upload (before completion) or deleting the object (after it).
-    ``target`` gives the encryption and storage class for the stamped object (default: as uploaded).
+    ``location`` gives the encryption and storage class for the stamped object (default: as uploaded).
     """
     bucket, key = pending.bucket, pending.key
     remote_parts = []
@@ -218,7 +219,7 @@ def complete_pending_upload(
         raise OffsiteError(f"{s3_failure('completing the streamed upload of', bucket, key, exc)}; aborted the upload") from None
     size = Path(path).stat().st_size
     try:
-        stamped_whole = _stamp_sha256(client, bucket, key, size, sha256_hex, pending.part_bytes, local, target, copy_limit_bytes)
+        stamped_whole = _stamp_sha256(client, bucket, key, size, sha256_hex, pending.part_bytes, local, location, copy_limit_bytes)
         expected = whole_object_checksum(sha256_hex) if stamped_whole else composite
         return verify_remote_copy(client, bucket, key, path, sha256_hex, expected_checksum=expected)
     except (OffsiteError, *S3_ERRORS) as exc:
@@ -230,13 +231,13 @@ def complete_pending_upload(
 
 def _stamp_sha256(
     client: Any, bucket: str, key: str, size: int, sha256_hex: str, part_bytes: int,
-    local_parts: list[tuple[int, str]], target: Optional[OffsiteTarget], copy_limit_bytes: int,
+    local_parts: list[tuple[int, str]], location: Optional[BackupLocation], copy_limit_bytes: int,
 ) -> bool:
     """Copy the object onto itself with ``x-amz-meta-sha256``. True when it was copied whole (then S3's
     ChecksumSHA256 is the file's SHA-256); False when part by part, along the original part boundaries
     (then S3's composite checksum is unchanged)."""
-    if target is not None:
-        extra = target.extra_args()
+    if location is not None:
+        extra = location.upload_args()
     else:
         head = client.head_object(Bucket=bucket, Key=key)
         extra = {"ChecksumAlgorithm": "SHA256"}
@@ -274,14 +275,13 @@ class AbandonedUpload:
 
 def abort_abandoned_uploads(
     client: Any,
-    bucket: str,
-    prefix: str,
+    location: BackupLocation,
     database: str,
     *,
     now: Optional[datetime] = None,
     older_than_hours: float = ABANDONED_AFTER_HOURS,
 ) -> list[AbandonedUpload]:
-    """Abort the incomplete multipart uploads that runs which no longer run left under ``prefix``.
+    """Abort the incomplete multipart uploads that runs which no longer run left under the location's prefix.
 
     The rule, so that a concurrently running backup's upload is never touched: only uploads to a canonical
     backup key of *this* database (``PREFIX/YYYY/MM/DD/<database>_<stamp>.dump.*``) are considered, and
@@ -292,23 +292,21 @@ def abort_abandoned_uploads(
     uploads cannot be listed.
     """
     now = now or datetime.now(timezone.utc)
-    prefix = normalize_prefix(prefix)
+    bucket = location.bucket or ""
     aborted = []
     try:
-        pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
-        uploads = [upload for page in pages for upload in page.get("Uploads", [])]
+        uploads = list_multipart_uploads(client, location)
     except S3_ERRORS as exc:
-        raise OffsiteError(f"listing incomplete uploads under s3://{bucket}/{prefix} failed: {explain(exc, bucket)}") from None
+        raise OffsiteError(f"listing incomplete uploads under {location.prefix_uri} failed: {explain(exc, bucket)}") from None
     for upload in uploads:
-        name = parse_backup_key(upload["Key"], prefix)
+        name = location.parse_key(upload.key)
         if name is None or name.database != database:
             continue
         ages = [(now - name.taken_at).total_seconds() / 3600]
-        initiated = upload.get("Initiated")
-        if isinstance(initiated, datetime):
-            ages.append((now - initiated.astimezone(timezone.utc)).total_seconds() / 3600)
+        if isinstance(upload.initiated, datetime):
+            ages.append((now - upload.initiated.astimezone(timezone.utc)).total_seconds() / 3600)
         if min(ages) < older_than_hours:
             continue
-        if abort_pending_upload(client, bucket, upload["Key"], upload["UploadId"]):
-            aborted.append(AbandonedUpload(upload["Key"], upload["UploadId"], round(ages[0], 1)))
+        if abort_pending_upload(client, bucket, upload.key, upload.upload_id):
+            aborted.append(AbandonedUpload(upload.key, upload.upload_id, round(ages[0], 1)))
     return aborted

@@ -79,10 +79,10 @@ def drop_leftover_drills(env: RestoreEnvironment, now: datetime) -> list[str]:
 
 def newest_backup_ref(env: RestoreEnvironment) -> BackupRef:
     """A drill proves the newest backup restores: it never passes over a bad one to drill an older one."""
-    candidates = list_candidates(env.backup_dir, env.spec.dbname, env.s3)
+    candidates = list_candidates(env.location, env.spec.dbname, env.s3)
     if not candidates:
         raise RestoreStepError(
-            "find backup", f"there is no backup of {env.spec.dbname} in {where_backups_live(env.backup_dir, env.s3)}"
+            "find backup", f"there is no backup of {env.spec.dbname} in {where_backups_live(env.location, env.s3)}"
         )
     newest = candidates[0]
     if newest.local_path is not None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pg.tools import PgToolRunner
 from loyalty_ops.lib.progress import ProgressSnapshot
 from loyalty_ops.lib.restore.history import BackupHistory
-from loyalty_ops.lib.restore.source import S3Location
 
 
 def _quiet(_msg: str) -> None:
@@ -24,9 +24,9 @@ class RestoreEnvironment:
 
     spec: ConnectionSpec  # the server; ``dbname`` is the source database (whose backups 'latest' means)
     runner: PgToolRunner
-    backup_dir: Path
-    work_dir: Optional[Path] = None  # for the decompressed archive and downloads; default backup_dir
-    s3: Optional[S3Location] = None
+    location: BackupLocation  # the backup directory and (with a bucket) the S3 prefix
+    work_dir: Optional[Path] = None  # for the decompressed archive and downloads; default the backup directory
+    s3_client: Any = None  # a boto3 client for ``location.bucket``; None: backups on this machine only
     log: Callable[[str], None] = _quiet
     warn: Callable[[str], None] = _quiet
     on_progress: Optional[Callable[[ProgressSnapshot], None]] = None
@@ -35,6 +35,15 @@ class RestoreEnvironment:
     # Verdicts of the integrity checks and drills of past backups; None or empty: no history to consult
     # (``latest`` then picks the newest backup whose own file verifies).
     history: Optional[BackupHistory] = None
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.location.backup_dir
+
+    @property
+    def s3(self) -> Any:
+        """The S3 client when backups are looked for on S3 too (a bucket and a client), else None."""
+        return self.s3_client if self.location.offsite_configured else None
 
     @property
     def scratch_dir(self) -> Path:

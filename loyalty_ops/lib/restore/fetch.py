@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from loyalty_ops.lib.backup.naming import parse_backup_name
 from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.restore.environment import RestoreEnvironment
 from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, IncompleteBackup, RestoreRefused
@@ -107,13 +106,13 @@ def _fetch_candidate(candidate: Candidate, env: RestoreEnvironment, *, require_c
             failures.append((f"the local copy {candidate.local_path}", exc))
     s3_key = candidate.s3_key
     if s3_key is None and env.s3 is not None and candidate.local_path is not None:
-        s3_key = candidate.name.s3_key(env.s3.prefix)  # where the offsite copy of this file would be
+        s3_key = env.location.key_for(candidate.name)  # where the offsite copy of this file would be
     if s3_key is not None and env.s3 is not None:
-        where = f"s3://{env.s3.bucket}/{s3_key}"
+        where = env.location.uri_for(s3_key)
         if failures:
             env.warn(f"{failures[0][0]} cannot be used: {failures[0][1].reason}; trying its S3 copy {where}")
         try:
-            located = locate_s3(env.s3, s3_key)
+            located = locate_s3(env.s3, env.location, s3_key)
             if require_complete:
                 _require_complete(located)
             fetched = _prepare(located, env)
@@ -142,10 +141,10 @@ def _fetch_candidate(candidate: Candidate, env: RestoreEnvironment, *, require_c
 def fetch_latest(env: RestoreEnvironment) -> FetchedArchive:
     """The newest backup that passed its checks (and drill), or without history, whose file verifies."""
     database = env.spec.dbname
-    candidates = list_candidates(env.backup_dir, database, env.s3)
+    candidates = list_candidates(env.location, database, env.s3)
     if not candidates:
         raise BackupNotFound(
-            "find backup", f"there is no backup of {database or 'any database'} in {where_backups_live(env.backup_dir, env.s3)}"
+            "find backup", f"there is no backup of {database or 'any database'} in {where_backups_live(env.location, env.s3)}"
         )
     history = env.history
     use_history = history is not None and not history.empty
@@ -198,15 +197,15 @@ def fetch_and_verify(ref: BackupRef, env: RestoreEnvironment) -> FetchedArchive:
     if ref.kind == "latest":
         fetched = fetch_latest(env)
     elif ref.kind == "file":
-        path = Path(ref.value) if Path(ref.value).is_absolute() else Path(env.backup_dir) / ref.value
-        name = parse_backup_name(path.name)
+        path = Path(ref.value) if Path(ref.value).is_absolute() else env.backup_dir / ref.value
+        name = env.location.parse_name(path.name)
         if path.is_file() and name is not None:
             # A damaged local file falls back to its S3 copy; safety backups are never offsite.
             candidate = Candidate(name, local_path=path)
             fetched = _fetch_candidate(candidate, env) if not ref.is_safety else _prepare(locate_local(path), env)
         else:
-            fetched = _prepare(locate_backup(ref, env.backup_dir, database=env.spec.dbname, s3=env.s3), env)
+            fetched = _prepare(locate_backup(ref, env.location, database=env.spec.dbname, client=env.s3), env)
     else:
-        fetched = _prepare(locate_backup(ref, env.backup_dir, database=env.spec.dbname, s3=env.s3), env)
+        fetched = _prepare(locate_backup(ref, env.location, database=env.spec.dbname, client=env.s3), env)
     fetched.timings["find_s"] = time.monotonic() - t0 - sum(fetched.timings.values())
     return fetched

@@ -31,7 +31,7 @@ from loyalty_ops.lib.restore.drill import DrillResult, drop_leftover_drills, run
 from loyalty_ops.lib.restore.environment import RestoreEnvironment
 from loyalty_ops.lib.restore.errors import RestoreRefused, RestoreStepError
 from loyalty_ops.lib.restore.fetch import FetchedArchive, fetch_and_verify
-from loyalty_ops.lib.restore.plan import SAFETY_SUBDIR, RestoreRequest, retired_database_name, side_database_name
+from loyalty_ops.lib.restore.plan import RestoreRequest, retired_database_name, side_database_name
 from loyalty_ops.lib.restore.pg_restore import run_pg_restore
 from loyalty_ops.lib.restore.verify import Comparison
 
@@ -59,7 +59,7 @@ def take_safety_backup(env: RestoreEnvironment, database: str) -> Path:
     result = take_backup(
         spec,
         env.runner,
-        BackupRequest(backup_dir=env.backup_dir / SAFETY_SUBDIR, compression=env.compression, progress_interval_s=env.progress_interval_s),
+        BackupRequest(backup_dir=env.location.safety_dir, compression=env.compression, progress_interval_s=env.progress_interval_s),
         on_progress=env.on_progress,
         log=env.log,
     )

@@ -21,15 +21,9 @@ from typing import Any, Callable, Optional
 
 from loyalty_ops.lib.backup.integrity import CUSTOM_FORMAT_MAGIC, StreamDecompressor, compression_of, read_sidecar
 from loyalty_ops.lib.backup.manifest import BackupManifest, read_manifest
-from loyalty_ops.lib.backup.naming import (
-    MANIFEST_SUFFIX,
-    PARTIAL_MARKER,
-    SIDECAR_SUFFIX,
-    BackupName,
-    normalize_prefix,
-    parse_backup_key,
-    parse_backup_name,
-)
+from loyalty_ops.lib.backup.inventory import list_objects
+from loyalty_ops.lib.backup.location import BackupLocation
+from loyalty_ops.lib.backup.naming import PARTIAL_MARKER, SIDECAR_SUFFIX, BackupName
 from loyalty_ops.lib.backup.stream import drain_queue, remove_stale_partials
 from loyalty_ops.lib.progress import ProgressMeter, ProgressSnapshot
 from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, RestoreRefused
@@ -37,15 +31,6 @@ from loyalty_ops.lib.restore.plan import BackupRef
 
 READ_BYTES = 4 * 1024 * 1024
 ProgressFn = Optional[Callable[[ProgressSnapshot], None]]
-
-
-@dataclass(frozen=True)
-class S3Location:
-    """Where offsite copies live: a boto3 client, the bucket and the key prefix."""
-
-    client: Any
-    bucket: str
-    prefix: str = "backups/"
 
 
 @dataclass
@@ -79,33 +64,33 @@ class Candidate:
         return self.name.filename
 
 
-def list_candidates(backup_dir: Path, database: Optional[str], s3: Optional[S3Location] = None) -> list[Candidate]:
-    """Every backup of ``database`` in ``backup_dir`` and under the S3 prefix, newest first, one entry per backup.
+def list_candidates(location: BackupLocation, database: Optional[str], client: Any = None) -> list[Candidate]:
+    """Every backup of ``database`` in the backup directory and (given a ``client``) under the S3 prefix,
+    newest first, one entry per backup.
 
     Only names the strict parser accepts count: a stray ``loyalty_20251301_000000.dump.gz`` (month 13), a
     sidecar or a key outside ``PREFIX/YYYY/MM/DD/`` is left alone.
     """
     found: dict[str, Candidate] = {}
-    if Path(backup_dir).is_dir():
-        for path in Path(backup_dir).iterdir():
-            name = parse_backup_name(path.name)
+    backup_dir = location.backup_dir
+    if backup_dir.is_dir():
+        for path in backup_dir.iterdir():
+            name = location.parse_name(path.name)
             if name and (database is None or name.database == database) and path.is_file():
                 found[name.filename] = Candidate(name, local_path=path)
-    if s3 is not None:
-        paginator = s3.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=s3.bucket, Prefix=normalize_prefix(s3.prefix)):
-            for obj in page.get("Contents", []):
-                name = parse_backup_key(obj["Key"], s3.prefix)
-                if name and (database is None or name.database == database):
-                    found.setdefault(name.filename, Candidate(name)).s3_key = obj["Key"]
+    if client is not None and location.offsite_configured:
+        for obj in list_objects(client, location):
+            name = location.parse_key(obj.key)
+            if name and (database is None or name.database == database):
+                found.setdefault(name.filename, Candidate(name)).s3_key = obj.key
     return sorted(found.values(), key=lambda c: (c.name.taken_at, c.filename), reverse=True)
 
 
-def _s3_text(s3: S3Location, key: str) -> Optional[str]:
+def _s3_text(client: Any, bucket: str, key: str) -> Optional[str]:
     from botocore.exceptions import ClientError
 
     try:
-        return s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"].read().decode("utf-8")
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
             return None
@@ -136,20 +121,22 @@ def locate_local(path: Path) -> LocatedBackup:
     return LocatedBackup(path.name, sha, local_path=path, size=path.stat().st_size, manifest=manifest, checksum_sources=sources)
 
 
-def locate_s3(s3: S3Location, key: str) -> LocatedBackup:
+def locate_s3(client: Any, location: BackupLocation, key: str) -> LocatedBackup:
     """An S3 object with the SHA-256 its sidecar, manifest and object metadata record."""
     from botocore.exceptions import ClientError
 
+    bucket = location.bucket
     filename = key.rsplit("/", 1)[-1]
     try:
-        head = s3.client.head_object(Bucket=s3.bucket, Key=key)
+        head = client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code")
         if code in ("NoSuchKey", "404", "NotFound"):
-            raise BackupNotFound("find backup", f"s3://{s3.bucket}/{key} does not exist") from None
-        raise RestoreRefused("find backup", f"S3 refused HEAD of s3://{s3.bucket}/{key} ({code})") from None
-    sidecar_text = _s3_text(s3, key + SIDECAR_SUFFIX)
-    manifest_text = _s3_text(s3, key + MANIFEST_SUFFIX)
+            raise BackupNotFound("find backup", f"{location.uri_for(key)} does not exist") from None
+        raise RestoreRefused("find backup", f"S3 refused HEAD of {location.uri_for(key)} ({code})") from None
+    sidecar_key, manifest_key = location.sidecar_names(key)
+    sidecar_text = _s3_text(client, bucket, sidecar_key)
+    manifest_text = _s3_text(client, bucket, manifest_key)
     manifest = BackupManifest.from_json(manifest_text) if manifest_text else None
     sidecar = sidecar_text.split()[0] if sidecar_text and sidecar_text.strip() else None
     sha, sources = _expected_sha(
@@ -161,50 +148,52 @@ def locate_s3(s3: S3Location, key: str) -> LocatedBackup:
         },
     )
     return LocatedBackup(
-        filename, sha, s3_key=key, bucket=s3.bucket, size=int(head["ContentLength"]), manifest=manifest,
+        filename, sha, s3_key=key, bucket=bucket, size=int(head["ContentLength"]), manifest=manifest,
         checksum_sources=sources,
     )
 
 
 def locate_backup(
-    ref: BackupRef, backup_dir: Path, *, database: Optional[str] = None, s3: Optional[S3Location] = None
+    ref: BackupRef, location: BackupLocation, *, database: Optional[str] = None, client: Any = None
 ) -> LocatedBackup:
     """The backup ``ref`` names, with its expected SHA-256. Raises :class:`BackupNotFound` (nothing touched).
+    S3 is looked at only with a ``client`` and a bucket.
 
     For ``latest`` this is only the newest *file*; a restore's ``latest`` (the newest backup that passed its
     checks) is chosen by ``fetch.fetch_latest``.
     """
-    backup_dir = Path(backup_dir)
+    s3 = client if location.offsite_configured else None
     if ref.kind == "latest":
-        candidates = list_candidates(backup_dir, database, s3)
+        candidates = list_candidates(location, database, s3)
         if not candidates:
-            raise BackupNotFound("find backup", f"there is no backup of {database or 'any database'} in {where_backups_live(backup_dir, s3)}")
+            raise BackupNotFound("find backup", f"there is no backup of {database or 'any database'} in {where_backups_live(location, s3)}")
         newest = candidates[0]
         if newest.local_path is not None:
             return locate_local(newest.local_path)
         assert s3 is not None and newest.s3_key is not None
-        return locate_s3(s3, newest.s3_key)
+        return locate_s3(s3, location, newest.s3_key)
     if ref.kind == "file":
-        path = Path(ref.value) if Path(ref.value).is_absolute() else backup_dir / ref.value
+        path = Path(ref.value) if Path(ref.value).is_absolute() else location.backup_dir / ref.value
         if path.is_file():
             return locate_local(path)
-        name = parse_backup_name(path.name) if not ref.is_safety else None  # safety backups are never offsite
+        name = location.parse_name(path.name) if not ref.is_safety else None  # safety backups are never offsite
         if s3 is not None and name is not None:
             try:
-                return locate_s3(s3, name.s3_key(s3.prefix))
+                return locate_s3(s3, location, location.key_for(name))
             except BackupNotFound:
                 pass
-        where = f"{path}" + (f" nor at s3://{s3.bucket}/{name.s3_key(s3.prefix)}" if s3 and name else "")
+        where = f"{path}" + (f" nor at {location.uri_for(location.key_for(name))}" if s3 and name else "")
         raise BackupNotFound("find backup", f"backup {ref.value} not found: not at {where}")
     if s3 is None:
         raise BackupNotFound(
             "find backup", f"backup {ref.value} is an S3 key but no offsite bucket is configured (LOYALTY_S3_BUCKET)"
         )
-    return locate_s3(s3, ref.value)
+    return locate_s3(s3, location, ref.value)
 
 
-def where_backups_live(backup_dir: Path, s3: Optional[S3Location]) -> str:
-    return f"{backup_dir}" + (f" or s3://{s3.bucket}/{normalize_prefix(s3.prefix)}" if s3 else "")
+def where_backups_live(location: BackupLocation, client: Any = None) -> str:
+    """The backup directory and, when S3 is looked at too, the S3 prefix."""
+    return location.describe() if client is not None else str(location.backup_dir)
 
 
 def work_file(work_dir: Path, filename: str, role: str) -> Path:
@@ -215,7 +204,7 @@ def work_file(work_dir: Path, filename: str, role: str) -> Path:
 def fetch_backup(
     located: LocatedBackup,
     work_dir: Path,
-    s3: Optional[S3Location],
+    client: Any,
     *,
     on_progress: ProgressFn = None,
     progress_interval_s: float = 10.0,
@@ -223,7 +212,7 @@ def fetch_backup(
     """A local path to the compressed backup, downloading it when needed. Returns (path, downloaded)."""
     if located.local_path is not None:
         return located.local_path, False
-    assert s3 is not None and located.s3_key is not None
+    assert client is not None and located.s3_key is not None
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(work_dir)
@@ -234,11 +223,11 @@ def fetch_backup(
         # process umask's mode first.
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            s3.client.download_fileobj(s3.bucket, located.s3_key, handle, Callback=meter.add)
+            client.download_fileobj(located.bucket, located.s3_key, handle, Callback=meter.add)
     except BaseException as exc:
         target.unlink(missing_ok=True)
         if isinstance(exc, Exception):
-            raise RestoreRefused("download", f"downloading s3://{s3.bucket}/{located.s3_key} failed: {exc}") from None
+            raise RestoreRefused("download", f"downloading {located.where} failed: {exc}") from None
         raise
     meter.finish()
     return target, True

@@ -38,7 +38,7 @@ import gc
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Mapping, Optional
 
-from loyalty_ops.lib.backup.naming import SIDECAR_SUFFIX, normalize_prefix, parse_backup_name
+from loyalty_ops.lib.backup.naming import SIDECAR_SUFFIX, parse_backup_name
 from loyalty_ops.lib.retention.classify import Unit, classify_key, classify_local, group_units, split_sidecar
 from loyalty_ops.lib.retention.types import (  # re-exported: the planner's public vocabulary
     DELETE,
@@ -266,7 +266,7 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     database = inventory.database
-    prefix = normalize_prefix(inventory.prefix)
+    prefix = inventory.prefix  # normalised by Inventory
     units, ignored_local, ignored_remote = group_units(inventory, prefix)
     judge = _Judge(evidence)
     blocked = _gate(units, judge, policy, now, database)

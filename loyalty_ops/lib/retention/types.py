@@ -8,14 +8,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Mapping, NamedTuple, Optional
 
-from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, SIDECAR_SUFFIX
+from loyalty_ops.lib.backup.inventory import LocalFile, MultipartUpload, RemoteObject  # noqa: F401  (part of the vocabulary)
+from loyalty_ops.lib.backup.location import DEFAULT_PREFIX, SIDECAR_SUFFIXES  # noqa: F401
+from loyalty_ops.lib.backup.naming import normalize_prefix
 
 KEEP = "keep"
 DELETE = "delete"
 LOCAL = "local"
 S3 = "s3"
 LOGS = "logs"
-SIDECAR_SUFFIXES = (SIDECAR_SUFFIX, MANIFEST_SUFFIX)
 MARKDOWN_ROW_LIMIT = 60
 
 # Outcomes of re-verifying one copy of a backup.
@@ -80,24 +81,6 @@ class RetentionPolicy:
 # ---------------------------------------------------------------- inputs
 
 
-class LocalFile(NamedTuple):
-    name: str  # a file directly in the backup directory
-    size: int
-    mtime: datetime
-
-
-class RemoteObject(NamedTuple):
-    key: str
-    size: int
-    last_modified: datetime
-
-
-class MultipartUpload(NamedTuple):
-    key: str
-    upload_id: str
-    initiated: datetime
-
-
 class LogFile(NamedTuple):
     path: str  # relative to the log directory
     size: int
@@ -143,14 +126,18 @@ class Reverification(NamedTuple):
 @dataclass(frozen=True)
 class Inventory:
     """Everything that exists. ``remote is None`` means no offsite copy is configured; ``logs is None``
-    means no log directory is configured."""
+    means no log directory is configured. ``prefix`` is normalised once here (``BackupLocation.prefix``
+    already is), so the planner compares keys with plain string checks."""
 
     database: str
     local: tuple[LocalFile, ...] = ()
     remote: Optional[tuple[RemoteObject, ...]] = None
-    prefix: str = "backups/"
+    prefix: str = DEFAULT_PREFIX
     multipart: tuple[MultipartUpload, ...] = ()
     logs: Optional[tuple[LogFile, ...]] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", normalize_prefix(self.prefix))
 
     @property
     def offsite_configured(self) -> bool:

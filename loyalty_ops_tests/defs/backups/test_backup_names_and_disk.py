@@ -19,11 +19,12 @@ import pytest
 
 from loyalty_ops.definitions import defs
 from loyalty_ops.defs.resources import BackupStorage
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.backup import integrity
 from loyalty_ops.lib.backup.dump import BackupRequest, take_backup
 from loyalty_ops.lib.backup.manifest import read_manifest
 from loyalty_ops.lib.backup.naming import parse_backup_name
-from loyalty_ops.lib.backup.offsite import OffsiteTarget, StreamingUpload, complete_pending_upload, streaming_part_bytes
+from loyalty_ops.lib.backup.offsite import StreamingUpload, complete_pending_upload, streaming_part_bytes
 from loyalty_ops.lib.backup.stream import remove_stale_partials
 from loyalty_ops.lib.backup.tempfiles import LOCKED_SUFFIX
 from loyalty_ops.lib.pg.tools import HostToolRunner
@@ -37,13 +38,13 @@ def test_two_backups_in_the_same_second_get_their_own_names_files_and_s3_keys(
     pg_cluster, loyalty_db, backup_dir, s3_client, s3_bucket
 ):
     spec = pg_cluster.spec(loyalty_db)
-    target = OffsiteTarget(bucket=s3_bucket, prefix="backups/")
+    target = BackupLocation(backup_dir, s3_bucket, "backups/")
     start = threading.Barrier(2)
     uploads: dict[str, StreamingUpload] = {}
     results, errors, logged = [], [], []
 
     def open_sink(name, expected):
-        upload = StreamingUpload(s3_client, target, name.s3_key(target.prefix), streaming_part_bytes(expected))
+        upload = StreamingUpload(s3_client, target, target.key_for(name), streaming_part_bytes(expected))
         uploads[name.filename] = upload
         return upload.write
 

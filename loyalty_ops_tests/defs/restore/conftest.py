@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.definitions import defs
 from loyalty_ops.defs.restore.drill import restore_drill, restore_drill_matches_source
 from loyalty_ops.defs.restore.resources import RestoreSettings
@@ -20,7 +21,7 @@ from loyalty_ops.lib.restore.run import RestoreEnvironment, take_safety_backup
 def source_backup(pg_cluster, loyalty_db, tmp_path_factory) -> Path:
     """A backup of the sample database with its .sha256 sidecar and manifest, taken with the backup code."""
     directory = tmp_path_factory.mktemp("source_backup")
-    env = RestoreEnvironment(spec=pg_cluster.spec(loyalty_db), runner=HostToolRunner(pg_cluster.spec(loyalty_db)), backup_dir=directory)
+    env = RestoreEnvironment(spec=pg_cluster.spec(loyalty_db), runner=HostToolRunner(pg_cluster.spec(loyalty_db)), location=BackupLocation(directory))
     return take_safety_backup(env, loyalty_db)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.pg.tools import HostToolRunner
 from loyalty_ops.lib.restore import database as db
 from loyalty_ops.lib.restore.plan import BackupRef, drill_database_name
@@ -14,7 +15,7 @@ from loyalty_ops_tests.defs.restore.conftest import databases
 
 def environment(pg_cluster, loyalty_db, backup_dir, work_dir=None) -> RestoreEnvironment:
     spec = pg_cluster.spec(loyalty_db)
-    return RestoreEnvironment(spec=spec, runner=HostToolRunner(spec), backup_dir=backup_dir, work_dir=work_dir)
+    return RestoreEnvironment(spec=spec, runner=HostToolRunner(spec), location=BackupLocation(backup_dir), work_dir=work_dir)
 
 
 def test_two_drills_in_the_same_second_each_restore_and_drop_their_own_scratch_database(

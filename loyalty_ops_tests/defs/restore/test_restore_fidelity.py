@@ -7,6 +7,7 @@ import json
 import uuid
 from pathlib import Path
 
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.pg.tools import HostToolRunner
 from loyalty_ops.lib.restore.run import RestoreEnvironment, take_safety_backup
 from loyalty_ops_tests.conftest import postgres_target
@@ -58,7 +59,7 @@ def test_a_latin1_database_comes_back_latin1_with_its_locale(
         with pg_cluster.connect(source) as conn:
             conn.execute("SET client_encoding = 'UTF8'")
             conn.execute("CREATE TABLE names (n text); INSERT INTO names VALUES ('café'), ('Ærø'), ('naïve')")
-        env = RestoreEnvironment(spec=pg_cluster.spec(source), runner=HostToolRunner(pg_cluster.spec(source)), backup_dir=tmp_path / "src")
+        env = RestoreEnvironment(spec=pg_cluster.spec(source), runner=HostToolRunner(pg_cluster.spec(source)), location=BackupLocation(tmp_path / "src"))
         backup = copy_backup(take_safety_backup(env, source), backup_dir)
         manifest = json.loads(Path(str(backup) + ".manifest.json").read_text())
         assert manifest["database_locale"] == {"encoding": "LATIN1", "lc_collate": "C", "lc_ctype": "C", "locale_provider": "libc"}
@@ -89,7 +90,7 @@ def test_the_drill_compares_materialized_views_populated_or_not(
         conn.execute("INSERT INTO points SELECT i, i % 7 FROM generate_series(1, 1000) i")
         conn.execute("CREATE MATERIALIZED VIEW big_spenders AS SELECT * FROM points WHERE amount > 4")
         conn.execute("CREATE MATERIALIZED VIEW nightly_totals AS SELECT amount, count(*) FROM points GROUP BY 1 WITH NO DATA")
-    env = RestoreEnvironment(spec=pg_cluster.spec(source), runner=HostToolRunner(pg_cluster.spec(source)), backup_dir=tmp_path / "src")
+    env = RestoreEnvironment(spec=pg_cluster.spec(source), runner=HostToolRunner(pg_cluster.spec(source)), location=BackupLocation(tmp_path / "src"))
     backup = copy_backup(take_safety_backup(env, source), backup_dir)
     manifest_file = Path(str(backup) + ".manifest.json")
     at_dump = json.loads(manifest_file.read_text())["materialized_views"]

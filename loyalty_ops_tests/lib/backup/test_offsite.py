@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from loyalty_ops.lib.backup.location import BackupLocation, LocationError
 from loyalty_ops.lib.backup.offsite import (
     OffsiteError,
-    OffsiteTarget,
     StreamingUpload,
     complete_pending_upload,
     expected_s3_checksum,
@@ -43,7 +43,7 @@ def sha(path):
 
 def test_managed_upload_is_verified_and_multipart(s3_client, s3_bucket, backup_file):
     uploaded = upload_backup(
-        s3_client, OffsiteTarget(s3_bucket, storage_class="STANDARD_IA"), backup_file, "p/x.dump.gz", sha(backup_file),
+        s3_client, BackupLocation(backup_file.parent, s3_bucket, storage_class="STANDARD_IA"), backup_file, "p/x.dump.gz", sha(backup_file),
         chunk_bytes=5 * MIB,
     )
     assert uploaded.verified and uploaded.bytes == backup_file.stat().st_size
@@ -61,7 +61,7 @@ def test_verification_catches_an_object_that_differs(s3_client, s3_bucket, backu
 
 
 def test_streamed_upload_is_invisible_until_completed(s3_client, s3_bucket, backup_file):
-    upload = StreamingUpload(s3_client, OffsiteTarget(s3_bucket), "p/s.dump.gz", part_bytes=5 * MIB)
+    upload = StreamingUpload(s3_client, BackupLocation(backup_file.parent, s3_bucket), "p/s.dump.gz", part_bytes=5 * MIB)
     data = backup_file.read_bytes()
     for i in range(0, len(data), 777_777):  # blocks that straddle part boundaries
         upload.write(data[i : i + 777_777])
@@ -76,12 +76,12 @@ def test_streamed_upload_is_invisible_until_completed(s3_client, s3_bucket, back
 
 
 def test_a_streamed_object_over_the_copy_limit_is_stamped_part_by_part(s3_client, s3_bucket, backup_file):
-    target = OffsiteTarget(s3_bucket, storage_class="STANDARD_IA")
+    target = BackupLocation(backup_file.parent, s3_bucket, storage_class="STANDARD_IA")
     upload = StreamingUpload(s3_client, target, "p/big.dump.gz", part_bytes=5 * MIB)
     upload.write(backup_file.read_bytes())
     pending = upload.finish()
     size, checksum = complete_pending_upload(
-        s3_client, pending, backup_file, sha(backup_file), target=target, copy_limit_bytes=1 * MIB
+        s3_client, pending, backup_file, sha(backup_file), location=target, copy_limit_bytes=1 * MIB
     )
     _parts, composite = part_checksums(backup_file, 5 * MIB)
     assert checksum.split("-")[0] == composite.split("-")[0]  # the composite of the original part boundaries
@@ -92,7 +92,7 @@ def test_a_streamed_object_over_the_copy_limit_is_stamped_part_by_part(s3_client
 
 
 def test_streamed_parts_that_differ_from_the_file_are_aborted(s3_client, s3_bucket, backup_file):
-    upload = StreamingUpload(s3_client, OffsiteTarget(s3_bucket), "p/bad.dump.gz", part_bytes=5 * MIB)
+    upload = StreamingUpload(s3_client, BackupLocation(backup_file.parent, s3_bucket), "p/bad.dump.gz", part_bytes=5 * MIB)
     upload.write(backup_file.read_bytes())
     pending = upload.finish()
     data = bytearray(backup_file.read_bytes())
@@ -111,8 +111,9 @@ def test_part_size_is_bounded():
     assert streaming_part_bytes(10 * 1024 * 1024 * MIB) is None  # 10 TB: upload after the checks instead
 
 
-def test_bad_sse_settings_name_the_variable(s3_client, s3_bucket, backup_file):
-    with pytest.raises(OffsiteError, match="LOYALTY_S3_SSE"):
-        upload_backup(s3_client, OffsiteTarget(s3_bucket, sse="rot13"), backup_file, "k", sha(backup_file))
-    with pytest.raises(OffsiteError, match="LOYALTY_S3_STORAGE_CLASS"):
-        upload_backup(s3_client, OffsiteTarget(s3_bucket, storage_class="CHEAP"), backup_file, "k", sha(backup_file))
+def test_bad_sse_settings_name_the_variable(s3_bucket, backup_file):
+    # Refused when the location is made, before anything is uploaded.
+    with pytest.raises(LocationError, match="LOYALTY_S3_SSE"):
+        BackupLocation(backup_file.parent, s3_bucket, sse="rot13")
+    with pytest.raises(LocationError, match="LOYALTY_S3_STORAGE_CLASS"):
+        BackupLocation(backup_file.parent, s3_bucket, storage_class="CHEAP")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.backup.offsite import (
     OffsiteError,
-    OffsiteTarget,
     StreamingUpload,
     abort_abandoned_uploads,
     complete_pending_upload,
@@ -51,7 +51,7 @@ def no_uploads_left(s3_client, bucket):
 def test_a_sidecar_upload_that_fails_once_is_retried_and_the_copy_is_verified(proxy, s3_client, s3_bucket, tmp_path):
     backup = make_backup(tmp_path, 1 * MIB)
     proxy.fail(lambda r: r.method == "PUT" and r.path.endswith(".sha256"), times=1)
-    uploaded = upload_backup(proxy.client(), OffsiteTarget(s3_bucket), backup, KEY, sha(backup))
+    uploaded = upload_backup(proxy.client(), BackupLocation(tmp_path, s3_bucket), backup, KEY, sha(backup))
     assert uploaded.verified
     assert [status for _r, status in proxy.requests("PUT", ".sha256")] == [500, 200]
     status = offsite_copy_status(s3_client, s3_bucket, KEY, expected_sha256=sha(backup), expected_bytes=1 * MIB)
@@ -62,7 +62,7 @@ def test_a_sidecar_that_cannot_be_uploaded_fails_clearly_and_the_copy_never_coun
     backup = make_backup(tmp_path, 1 * MIB)
     proxy.fail(lambda r: r.method == "PUT" and r.path.endswith(".sha256"))
     with pytest.raises(OffsiteError) as failure:
-        upload_backup(proxy.client(), OffsiteTarget(s3_bucket), backup, KEY, sha(backup))
+        upload_backup(proxy.client(), BackupLocation(tmp_path, s3_bucket), backup, KEY, sha(backup))
     message = str(failure.value)
     assert f"s3://{s3_bucket}/{KEY}.sha256" in message and "run offsite_backup_copy again" in message
     assert "S3UploadFailedError" not in message and "Traceback" not in message
@@ -77,7 +77,7 @@ def test_an_object_upload_that_keeps_failing_is_a_clear_message_not_s3_upload_fa
     backup = make_backup(tmp_path, 1 * MIB)
     proxy.fail(lambda r: r.method == "PUT" and r.path.endswith(".dump.gz"))
     with pytest.raises(OffsiteError) as failure:
-        upload_backup(proxy.client(), OffsiteTarget(s3_bucket), backup, KEY, sha(backup))
+        upload_backup(proxy.client(), BackupLocation(tmp_path, s3_bucket), backup, KEY, sha(backup))
     message = str(failure.value)
     assert f"s3://{s3_bucket}/{KEY}" in message and "check the S3 endpoint" in message
     assert "S3UploadFailedError" not in message
@@ -88,7 +88,7 @@ def test_a_managed_multipart_upload_that_fails_at_complete_leaves_no_upload(prox
     backup = make_backup(tmp_path, 11 * MIB)
     proxy.fail(lambda r: r.method == "POST" and "uploadId=" in r.query)
     with pytest.raises(OffsiteError, match="check the S3 endpoint"):
-        upload_backup(proxy.client(), OffsiteTarget(s3_bucket), backup, KEY, sha(backup), chunk_bytes=5 * MIB)
+        upload_backup(proxy.client(), BackupLocation(tmp_path, s3_bucket), backup, KEY, sha(backup), chunk_bytes=5 * MIB)
     assert no_uploads_left(s3_client, s3_bucket)
     assert "Contents" not in s3_client.list_objects_v2(Bucket=s3_bucket)
 
@@ -96,7 +96,7 @@ def test_a_managed_multipart_upload_that_fails_at_complete_leaves_no_upload(prox
 def test_a_streamed_upload_that_fails_at_complete_is_aborted_at_once(proxy, s3_client, s3_bucket, tmp_path):
     backup = make_backup(tmp_path, 11 * MIB)
     client = proxy.client()
-    upload = StreamingUpload(client, OffsiteTarget(s3_bucket), KEY, part_bytes=5 * MIB)
+    upload = StreamingUpload(client, BackupLocation(tmp_path, s3_bucket), KEY, part_bytes=5 * MIB)
     upload.write(backup.read_bytes())
     pending = upload.finish()
     assert pending is not None and not no_uploads_left(s3_client, s3_bucket)
@@ -110,7 +110,7 @@ def test_a_streamed_upload_that_fails_at_complete_is_aborted_at_once(proxy, s3_c
 def test_a_streamed_object_that_cannot_be_stamped_with_its_checksum_is_removed(proxy, s3_client, s3_bucket, tmp_path):
     backup = make_backup(tmp_path, 6 * MIB)
     client = proxy.client()
-    upload = StreamingUpload(client, OffsiteTarget(s3_bucket), KEY, part_bytes=5 * MIB)
+    upload = StreamingUpload(client, BackupLocation(tmp_path, s3_bucket), KEY, part_bytes=5 * MIB)
     upload.write(backup.read_bytes())
     pending = upload.finish()
     proxy.fail(lambda r: r.method == "PUT" and r.path.endswith(".dump.gz") and not r.query)  # the CopyObject
@@ -124,14 +124,14 @@ def test_a_dropped_connection_on_a_part_stops_streaming_without_leaving_an_uploa
     backup = make_backup(tmp_path, 11 * MIB)
     proxy.fail(lambda r: r.method == "PUT" and "partNumber=2" in r.query, action="drop")
     messages = []
-    upload = StreamingUpload(proxy.client(), OffsiteTarget(s3_bucket), KEY, part_bytes=5 * MIB, log=messages.append)
+    upload = StreamingUpload(proxy.client(), BackupLocation(tmp_path, s3_bucket), KEY, part_bytes=5 * MIB, log=messages.append)
     upload.write(backup.read_bytes())
     assert upload.finish() is None
     assert "part 2 failed" in messages[0] and "uploaded instead" in messages[0]
     assert no_uploads_left(s3_client, s3_bucket)
 
 
-def test_abandoned_uploads_of_old_backups_are_aborted_and_live_ones_left_alone(s3_client, s3_bucket):
+def test_abandoned_uploads_of_old_backups_are_aborted_and_live_ones_left_alone(s3_client, s3_bucket, tmp_path):
     now = datetime(2026, 12, 2, 3, 0, tzinfo=timezone.utc)
 
     def start(key):
@@ -141,7 +141,7 @@ def test_abandoned_uploads_of_old_backups_are_aborted_and_live_ones_left_alone(s
     live = start(f"backups/2026/12/02/loyalty_{(now - timedelta(minutes=20)):%Y%m%d_%H%M%S}.dump.gz")  # running now
     other_db = start("backups/2026/12/01/billing_20261201_020000.dump.gz")
     odd = start("backups/2026/12/01/notes.txt")
-    aborted = abort_abandoned_uploads(s3_client, s3_bucket, "backups/", "loyalty", now=now)
+    aborted = abort_abandoned_uploads(s3_client, BackupLocation(tmp_path, s3_bucket, "backups/"), "loyalty", now=now)
     assert [(a.key, a.upload_id) for a in aborted] == [("backups/2026/12/01/loyalty_20261201_020000.dump.gz", old)]
     assert aborted[0].age_hours == 25.0
     left = {u["UploadId"] for u in s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])}

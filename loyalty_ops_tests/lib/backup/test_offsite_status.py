@@ -7,7 +7,8 @@ import os
 import pytest
 
 from devstack.s3_endpoint import LOCAL_CREDENTIALS
-from loyalty_ops.lib.backup.offsite import OffsiteTarget, offsite_copy_status, upload_backup
+from loyalty_ops.lib.backup.location import BackupLocation
+from loyalty_ops.lib.backup.offsite import offsite_copy_status, upload_backup
 
 KEY = "backups/2026/01/01/loyalty_20260101_000000.dump.gz"
 
@@ -19,7 +20,7 @@ def complete_copy(tmp_path, s3_client, s3_bucket):
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     (tmp_path / f"{path.name}.sha256").write_text(f"{digest}  {path.name}\n")
     (tmp_path / f"{path.name}.manifest.json").write_text(json.dumps({"sha256": digest, "bytes": 300_000}))
-    upload_backup(s3_client, OffsiteTarget(s3_bucket), path, KEY, digest)
+    upload_backup(s3_client, BackupLocation(path.parent, s3_bucket), path, KEY, digest)
     return digest
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, RestoreRefused
 from loyalty_ops.lib.restore.plan import BackupRef
 from loyalty_ops.lib.restore.source import locate_backup, prepare_archive
@@ -75,26 +76,26 @@ def test_locate_latest_and_by_name(tmp_path):
     write_backup(tmp_path, "loyalty_20261126_020000.dump.gz", b"b")
     write_backup(tmp_path, "other_20261127_020000.dump.gz", b"c")  # another database
     (tmp_path / ".loyalty_20261127_020000.dump.gz.partial-1").write_bytes(b"")
-    latest = locate_backup(BackupRef("latest"), tmp_path, database="loyalty")
+    latest = locate_backup(BackupRef("latest"), BackupLocation(tmp_path), database="loyalty")
     assert latest.filename == "loyalty_20261126_020000.dump.gz" and latest.checksum_sources == ["sidecar"]
-    named = locate_backup(BackupRef("file", "loyalty_20261125_020000.dump.gz"), tmp_path, database="loyalty")
+    named = locate_backup(BackupRef("file", "loyalty_20261125_020000.dump.gz"), BackupLocation(tmp_path), database="loyalty")
     assert named.expected_sha256 == hashlib.sha256(b"a").hexdigest()
     with pytest.raises(BackupNotFound, match="not found"):
-        locate_backup(BackupRef("file", "loyalty_20200101_000000.dump.gz"), tmp_path)
+        locate_backup(BackupRef("file", "loyalty_20200101_000000.dump.gz"), BackupLocation(tmp_path))
     with pytest.raises(BackupNotFound, match="no backup of nobody"):
-        locate_backup(BackupRef("latest"), tmp_path, database="nobody")
+        locate_backup(BackupRef("latest"), BackupLocation(tmp_path), database="nobody")
     with pytest.raises(BackupNotFound, match="no offsite bucket"):
-        locate_backup(BackupRef("s3_key", "backups/2026/11/27/loyalty_20261127_020000.dump.gz"), tmp_path)
+        locate_backup(BackupRef("s3_key", "backups/2026/11/27/loyalty_20261127_020000.dump.gz"), BackupLocation(tmp_path))
 
 
 def test_backup_without_checksum_or_with_disagreeing_ones_is_refused(tmp_path):
     write_backup(tmp_path, "loyalty_20261125_020000.dump.gz", b"a", sidecar=False)
     with pytest.raises(ChecksumMismatch, match="no recorded SHA-256"):
-        locate_backup(BackupRef("latest"), tmp_path)
+        locate_backup(BackupRef("latest"), BackupLocation(tmp_path))
     (tmp_path / "loyalty_20261125_020000.dump.gz.sha256").write_text("0" * 64 + "  x\n")
     (tmp_path / "loyalty_20261125_020000.dump.gz.manifest.json").write_text(
         '{"database": "loyalty", "filename": "x", "taken_at": "", "compression": "gzip", "sha256": "' + "1" * 64
         + '", "bytes": 1, "raw_bytes": 1, "server_version": "15", "pg_dump_version": "15"}'
     )
     with pytest.raises(ChecksumMismatch, match="disagree"):
-        locate_backup(BackupRef("latest"), tmp_path)
+        locate_backup(BackupRef("latest"), BackupLocation(tmp_path))

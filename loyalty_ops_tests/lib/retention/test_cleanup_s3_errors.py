@@ -21,7 +21,8 @@ from loyalty_ops.lib.backup.naming import backup_name
 from loyalty_ops.lib.retention.cleanup import carry_out
 from loyalty_ops.lib.retention.gates import plan_with_reverification
 from loyalty_ops.lib.retention.reverify import reverify
-from loyalty_ops.lib.retention.inventory import list_objects, scan_backup_dir
+from loyalty_ops.lib.backup.inventory import list_objects, scan_backup_dir
+from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.retention.plan import Evidence, IntegrityResult, Inventory, RetentionPolicy, plan_retention
 
 DB = "loyalty"
@@ -56,7 +57,7 @@ def make_backups(backup_dir: Path, client, bucket: str, days) -> dict:
 
 
 def make_plan(backup_dir: Path, client, bucket: str, names: dict):
-    inventory = Inventory(DB, scan_backup_dir(backup_dir), list_objects(client, bucket, PREFIX), PREFIX)
+    inventory = Inventory(DB, scan_backup_dir(backup_dir), list_objects(client, BackupLocation(backup_dir, bucket, PREFIX)), PREFIX)
     evidence = Evidence(integrity={n.filename: IntegrityResult(True) for n in names.values()})
     return plan_with_reverification(
         inventory, evidence, RetentionPolicy(keep_days=5, min_keep=3), NOW, timezone.utc,
@@ -69,7 +70,7 @@ def assert_no_local_backup_lost(deleted_local: set[str], names: dict, client, bu
     for name in names.values():
         if name.filename in deleted_local:
             key = name.s3_key(PREFIX)
-            still_there = any(o.key == key for o in list_objects(client, bucket, PREFIX))
+            still_there = any(o.key == key for o in list_objects(client, BackupLocation(Path("unused"), bucket, PREFIX)))
             assert key in s3_deleted or still_there, name.filename
 
 
@@ -114,7 +115,7 @@ def test_bucket_policy_denying_some_deletes(tmp_path, s3_server):
         assert names[d].filename not in local
     for d in range(0, 5):
         assert names[d].filename in local
-    keys = {o.key for o in list_objects(client, bucket, PREFIX)}
+    keys = {o.key for o in list_objects(client, BackupLocation(backup_dir, bucket, PREFIX))}
     assert set(refuse_delete + refuse_all) <= keys
     deleted_s3 = {i.name for i in outcome.deleted if i.location == "s3"}
     assert_no_local_backup_lost({names[d].filename for d in range(14)} - local, names, client, bucket, deleted_s3)
@@ -170,11 +171,11 @@ def test_dry_run_touches_nothing(tmp_path, s3_server):
     backup_dir.mkdir()
     names = make_backups(backup_dir, client, bucket, range(0, 8))
     plan = make_plan(backup_dir, client, bucket, names)
-    before_local, before_keys = sorted(os.listdir(backup_dir)), {o.key for o in list_objects(client, bucket, PREFIX)}
+    before_local, before_keys = sorted(os.listdir(backup_dir)), {o.key for o in list_objects(client, BackupLocation(backup_dir, bucket, PREFIX))}
     outcome = carry_out(plan, backup_dir=backup_dir, client=client, bucket=bucket, dry_run=True)
     assert outcome.deleted and outcome.s3_requests == 0
     assert sorted(os.listdir(backup_dir)) == before_local
-    assert {o.key for o in list_objects(client, bucket, PREFIX)} == before_keys
+    assert {o.key for o in list_objects(client, BackupLocation(backup_dir, bucket, PREFIX))} == before_keys
 
 
 def test_blocked_plan_cannot_be_carried_out(tmp_path):
@@ -195,7 +196,7 @@ def test_a_plan_that_was_not_re_verified_cannot_be_carried_out(tmp_path, s3_serv
     backup_dir = tmp_path / "backups"
     backup_dir.mkdir()
     names = make_backups(backup_dir, client, bucket, range(0, 8))
-    inventory = Inventory(DB, scan_backup_dir(backup_dir), list_objects(client, bucket, PREFIX), PREFIX)
+    inventory = Inventory(DB, scan_backup_dir(backup_dir), list_objects(client, BackupLocation(backup_dir, bucket, PREFIX)), PREFIX)
     evidence = Evidence(integrity={n.filename: IntegrityResult(True) for n in names.values()})
     unverified = plan_retention(inventory, evidence, RetentionPolicy(keep_days=5, min_keep=3), NOW)
     assert unverified.deletions and not unverified.reverified

@@ -1,4 +1,4 @@
-"""Where offsite copies go (bucket, prefix, encryption, storage class) and how S3 failures are explained.
+"""How S3 failures of the offsite copy are explained (where copies go is ``location.BackupLocation``).
 
 Every S3 failure of the offsite copy becomes an :class:`OffsiteError` whose message names the bucket and
 key and says what to check; a raw ``S3UploadFailedError`` or ``ClientError`` never reaches on-call.
@@ -7,23 +7,11 @@ Retries are botocore's own (the client's retry configuration, ``standard`` mode)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-SSE_CHOICES = ("AES256", "aws:kms")
-STORAGE_CLASSES = (
-    "STANDARD",
-    "STANDARD_IA",
-    "ONEZONE_IA",
-    "INTELLIGENT_TIERING",
-    "GLACIER_IR",
-    "GLACIER",
-    "DEEP_ARCHIVE",
-    "REDUCED_REDUNDANCY",
-)
 # What an S3 call can raise: botocore's errors and boto3's transfer errors (S3UploadFailedError).
 S3_ERRORS = (ClientError, BotoCoreError, Boto3Error)
 SHA256_METADATA = "sha256"  # user metadata (x-amz-meta-sha256): the hex SHA-256 of the whole object
@@ -31,31 +19,6 @@ SHA256_METADATA = "sha256"  # user metadata (x-amz-meta-sha256): the hex SHA-256
 
 class OffsiteError(RuntimeError):
     """The offsite copy failed; the message names the bucket/key and what to check."""
-
-
-@dataclass(frozen=True)
-class OffsiteTarget:
-    bucket: str
-    prefix: str = "backups/"
-    sse: str = "AES256"
-    kms_key_id: Optional[str] = None
-    storage_class: str = "STANDARD"
-
-    def validate(self) -> None:
-        if self.sse not in SSE_CHOICES:
-            raise OffsiteError(f"LOYALTY_S3_SSE must be one of {', '.join(SSE_CHOICES)}, got {self.sse!r}")
-        if self.sse == "AES256" and self.kms_key_id:
-            raise OffsiteError("LOYALTY_S3_KMS_KEY_ID is set but LOYALTY_S3_SSE is AES256; set LOYALTY_S3_SSE=aws:kms")
-        if self.storage_class not in STORAGE_CLASSES:
-            raise OffsiteError(
-                f"LOYALTY_S3_STORAGE_CLASS must be one of {', '.join(STORAGE_CLASSES)}, got {self.storage_class!r}"
-            )
-
-    def extra_args(self) -> dict[str, str]:
-        args = {"ServerSideEncryption": self.sse, "StorageClass": self.storage_class, "ChecksumAlgorithm": "SHA256"}
-        if self.sse == "aws:kms" and self.kms_key_id:
-            args["SSEKMSKeyId"] = self.kms_key_id
-        return args
 
 
 def error_code(exc: BaseException) -> str:
