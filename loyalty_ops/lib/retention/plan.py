@@ -362,14 +362,22 @@ def _multipart_items(inventory: Inventory, prefix: str, database: str, blocked: 
             ignored_remote.append(f"{upload.key} (multipart upload {upload.upload_id[:12]}: {why})")
             continue
         age = _age(now, upload.initiated)
-        if blocked:
-            action, reason = KEEP, "blocked: " + blocked
-        elif age > timedelta(hours=policy.multipart_max_age_hours):
-            action, reason = DELETE, f"incomplete multipart upload started {fmt_age(age)} ago: abort"
-        else:
-            action, reason = KEEP, f"multipart upload started {fmt_age(age)} ago, may still be running"
+        action, reason = _by_age(
+            age, timedelta(hours=policy.multipart_max_age_hours), blocked,
+            f"incomplete multipart upload started {fmt_age(age)} ago: abort",
+            f"multipart upload started {fmt_age(age)} ago, may still be running",
+        )
         items.append(PlanItem(S3, "multipart", upload.key, 0, action, reason, parsed.filename, upload.upload_id))
     return items
+
+
+def _by_age(age: timedelta, limit: timedelta, blocked: Optional[str], delete_reason: str, keep_reason: str) -> tuple[str, str]:
+    """Delete what is older than ``limit``, unless the plan is blocked."""
+    if blocked:
+        return KEEP, "blocked: " + blocked
+    if age > limit:
+        return DELETE, delete_reason
+    return KEEP, keep_reason
 
 
 def _log_items(inventory: Inventory, blocked: Optional[str], policy: RetentionPolicy, now: datetime) -> list[PlanItem]:
@@ -379,12 +387,11 @@ def _log_items(inventory: Inventory, blocked: Optional[str], policy: RetentionPo
         if not log.path.endswith(".log"):
             continue
         age = _age(now, log.mtime)
-        if blocked:
-            action, reason = KEEP, "blocked: " + blocked
-        elif age > timedelta(days=policy.log_keep_days):
-            action, reason = DELETE, f"log last written {fmt_age(age)} ago (over {policy.log_keep_days:g} days)"
-        else:
-            action, reason = KEEP, f"log last written {fmt_age(age)} ago"
+        action, reason = _by_age(
+            age, timedelta(days=policy.log_keep_days), blocked,
+            f"log last written {fmt_age(age)} ago (over {policy.log_keep_days:g} days)",
+            f"log last written {fmt_age(age)} ago",
+        )
         items.append(PlanItem(LOGS, "log", log.path, log.size, action, reason))
     return items
 
