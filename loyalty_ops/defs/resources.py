@@ -12,7 +12,7 @@ from pydantic import Field
 
 from loyalty_ops.defs.settings import tool_base_environment
 from loyalty_ops.lib.backup.location import DEFAULT_BACKUP_DIR, DEFAULT_PREFIX, BackupLocation, LocationError
-from loyalty_ops.lib.pg.connection import DEFAULT_DATABASE, ConnectionSpec
+from loyalty_ops.lib.pg.connection import DEFAULT_DATABASE, ConnectionConfigError, ConnectionSpec
 from loyalty_ops.lib.pg.tools import HostToolRunner, PgToolRunner
 
 
@@ -50,6 +50,13 @@ class PostgresTarget(dg.ConfigurableResource):
     pg_bin_dir: Optional[str] = Field(default=None, description="Directory of the host's PostgreSQL tools.")
 
     def spec(self, database: Optional[str] = None) -> ConnectionSpec:
+        """The connection settings; a malformed one fails the step with the message naming the setting."""
+        try:
+            return self._spec(database)
+        except ConnectionConfigError as exc:
+            raise dg.Failure(str(exc)) from None
+
+    def _spec(self, database: Optional[str] = None) -> ConnectionSpec:
         if self.database_url:
             spec = ConnectionSpec.from_url(self.database_url)
             spec = dataclasses.replace(spec, extra_env={**self.libpq_settings, **spec.extra_env})

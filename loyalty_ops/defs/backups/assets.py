@@ -15,7 +15,6 @@ from loyalty_ops.lib.backup.manifest import manifest_path
 from loyalty_ops.lib.backup.naming import COMPRESSION_SUFFIXES
 from loyalty_ops.defs.backups.offsite_copy import start_streaming_upload
 from loyalty_ops.lib.backup.offsite import StreamingUpload
-from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.concurrency import DATABASE_POOL
 from loyalty_ops.lib.pg.tools import ToolError
 from loyalty_ops.lib.formatting import human_bytes, markdown_code, markdown_table
@@ -84,11 +83,8 @@ def database_backup(
             f"compression must be 'gzip' or 'zstd', got {compression!r}: fix the run config 'compression' "
             "or LOYALTY_COMPRESSION"
         )
-    try:
-        spec = postgres.spec()
-        runner = postgres.tools()
-    except ConnectionConfigError as exc:
-        raise dg.Failure(str(exc)) from None
+    spec = postgres.spec()
+    runner = postgres.tools()
     location = backup_storage.location(offsite)
     previous = last_verified_backup(context.instance, exclude_run_id=context.run_id)
     request = BackupRequest(

@@ -22,7 +22,6 @@ from loyalty_ops.lib.maintenance.execute import (
 )
 from loyalty_ops.lib.maintenance.manual import UnknownTargetError, manual_plan
 from loyalty_ops.lib.maintenance.plan import MaintenancePlan, Thresholds, plan_markdown, plan_maintenance
-from loyalty_ops.lib.pg.connection import ConnectionConfigError
 
 OWNERS = ["team:platform"]
 MAINTENANCE_ASSET_KEY = "weekly_maintenance"
@@ -224,10 +223,7 @@ def weekly_maintenance(
     blocked it (pid, state, transaction age, query); when nothing planned was done the run fails."""
     started = time.monotonic()
     thresholds, settings = _check_config(config)
-    try:
-        spec = postgres.spec()
-    except ConnectionConfigError as exc:
-        raise dg.Failure(str(exc)) from None
+    spec = postgres.spec()
     try:
         conn = connect(spec)
     except MaintenanceError as exc:

@@ -15,7 +15,6 @@ from pydantic import Field
 
 from loyalty_ops.defs.reports.resources import ApplicationEndpoints
 from loyalty_ops.defs.resources import BackupStorage, PostgresTarget
-from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.pg.session import DatabaseUnreachable, unreachable_message
 from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.reports import application as app
@@ -59,10 +58,7 @@ def to_check_result(asset_key: dg.AssetKey, name: str, verdict: th.Verdict, **me
 
 
 def _connect(postgres: PostgresTarget) -> psycopg.Connection:
-    try:
-        spec = postgres.spec()
-    except ConnectionConfigError as exc:
-        raise dg.Failure(str(exc)) from None
+    spec = postgres.spec()
     try:
         return health_lib.connect_for_reports(spec)
     except (DatabaseUnreachable, psycopg.Error) as exc:  # the latter: a session setting was refused
@@ -248,10 +244,7 @@ def database_health(
     longer than 10 s, top statements by mean time (pg_stat_statements), transaction ID age, replication lag,
     and disk use of the backup volume and memory of this machine. An unreachable database is a failed
     `database_reachable` check (ERROR), not a failed run."""
-    try:
-        spec = postgres.spec()
-    except ConnectionConfigError as exc:
-        raise dg.Failure(str(exc)) from None
+    spec = postgres.spec()
     health = health_lib.probe_database(
         spec,
         backup_path=backup_storage.path,

@@ -3,10 +3,8 @@
 from pathlib import Path
 from typing import Optional
 
-import dagster as dg
 
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
-from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.restore.run import RestoreEnvironment
 
 
@@ -19,11 +17,8 @@ def restore_environment(
     work_dir: Optional[str] = None,
     progress_interval_s: float = 10.0,
 ) -> RestoreEnvironment:
-    try:
-        spec = postgres.spec()
-        runner = postgres.tools()
-    except ConnectionConfigError as exc:
-        raise dg.Failure(str(exc)) from None
+    spec = postgres.spec()
+    runner = postgres.tools()
     location = backup_storage.location(offsite)
     return RestoreEnvironment(
         spec=spec,

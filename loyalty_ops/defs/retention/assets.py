@@ -18,7 +18,6 @@ from loyalty_ops.defs.retention.settings import RetentionSettings
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
 from loyalty_ops.lib.backup.inventory import list_local_files, list_multipart_uploads, list_objects
 from loyalty_ops.lib.backup.location import BackupLocation
-from loyalty_ops.lib.pg.connection import ConnectionConfigError
 from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.retention.cleanup import carry_out
 from loyalty_ops.lib.retention.inventory import resolve_log_dir, scan_log_dir
@@ -78,10 +77,7 @@ class _Context(NamedTuple):
 
 def _where(settings: RetentionSettings, backup_storage: BackupStorage, offsite: OffsiteStorage, postgres: PostgresTarget) -> _Where:
     """The database, the backup location and the log directory, checked before anything is listed."""
-    try:
-        database = postgres.database_name
-    except ConnectionConfigError as exc:
-        raise dg.Failure(str(exc)) from None
+    database = postgres.database_name
     location = backup_storage.location(offsite)  # refuses invalid offsite settings
     client = offsite.client() if location.offsite_configured else None
     return _Where(database, location, client, resolve_log_dir(settings.log_dir))
