@@ -127,13 +127,13 @@ def main() -> int:
         # Re-verify what the plan relies on (here: the floor's objects, HEAD + sidecar GET each), as the job does.
         reverify_stats: dict = {}
         plan = apply_reverification(
-            plan, reverify(plan.to_reverify, backup_dir=Path(backup_dir), client=client, bucket=bucket, stats=reverify_stats)
+            plan, reverify(plan.to_reverify, location=location, client=client, stats=reverify_stats)
         )
         assert not plan.blocked, plan.blocked
         to_delete = len(plan.deletions_at("s3"))
 
         t0 = time.perf_counter()
-        outcome = carry_out(plan, backup_dir=Path(backup_dir), client=client, bucket=bucket)
+        outcome = carry_out(plan, location=location, client=client)
         delete_s = time.perf_counter() - t0
         client.meta.events.unregister("before-send.s3", count)
         left = list_objects(client, BackupLocation(Path(backup_dir), bucket, ""))

@@ -97,7 +97,7 @@ def make_plan(
     except PolicyError as exc:
         raise dg.Failure(f"retention policy is invalid: {exc}") from None
     where = _where(settings, backup_storage, offsite, postgres)
-    location, client, bucket, log_dir, backup_dir = where.location, where.client, where.bucket, where.log_dir, where.backup_dir
+    location, client, bucket, log_dir = where.location, where.client, where.bucket, where.log_dir
     try:
         local = list_local_files(location)
     except FileNotFoundError as exc:
@@ -129,7 +129,7 @@ def make_plan(
     def check(requests):
         # The I/O of re-verification: re-hash the floor's files, HEAD the objects (and GET their sidecars).
         context.log.info(f"re-verifying {len(requests)} copies the plan relies on before anything is deleted")
-        return reverify(requests, backup_dir=backup_dir, client=client, bucket=bucket, stats=checked)
+        return reverify(requests, location=location, client=client, stats=checked)
 
     plan = plan_with_reverification(
         inventory, evidence, policy, datetime.now(timezone.utc), ZoneInfo(PLATFORM_TIMEZONE), check
@@ -247,9 +247,8 @@ def retention_cleanup(
     started = time.monotonic()
     outcome = carry_out(
         plan,
-        backup_dir=found.where.backup_dir,
+        location=found.where.location,
         client=found.where.client,
-        bucket=found.where.bucket,
         log_dir=found.where.log_dir,
         dry_run=dry_run,
         log=context.log.info,

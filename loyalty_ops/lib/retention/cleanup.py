@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from loyalty_ops.lib.retention.types import LOCAL, LOGS, S3, PlanItem, RetentionPlan
+from loyalty_ops.lib.backup.location import BackupLocation
 
 BATCH_SIZE = 1000
 
@@ -110,9 +111,8 @@ def _unlink_if_unchanged(path: Path, size: int) -> Optional[str]:
 def carry_out(
     plan: RetentionPlan,
     *,
-    backup_dir: Path,
+    location: BackupLocation,
     client: Any = None,
-    bucket: Optional[str] = None,
     log_dir: Optional[Path] = None,
     dry_run: bool = False,
     log: Callable[[str], None] = lambda _m: None,
@@ -127,6 +127,7 @@ def carry_out(
             "the plan was not re-verified (the floor's files re-hashed, the offsite copies re-checked); "
             "plan with plan_with_reverification before carrying it out"
         )
+    backup_dir, bucket = location.backup_dir, location.bucket
     outcome = CleanupOutcome(dry_run=dry_run)
     s3_items = [i for i in plan.deletions_at(S3) if i.kind in ("backup", "sidecar")]
     uploads = [i for i in plan.deletions_at(S3) if i.kind == "multipart"]

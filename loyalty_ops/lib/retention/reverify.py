@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from loyalty_ops.lib.retention.types import INCOMPLETE, LOCAL, MATCHES, MISMATCH, Reverification, ReverifyRequest
+from loyalty_ops.lib.backup.location import BackupLocation
 
 CHUNK_BYTES = 1024 * 1024
 SIDECAR_MAX_BYTES = 64 * 1024
@@ -154,12 +155,13 @@ def check_remote(client: Any, bucket: str, request: ReverifyRequest) -> Reverifi
 def reverify(
     requests: tuple[ReverifyRequest, ...],
     *,
-    backup_dir: Path,
+    location: BackupLocation,
     client: Any = None,
-    bucket: Optional[str] = None,
     stats: Optional[dict] = None,
 ) -> dict[tuple[str, str], Reverification]:
-    """Re-check every requested copy; results keyed by (location, backup file name)."""
+    """Re-check every requested copy (files in ``location``'s directory, objects in its bucket); results
+    keyed by (location, backup file name)."""
+    backup_dir, bucket = location.backup_dir, location.bucket
     stats = stats if stats is not None else {}
     started = time.monotonic()
     results: dict[tuple[str, str], Reverification] = {}

@@ -61,7 +61,7 @@ def make_plan(backup_dir: Path, client, bucket: str, names: dict):
     evidence = Evidence(integrity={n.filename: IntegrityResult(True) for n in names.values()})
     return plan_with_reverification(
         inventory, evidence, RetentionPolicy(keep_days=5, min_keep=3), NOW, timezone.utc,
-        lambda requests: reverify(requests, backup_dir=backup_dir, client=client, bucket=bucket),
+        lambda requests: reverify(requests, location=BackupLocation(backup_dir, bucket, PREFIX), client=client),
     )
 
 
@@ -99,7 +99,7 @@ def test_bucket_policy_denying_some_deletes(tmp_path, s3_server):
     }
     client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
     try:
-        outcome = carry_out(plan, backup_dir=backup_dir, client=client, bucket=bucket)
+        outcome = carry_out(plan, location=BackupLocation(backup_dir, bucket, PREFIX), client=client)
     finally:
         client.delete_bucket_policy(Bucket=bucket)
 
@@ -145,7 +145,7 @@ def test_server_stops_between_delete_batches(tmp_path):
                 server.stop()
 
         client.meta.events.register("after-call.s3.DeleteObjects", stop_after_first_batch)
-        outcome = carry_out(plan, backup_dir=backup_dir, client=client, bucket=bucket, batch_size=3)
+        outcome = carry_out(plan, location=BackupLocation(backup_dir, bucket, PREFIX), client=client, batch_size=3)
     finally:
         server.stop()
 
@@ -172,7 +172,7 @@ def test_dry_run_touches_nothing(tmp_path, s3_server):
     names = make_backups(backup_dir, client, bucket, range(0, 8))
     plan = make_plan(backup_dir, client, bucket, names)
     before_local, before_keys = sorted(os.listdir(backup_dir)), {o.key for o in list_objects(client, BackupLocation(backup_dir, bucket, PREFIX))}
-    outcome = carry_out(plan, backup_dir=backup_dir, client=client, bucket=bucket, dry_run=True)
+    outcome = carry_out(plan, location=BackupLocation(backup_dir, bucket, PREFIX), client=client, dry_run=True)
     assert outcome.deleted and outcome.s3_requests == 0
     assert sorted(os.listdir(backup_dir)) == before_local
     assert {o.key for o in list_objects(client, BackupLocation(backup_dir, bucket, PREFIX))} == before_keys
@@ -183,7 +183,7 @@ def test_blocked_plan_cannot_be_carried_out(tmp_path):
 
     plan = plan_retention(Inventory(DB, (), None, PREFIX), Evidence(), RetentionPolicy(), NOW)
     with pytest.raises(RetentionBlocked):
-        carry_out(plan, backup_dir=tmp_path)
+        carry_out(plan, location=BackupLocation(tmp_path))
 
 
 def test_a_plan_that_was_not_re_verified_cannot_be_carried_out(tmp_path, s3_server):
@@ -203,5 +203,5 @@ def test_a_plan_that_was_not_re_verified_cannot_be_carried_out(tmp_path, s3_serv
     assert "Not re-verified yet" in unverified.markdown()
     before = sorted(os.listdir(backup_dir))
     with pytest.raises(RetentionBlocked, match="not re-verified"):
-        carry_out(unverified, backup_dir=backup_dir, client=client, bucket=bucket)
+        carry_out(unverified, location=BackupLocation(backup_dir, bucket, PREFIX), client=client)
     assert sorted(os.listdir(backup_dir)) == before
