@@ -19,7 +19,6 @@ from loyalty_ops.definitions import defs
 from loyalty_ops.defs.settings import load_settings
 from loyalty_ops.defs.shared_resources import postgres_target
 from loyalty_ops.defs.restore.resources import RestoreSettings
-from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pg.tools import HostToolRunner, run_tool
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
 
@@ -94,7 +93,8 @@ def test_the_server_refuses_what_is_not_tls(tls_cluster, tls_environment):
         psycopg.connect(host="127.0.0.1", port=cluster.port, user=cluster.user, password=cluster.password,
                         dbname="loyalty", sslmode="disable", connect_timeout=5)
     # verify-full without the CA fails: the settings below are really needed.
-    spec = ConnectionSpec.from_environment({**tls_environment, "PGSSLROOTCERT": str(Path(tls_environment["PGPASSFILE"]).parent / "none.crt")})
+    wrong_ca = {**tls_environment, "PGSSLROOTCERT": str(Path(tls_environment["PGPASSFILE"]).parent / "none.crt")}
+    spec = postgres_target(load_settings(wrong_ca)).spec()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(**spec.psycopg_kwargs())
 

@@ -1,6 +1,7 @@
 """Connection settings for the target database, read the way libpq users expect.
 
-A :class:`ConnectionSpec` is built from a ``postgresql://`` URL or from libpq's own ``PG*`` variables. It
+A :class:`ConnectionSpec` is built from a ``postgresql://`` URL or from libpq's own settings (which the
+settings layer reads from the ``PG*`` variables and hands over as plain values). It
 never puts the password on a command line: tools get it through their environment (``PGPASSWORD``) or a
 passfile, and ``redacted()`` is the only form that goes into logs and metadata.
 
@@ -37,11 +38,6 @@ LIBPQ_PASSTHROUGH: dict[str, Optional[str]] = {
     "PGOPTIONS": "options",
 }
 DEFAULT_APPLICATION_NAME = "loyalty_ops"
-
-
-def libpq_passthrough(environ: Mapping[str, str]) -> dict[str, str]:
-    """The passed-through libpq settings that are set in ``environ``."""
-    return {name: environ[name] for name in LIBPQ_PASSTHROUGH if environ.get(name)}
 
 
 def parse_connect_timeout(value: Optional[str], field_name: str = "PGCONNECT_TIMEOUT") -> int:
@@ -94,28 +90,6 @@ class ConnectionSpec:
             extra_env={
                 env: query[keyword] for env, keyword in LIBPQ_PASSTHROUGH.items() if keyword and query.get(keyword)
             },
-        )
-
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str]) -> "ConnectionSpec":
-        """``LOYALTY_DATABASE_URL`` if set, otherwise libpq's ``PG*`` variables (database defaults to loyalty)."""
-        extra = libpq_passthrough(environ)
-        timeout = parse_connect_timeout(environ.get("PGCONNECT_TIMEOUT"))
-        if environ.get("LOYALTY_DATABASE_URL"):
-            spec = cls.from_url(environ["LOYALTY_DATABASE_URL"])
-            return dataclasses.replace(spec, extra_env={**extra, **spec.extra_env})
-        port = environ.get("PGPORT")
-        if port is not None and not port.isdigit():
-            raise ConnectionConfigError(f"PGPORT must be a number, got {port!r}; example: PGPORT=5432")
-        return cls(
-            host=environ.get("PGHOST") or None,
-            port=int(port) if port else None,
-            user=environ.get("PGUSER") or None,
-            password=environ.get("PGPASSWORD") or None,
-            dbname=environ.get("PGDATABASE") or DEFAULT_DATABASE,
-            sslmode=environ.get("PGSSLMODE") or None,
-            connect_timeout=timeout,
-            extra_env=extra,
         )
 
     def with_database(self, dbname: str) -> "ConnectionSpec":
