@@ -45,13 +45,19 @@ class LocalS3:
     def env(self) -> dict[str, str]:
         return {"AWS_ENDPOINT_URL": self.endpoint_url, **LOCAL_CREDENTIALS}
 
-    def client(self):
-        import boto3
+    def client(self, config=None):
+        return local_s3_client(self.endpoint_url, config)
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            region_name=LOCAL_CREDENTIALS["AWS_REGION"],
-        )
+
+def local_s3_client(endpoint_url: str, config=None):
+    """A boto3 S3 client for a local endpoint with the local credentials (``config``: a botocore Config)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=LOCAL_CREDENTIALS["AWS_REGION"],
+        config=config,
+    )

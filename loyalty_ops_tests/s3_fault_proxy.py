@@ -153,19 +153,11 @@ class S3FaultProxy:
 
     def client(self, max_attempts: int = 2):
         """A boto3 S3 client through the proxy with botocore's standard retries (as the S3 resource builds)."""
-        import boto3
         from botocore.config import Config
 
-        from devstack.s3_endpoint import LOCAL_CREDENTIALS
+        from devstack.s3_endpoint import local_s3_client
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            region_name=LOCAL_CREDENTIALS["AWS_REGION"],
-            config=Config(retries={"max_attempts": max_attempts, "mode": "standard"}),
-        )
+        return local_s3_client(self.endpoint_url, Config(retries={"max_attempts": max_attempts, "mode": "standard"}))
 
     def requests(self, method: str, suffix: str = "", query: str = "") -> list[tuple[SeenRequest, int]]:
         return [

@@ -12,11 +12,10 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import boto3
 import pytest
 from botocore.config import Config
 
-from devstack.s3_endpoint import LOCAL_CREDENTIALS, LocalS3
+from devstack.s3_endpoint import LocalS3
 from loyalty_ops.lib.backup.naming import backup_name
 from loyalty_ops.lib.retention.cleanup import carry_out
 from loyalty_ops.lib.retention.gates import plan_with_reverification
@@ -32,14 +31,7 @@ NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
 def fast_client(server: LocalS3):
     """No retries and short timeouts: a stopped server fails the request at once."""
-    return boto3.client(
-        "s3",
-        endpoint_url=server.endpoint_url,
-        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        region_name=LOCAL_CREDENTIALS["AWS_REGION"],
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=1, read_timeout=5),
-    )
+    return server.client(Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=1, read_timeout=5))
 
 
 def make_backups(backup_dir: Path, client, bucket: str, days) -> dict:
