@@ -4,6 +4,7 @@ unset variable leaves the resource's default."""
 
 import dagster as dg
 
+from loyalty_ops.defs.alerting.dispatch import LEDGER_ASSET_KEY, UNREADABLE_LEDGER_ASSET_KEY
 from loyalty_ops.defs.alerting.resources import AlertingResource, AlertSlack
 from loyalty_ops.defs.alerting.sensors import ALERTING_SENSORS
 from loyalty_ops.defs.settings import LoyaltySettings, current_settings, secret_ref
@@ -33,4 +34,27 @@ def alerting_resource(settings: LoyaltySettings) -> AlertingResource:
     return AlertingResource(**{k: v for k, v in fields.items() if v is not None})
 
 
-defs = dg.Definitions(sensors=ALERTING_SENSORS, resources={"alerting": alerting_resource(current_settings())})
+# The sensors' shared memory, kept as observations of these keys (see dispatch.py); declared so the asset
+# catalog describes them instead of listing keys without a definition.
+INCIDENT_LEDGER = dg.AssetSpec(
+    LEDGER_ASSET_KEY,
+    group_name="alerting",
+    owners=["team:platform"],
+    kinds={"dagster"},
+    description="The paging sensors' ledger: which incidents are open (paged, not yet resolved) and which "
+    "messages are queued for a destination that did not answer. Written by the sensors as observations; "
+    "`open_incidents` and `queued_messages` plot its history. Nothing to materialize.",
+)
+UNREADABLE_INCIDENT_LEDGER = dg.AssetSpec(
+    UNREADABLE_LEDGER_ASSET_KEY,
+    group_name="alerting",
+    owners=["team:platform"],
+    kinds={"dagster"},
+    description="A ledger the sensors could not read, set aside once (for a post-mortem) before they started a new one.",
+)
+
+defs = dg.Definitions(
+    assets=[INCIDENT_LEDGER, UNREADABLE_INCIDENT_LEDGER],
+    sensors=ALERTING_SENSORS,
+    resources={"alerting": alerting_resource(current_settings())},
+)
