@@ -88,7 +88,7 @@ def test_a_complete_backup_reports_its_blocks_and_verification_time(ops_resource
 def test_a_legitimate_shrink_is_accepted_once_by_launchpad_field(
     pg_cluster, make_database, dagster_instance, ops_resources, s3_client, s3_bucket
 ):
-    db = make_database("purge", sample_scale=0.3)
+    db = make_database("purge", sample_scale=0.1)
     resources = {**ops_resources, "postgres": postgres_target(pg_cluster, db)}
     assert dg.materialize(ALL, resources=resources, instance=dagster_instance).success
     with pg_cluster.connect(db) as conn:

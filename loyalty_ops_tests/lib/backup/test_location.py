@@ -92,14 +92,14 @@ def test_upload_settings_are_refused_when_made_naming_the_variable_and_an_exampl
 
 def test_inventory_follows_every_page(s3_client, s3_bucket, tmp_path):
     location = BackupLocation(tmp_path, s3_bucket, "/deep/prefix/")
-    names = [backup_name("loyalty", TAKEN - timedelta(hours=h)) for h in range(1050)]
+    names = [backup_name("loyalty", TAKEN - timedelta(hours=h)) for h in range(230)]
     for name in names:
         s3_client.put_object(Bucket=s3_bucket, Key=location.key_for(name), Body=b"x")
     s3_client.put_object(Bucket=s3_bucket, Key="elsewhere/x", Body=b"x")  # outside the prefix
     requests = []
     s3_client.meta.events.register("before-parameter-build.s3.ListObjectsV2", lambda **kw: requests.append(kw["params"]))
-    listed = list_objects(s3_client, location, page_size=100)
-    assert len(requests) == 11 and all(r["MaxKeys"] == 100 for r in requests)
+    listed = list_objects(s3_client, location, page_size=50)
+    assert len(requests) == 5 and all(r["MaxKeys"] == 50 for r in requests)
     assert sorted(o.key for o in listed) == sorted(location.key_for(n) for n in names)
     assert {o.size for o in listed} == {1}
     assert all(location.parse_key(o.key) is not None for o in listed)
