@@ -30,6 +30,7 @@ from loyalty_ops.lib.restore.source import (
     locate_local,
     locate_s3,
     prepare_archive,
+    release_work_file,
     where_backups_live,
 )
 
@@ -44,9 +45,8 @@ class FetchedArchive:
     notes: list[str] = field(default_factory=list)  # how it was chosen, e.g. the S3 copy used for a damaged file
 
     def cleanup(self) -> None:
-        self.archive.path.unlink(missing_ok=True)
-        if self.downloaded is not None:
-            self.downloaded.unlink(missing_ok=True)
+        release_work_file(self.archive.path)
+        release_work_file(self.downloaded)
 
 
 def _prepare(located: LocatedBackup, env: RestoreEnvironment) -> FetchedArchive:
@@ -76,7 +76,7 @@ def _prepare(located: LocatedBackup, env: RestoreEnvironment) -> FetchedArchive:
         timings["verify_decompress_s"] = time.monotonic() - t2
     except BaseException:
         if downloaded:
-            path.unlink(missing_ok=True)
+            release_work_file(path)
         raise
     env.log(
         f"checksum verified ({archive.sha256}); {human_bytes(archive.raw_bytes)} archive decompressed to a private "

@@ -23,8 +23,9 @@ from loyalty_ops.lib.backup.integrity import CUSTOM_FORMAT_MAGIC, StreamDecompre
 from loyalty_ops.lib.backup.manifest import BackupManifest, read_manifest
 from loyalty_ops.lib.backup.inventory import list_objects
 from loyalty_ops.lib.backup.location import BackupLocation
-from loyalty_ops.lib.backup.naming import PARTIAL_MARKER, SIDECAR_SUFFIX, BackupName
+from loyalty_ops.lib.backup.naming import SIDECAR_SUFFIX, BackupName
 from loyalty_ops.lib.backup.stream import drain_queue, remove_stale_partials
+from loyalty_ops.lib.backup.tempfiles import create_locked, locked_partial_path
 from loyalty_ops.lib.progress import ProgressMeter, ProgressSnapshot
 from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, RestoreRefused
 from loyalty_ops.lib.restore.plan import BackupRef
@@ -196,9 +197,31 @@ def where_backups_live(location: BackupLocation, client: Any = None) -> str:
     return location.describe() if client is not None else str(location.backup_dir)
 
 
-def work_file(work_dir: Path, filename: str, role: str) -> Path:
-    """A private temporary file name that the backup code's stale-file cleanup recognises."""
-    return Path(work_dir) / f".{filename}.{role}{PARTIAL_MARKER}{os.getpid()}"
+_HELD_WORK_FILES: dict[str, int] = {}  # path -> the descriptor whose flock keeps the file from others' cleanup
+
+
+def open_work_file(work_dir: Path, filename: str, role: str) -> tuple[Path, int]:
+    """Create a private (0600) temporary file that stays under an ``flock`` until :func:`release_work_file`.
+
+    The backup code's stale-file cleanup removes such a file only when nobody holds its lock, so a restore
+    running in another container that shares the directory never loses its download or archive mid-restore,
+    and the file of a killed restore is removed by the next cleanup. Returns the path and a descriptor to
+    write through (close it when written; the lock stays with the file until it is released).
+    """
+    path = locked_partial_path(Path(work_dir) / f"{filename}.{role}")
+    held = create_locked(path)
+    _HELD_WORK_FILES[str(path)] = held
+    return path, os.dup(held)
+
+
+def release_work_file(path: Optional[Path]) -> None:
+    """Remove a work file and drop its lock."""
+    if path is None:
+        return
+    Path(path).unlink(missing_ok=True)
+    held = _HELD_WORK_FILES.pop(str(path), None)
+    if held is not None:
+        os.close(held)
 
 
 def fetch_backup(
@@ -216,16 +239,15 @@ def fetch_backup(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(work_dir)
-    target = work_file(work_dir, located.filename, "download")
+    target, fd = open_work_file(work_dir, located.filename, "download")
     meter = ProgressMeter("download", on_progress, expected_bytes=located.size, interval_s=progress_interval_s)
     try:
         # Written through our own 0600 descriptor: download_file would stage the data in a file with the
         # process umask's mode first.
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             client.download_fileobj(located.bucket, located.s3_key, handle, Callback=meter.add)
     except BaseException as exc:
-        target.unlink(missing_ok=True)
+        release_work_file(target)
         if isinstance(exc, Exception):
             raise RestoreRefused("download", f"downloading {located.where} failed: {exc}") from None
         raise
@@ -267,7 +289,6 @@ def prepare_archive(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(work_dir)
-    out_path = work_file(work_dir, name, "archive")
     size = compressed.stat().st_size
     meter = ProgressMeter("verify + decompress", on_progress, expected_bytes=size, interval_s=progress_interval_s)
     digest = hashlib.sha256()
@@ -289,10 +310,10 @@ def prepare_archive(
 
     reader = threading.Thread(target=_read, name="archive-reader", daemon=True)
     decomp = StreamDecompressor(compression)
+    out_path, fd = open_work_file(work_dir, name, "archive")
     stream_error: Optional[str] = None
     raw = 0
     head = b""
-    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb", buffering=0) as out:
             reader.start()
@@ -337,7 +358,7 @@ def prepare_archive(
     except BaseException:
         stop.set()
         drain_queue(chunks)
-        out_path.unlink(missing_ok=True)
+        release_work_file(out_path)
         raise
     meter.finish()
     return PreparedArchive(out_path, raw, size, actual, time.monotonic() - started)

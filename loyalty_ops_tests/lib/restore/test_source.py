@@ -99,3 +99,43 @@ def test_backup_without_checksum_or_with_disagreeing_ones_is_refused(tmp_path):
     )
     with pytest.raises(ChecksumMismatch, match="disagree"):
         locate_backup(BackupRef("latest"), BackupLocation(tmp_path))
+
+
+def test_a_restore_work_file_is_never_cleaned_up_while_in_use_and_is_after_its_restore_is_killed(tmp_path):
+    """Restore downloads and archives live under an flock: another run's cleanup (any process, any container
+    sharing the directory) leaves them alone; once their restore is killed, the next cleanup removes them."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from loyalty_ops.lib.backup.stream import remove_stale_partials
+    from loyalty_ops.lib.restore.source import open_work_file, release_work_file
+
+    cleanup = [sys.executable, "-c", "import sys; from loyalty_ops.lib.backup.stream import remove_stale_partials; "
+               "print(len(remove_stale_partials(sys.argv[1])))", str(tmp_path)]
+    mine, fd = open_work_file(tmp_path, "loyalty_20261201_020000.dump.gz", "archive")
+    os.write(fd, b"archive bytes")
+    os.close(fd)
+    assert subprocess.run(cleanup, capture_output=True, text=True, check=True).stdout.strip() == "0"
+    assert mine.read_bytes() == b"archive bytes" and (mine.stat().st_mode & 0o777) == 0o600
+    release_work_file(mine)
+    assert not mine.exists()
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from loyalty_ops.lib.restore.source import open_work_file; "
+         "open_work_file(sys.argv[1], 'loyalty_20261201_020000.dump.gz', 'download'); print('held', flush=True); "
+         "time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert remove_stale_partials(tmp_path) == [] and len(list(tmp_path.iterdir())) == 1
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while list(tmp_path.iterdir()) and time.monotonic() < deadline:
+            remove_stale_partials(tmp_path)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        holder.kill()
