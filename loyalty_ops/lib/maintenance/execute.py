@@ -1,4 +1,6 @@
-"""Carrying out a maintenance plan without ever making production wait on us.
+"""Carrying out a maintenance plan without ever making production wait on us. (About 400 lines: the one
+loop over the plan's objects and its retries; the session, the report, the heartbeat, the blocker watch and
+the full mode are separate modules.)
 
 Every statement runs on one autocommit connection with ``lock_timeout`` and ``statement_timeout`` set just
 before it, one object at a time:

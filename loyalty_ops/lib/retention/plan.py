@@ -3,7 +3,9 @@ known about each backup (integrity checks, restore drills, offsite copies, the r
 copies the plan relies on), the policy and the time, decide what to keep and what to delete, with the
 reason for every decision.
 
-Pure: no Dagster, no I/O, no clock. The same inputs always give the same plan.
+Pure: no Dagster, no I/O, no clock. The same inputs always give the same plan. (A little over 400 lines
+because this docstring is the policy's reference; types, classification, gates and rendering live in their
+own modules beside it.)
 
 The rules, in the order they protect you:
 
