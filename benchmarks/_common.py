@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from devstack.postgres_cluster import LocalPostgres, free_port  # noqa: E402
-from devstack.s3_endpoint import LOCAL_CREDENTIALS  # noqa: E402
+from devstack.s3_endpoint import local_s3_client  # noqa: E402
 from devstack.sample_data import create_sample_schema  # noqa: E402
 
 MB_PER_SCALE = 20.0  # create_sample_schema(scale=1.0) is about 20 MB on disk
@@ -59,15 +59,7 @@ def moto_process() -> Iterator[str]:
 
 
 def s3_client(endpoint_url: str):
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        region_name=LOCAL_CREDENTIALS["AWS_REGION"],
-    )
+    return local_s3_client(endpoint_url)
 
 
 def timed_shell(command: str, env: dict[str, str]) -> float:
