@@ -151,7 +151,10 @@ def _archive_complete_result(path: Path, inspection: integrity.ArchiveInspection
         return _result(
             "backup_archive_complete",
             False,
-            f"{path.name}: {inspection.archive_error}. The backup is not restorable as a whole.",
+            f"{path.name}: {inspection.archive_error}. The backup is not restorable as a whole, so it is not "
+            "copied offsite and does not count as a good backup (restore `latest` and retention skip it). Relaunch "
+            "nightly_backup_job; if it fails again, read pg_dump's lines in this run's log and check the free space "
+            "of LOYALTY_BACKUP_DIR.",
             verify_seconds=round(inspection.seconds, 3),
         )
     return _result(
