@@ -22,10 +22,11 @@ from loyalty_ops.lib.restore import database as db
 from loyalty_ops.lib.restore.counts import compare_counts, restored_counts
 from loyalty_ops.lib.restore.environment import RestoreEnvironment
 from loyalty_ops.lib.restore.errors import RestoreStepError
-from loyalty_ops.lib.restore.fetch import FetchedArchive, fetch_and_verify
+from loyalty_ops.lib.restore.fetch import FetchedArchive, FetchPlan, fetch_and_verify
 from loyalty_ops.lib.restore.plan import DRILL_PREFIX, BackupRef, drill_database_name, drill_database_time
 from loyalty_ops.lib.restore.pg_restore import run_pg_restore
-from loyalty_ops.lib.restore.source import list_candidates, where_backups_live
+from loyalty_ops.lib.restore.source import ArchiveChanged, list_candidates, where_backups_live
+from loyalty_ops.lib.restore.space import SpaceReport, check_restore_space
 from loyalty_ops.lib.restore.verify import Comparison
 
 LEFTOVER_DRILL_AGE = timedelta(minutes=10)
@@ -52,6 +53,9 @@ class DrillResult:
     notes: list[str] = field(default_factory=list)
     scratch_dropped: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    streamed: bool = False  # jobs 1: streamed into pg_restore, no temporary copy of the archive
+    space: Optional[SpaceReport] = None  # the disk-space check made before anything was written
+    server: str = ""  # where the scratch database lived (the server, without a password)
 
 
 def drop_leftover_drills(env: RestoreEnvironment, now: datetime) -> list[str]:
@@ -109,7 +113,7 @@ def run_drill(
     started = time.monotonic()
     now = now or datetime.now(timezone.utc)
     scratch = drill_database_name(now)
-    result = DrillResult(passed=False, backup_filename=ref.filename or "", scratch_database=scratch)
+    result = DrillResult(passed=False, backup_filename=ref.filename or "", scratch_database=scratch, server=env.spec.redacted())
     step = "prepare"
     fetched: Optional[FetchedArchive] = None
     created = False
@@ -118,7 +122,17 @@ def run_drill(
         lock = _claim_scratch(env, scratch)
         drop_leftover_drills(env, now)
         step = "find backup"
-        fetched = fetch_and_verify(newest_backup_ref(env) if ref.kind == "latest" else ref, env)
+        stream = jobs == 1
+        space: list[SpaceReport] = []
+        plan = FetchPlan(
+            stream=stream,
+            before_fetch=lambda located: space.append(check_restore_space(env, located, stream=stream)),
+        )
+        try:
+            fetched = fetch_and_verify(newest_backup_ref(env) if ref.kind == "latest" else ref, env, plan)
+        finally:
+            result.space = space[0] if space else None
+        result.streamed = fetched.archive.streamed
         result.timings.update(fetched.timings)
         result.backup_filename = fetched.located.filename
         result.archive_bytes = fetched.archive.raw_bytes
@@ -138,18 +152,23 @@ def run_drill(
         created = True
         step = "pg_restore"
         env.log(
-            f"drill: restoring {fetched.located.filename} into {scratch} ({result.database_locale}) with pg_restore -j {jobs}"
+            f"drill: restoring {fetched.located.filename} into {scratch} on {result.server} ({result.database_locale}) "
+            f"with pg_restore -j {jobs}" + (" reading the archive from its standard input" if result.streamed else "")
         )
-        restored = run_pg_restore(
-            env.runner,
-            env.spec,
-            fetched.archive.path,
-            scratch,
-            jobs=jobs,
-            expected_bytes=fetched.archive.raw_bytes,
-            log=env.log,
-            progress_interval_s=env.progress_interval_s,
-        )
+        try:
+            restored = run_pg_restore(
+                env.runner,
+                env.spec,
+                fetched.archive.path,
+                scratch,
+                jobs=jobs,
+                expected_bytes=fetched.archive.raw_bytes,
+                log=env.log,
+                progress_interval_s=env.progress_interval_s,
+                feed=fetched.feed(),
+            )
+        except ArchiveChanged as exc:
+            raise RestoreStepError(step, exc.detail) from None
         result.timings["pg_restore_s"] = restored.duration_s
         result.rto_s = time.monotonic() - started
         step = "measure"

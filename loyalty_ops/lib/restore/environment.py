@@ -26,6 +26,7 @@ class RestoreEnvironment:
     runner: PgToolRunner
     location: BackupLocation  # the backup directory and (with a bucket) the S3 prefix
     work_dir: Optional[Path] = None  # for the decompressed archive and downloads; default the backup directory
+    tmp_dir: Optional[Path] = None  # for the decompressed archive only (LOYALTY_RESTORE_TMP_DIR); default work_dir
     s3_client: Any = None  # a boto3 client for ``location.bucket``; None: backups on this machine only
     log: Callable[[str], None] = _quiet
     warn: Callable[[str], None] = _quiet
@@ -35,6 +36,9 @@ class RestoreEnvironment:
     # Verdicts of the integrity checks and drills of past backups; None or empty: no history to consult
     # (``latest`` then picks the newest backup whose own file verifies).
     history: Optional[BackupHistory] = None
+    # The server the backups were taken from, asked for the source database's size (a restore's expected
+    # size) when restores and drills go to another server; None: ``spec``'s server.
+    source_spec: Optional[ConnectionSpec] = None
 
     @property
     def backup_dir(self) -> Path:
@@ -48,3 +52,8 @@ class RestoreEnvironment:
     @property
     def scratch_dir(self) -> Path:
         return Path(self.work_dir or self.backup_dir)
+
+    @property
+    def archive_dir(self) -> Path:
+        """Where the decompressed archive is written (``pg_restore -j`` needs a seekable file)."""
+        return Path(self.tmp_dir or self.scratch_dir)

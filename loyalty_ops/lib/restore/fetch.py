@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.restore.environment import RestoreEnvironment
@@ -31,8 +31,25 @@ from loyalty_ops.lib.restore.source import (
     locate_s3,
     prepare_archive,
     release_work_file,
+    stream_archive,
+    verify_archive,
     where_backups_live,
 )
+from loyalty_ops.lib.restore.space import NotEnoughSpace
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    """How the chosen backup is turned into an archive.
+
+    ``stream``: verify it in one pass and leave it compressed (a ``jobs: 1`` restore streams it into
+    pg_restore), instead of decompressing it into a temporary file. ``before_fetch``: called with the backup
+    once it is chosen and before anything is downloaded or written (the disk-space check); what it raises
+    ends the fetch (``latest`` does not move on to an older backup for it).
+    """
+
+    stream: bool = False
+    before_fetch: Optional[Callable[[LocatedBackup], None]] = None
 
 
 @dataclass
@@ -48,14 +65,26 @@ class FetchedArchive:
         release_work_file(self.archive.path)
         release_work_file(self.downloaded)
 
+    def feed(self) -> Optional[Callable[[Callable[[bytes], None]], int]]:
+        """For a streamed archive: what writes it (decompressed again, hashed again) into pg_restore's
+        standard input. None when the archive is a decompressed file."""
+        if not self.archive.streamed:
+            return None
+        return lambda write: stream_archive(self.archive, write, filename=self.located.filename)
 
-def _prepare(located: LocatedBackup, env: RestoreEnvironment) -> FetchedArchive:
-    """Download if needed, hash and decompress. Raises :class:`RestoreRefused`."""
+
+def _prepare(located: LocatedBackup, env: RestoreEnvironment, plan: Optional[FetchPlan] = None) -> FetchedArchive:
+    """Download if needed, hash and decompress (or verify, to stream). Raises :class:`RestoreRefused`."""
+    plan = plan or FetchPlan()
     timings: dict[str, float] = {}
     env.log(
         f"backup: {located.where} ({human_bytes(located.size or 0)}), expected SHA-256 {located.expected_sha256} "
         f"from {', '.join(located.checksum_sources)}"
     )
+    if plan.before_fetch is not None:
+        t0 = time.monotonic()
+        plan.before_fetch(located)
+        timings["space_check_s"] = time.monotonic() - t0
     t1 = time.monotonic()
     path, downloaded = fetch_backup(
         located, env.scratch_dir, env.s3, on_progress=env.on_progress, progress_interval_s=env.progress_interval_s
@@ -65,19 +94,36 @@ def _prepare(located: LocatedBackup, env: RestoreEnvironment) -> FetchedArchive:
         env.log(f"downloaded {located.where} in {timings['download_s']:.1f} s")
     try:
         t2 = time.monotonic()
-        archive = prepare_archive(
-            path,
-            located.expected_sha256,
-            env.scratch_dir,
-            filename=located.filename,
-            on_progress=env.on_progress,
-            progress_interval_s=env.progress_interval_s,
-        )
-        timings["verify_decompress_s"] = time.monotonic() - t2
+        if plan.stream:
+            archive = verify_archive(
+                path,
+                located.expected_sha256,
+                filename=located.filename,
+                on_progress=env.on_progress,
+                progress_interval_s=env.progress_interval_s,
+            )
+            timings["verify_s"] = time.monotonic() - t2
+        else:
+            archive = prepare_archive(
+                path,
+                located.expected_sha256,
+                env.archive_dir,
+                filename=located.filename,
+                on_progress=env.on_progress,
+                progress_interval_s=env.progress_interval_s,
+            )
+            timings["verify_decompress_s"] = time.monotonic() - t2
     except BaseException:
         if downloaded:
             release_work_file(path)
         raise
+    if archive.streamed:
+        env.log(
+            f"checksum verified ({archive.sha256}) and the whole archive read ({human_bytes(archive.raw_bytes)}, "
+            f"{archive.data_blocks} data blocks to their end markers) in {timings['verify_s']:.1f} s; it will be "
+            "streamed into pg_restore without a temporary copy"
+        )
+        return FetchedArchive(located, archive, path if downloaded else None, timings)
     env.log(
         f"checksum verified ({archive.sha256}); {human_bytes(archive.raw_bytes)} archive decompressed to a private "
         f"temporary file in {timings['verify_decompress_s']:.1f} s"
@@ -93,7 +139,9 @@ def _require_complete(located: LocatedBackup) -> None:
         raise IncompleteBackup("find backup", f"{located.where} has no .sha256 sidecar")
 
 
-def _fetch_candidate(candidate: Candidate, env: RestoreEnvironment, *, require_complete: bool = False) -> FetchedArchive:
+def _fetch_candidate(
+    candidate: Candidate, env: RestoreEnvironment, *, require_complete: bool = False, plan: Optional[FetchPlan] = None
+) -> FetchedArchive:
     """The local copy if it verifies, else the S3 copy (saying why). Raises :class:`RestoreRefused`."""
     failures: list[tuple[str, RestoreRefused]] = []
     if candidate.local_path is not None:
@@ -101,7 +149,7 @@ def _fetch_candidate(candidate: Candidate, env: RestoreEnvironment, *, require_c
             located = locate_local(candidate.local_path)
             if require_complete:
                 _require_complete(located)
-            return _prepare(located, env)
+            return _prepare(located, env, plan)
         except (ChecksumMismatch, IncompleteBackup) as exc:  # damaged or incomplete here; the S3 copy may be whole
             failures.append((f"the local copy {candidate.local_path}", exc))
     s3_key = candidate.s3_key
@@ -115,7 +163,9 @@ def _fetch_candidate(candidate: Candidate, env: RestoreEnvironment, *, require_c
             located = locate_s3(env.s3, env.location, s3_key)
             if require_complete:
                 _require_complete(located)
-            fetched = _prepare(located, env)
+            fetched = _prepare(located, env, plan)
+        except NotEnoughSpace:
+            raise
         except RestoreRefused as exc:
             if not failures:
                 raise
@@ -138,7 +188,7 @@ def _fetch_candidate(candidate: Candidate, env: RestoreEnvironment, *, require_c
     raise type(first)(first.step, f"no intact copy of {candidate.filename}: {detail}")
 
 
-def fetch_latest(env: RestoreEnvironment) -> FetchedArchive:
+def fetch_latest(env: RestoreEnvironment, plan: Optional[FetchPlan] = None) -> FetchedArchive:
     """The newest backup that passed its checks (and drill), or without history, whose file verifies."""
     database = env.spec.dbname
     candidates = list_candidates(env.location, database, env.s3)
@@ -173,7 +223,9 @@ def fetch_latest(env: RestoreEnvironment) -> FetchedArchive:
                 continue
             chosen_because = verdict.reason
         try:
-            fetched = _fetch_candidate(candidate, env, require_complete=not use_history)
+            fetched = _fetch_candidate(candidate, env, require_complete=not use_history, plan=plan)
+        except NotEnoughSpace:
+            raise  # an older backup would not fit either
         except RestoreRefused as exc:
             _skip(candidate.filename, exc.reason)
             continue
@@ -191,21 +243,22 @@ def fetch_latest(env: RestoreEnvironment) -> FetchedArchive:
     )
 
 
-def fetch_and_verify(ref: BackupRef, env: RestoreEnvironment) -> FetchedArchive:
-    """Find, download if needed, hash and decompress the backup ``ref`` names. Raises :class:`RestoreRefused`."""
+def fetch_and_verify(ref: BackupRef, env: RestoreEnvironment, plan: Optional[FetchPlan] = None) -> FetchedArchive:
+    """Find, download if needed, hash and decompress (or verify, to stream) the backup ``ref`` names.
+    Raises :class:`RestoreRefused`."""
     t0 = time.monotonic()
     if ref.kind == "latest":
-        fetched = fetch_latest(env)
+        fetched = fetch_latest(env, plan)
     elif ref.kind == "file":
         path = Path(ref.value) if Path(ref.value).is_absolute() else env.backup_dir / ref.value
         name = env.location.parse_name(path.name)
         if path.is_file() and name is not None:
             # A damaged local file falls back to its S3 copy; safety backups are never offsite.
             candidate = Candidate(name, local_path=path)
-            fetched = _fetch_candidate(candidate, env) if not ref.is_safety else _prepare(locate_local(path), env)
+            fetched = _fetch_candidate(candidate, env, plan=plan) if not ref.is_safety else _prepare(locate_local(path), env, plan)
         else:
-            fetched = _prepare(locate_backup(ref, env.location, database=env.spec.dbname, client=env.s3), env)
+            fetched = _prepare(locate_backup(ref, env.location, database=env.spec.dbname, client=env.s3), env, plan)
     else:
-        fetched = _prepare(locate_backup(ref, env.location, database=env.spec.dbname, client=env.s3), env)
+        fetched = _prepare(locate_backup(ref, env.location, database=env.spec.dbname, client=env.s3), env, plan)
     fetched.timings["find_s"] = time.monotonic() - t0 - sum(fetched.timings.values())
     return fetched

@@ -26,11 +26,15 @@ from loyalty_ops.lib.progress import ProgressSnapshot
 POLL_S = 0.25  # a COPY's last bytes are known only up to its final poll
 
 
-def pg_restore_args(archive: Path, database: str, jobs: int, *, no_owner: bool = False) -> list[str]:
+def pg_restore_args(archive: Optional[Path], database: str, jobs: int, *, no_owner: bool = False) -> list[str]:
+    """``archive`` None: pg_restore reads the archive from its standard input (only with ``jobs`` 1)."""
     args = ["--exit-on-error", f"--jobs={jobs}", "--no-password", f"--dbname={database}"]
     if no_owner:
         args.append("--no-owner")
-    return [*args, str(archive)]
+    return [*args, str(archive)] if archive is not None else args
+
+
+Feed = Callable[[Callable[[bytes], None]], object]  # writes the archive through the function it is given
 
 
 @dataclass
@@ -147,7 +151,7 @@ class PgRestoreResult:
 def run_pg_restore(
     runner: PgToolRunner,
     spec: ConnectionSpec,
-    archive: Path,
+    archive: Optional[Path],
     database: str,
     *,
     jobs: int,
@@ -155,21 +159,36 @@ def run_pg_restore(
     expected_bytes: Optional[int] = None,
     log: Optional[Callable[[str], None]] = None,
     progress_interval_s: float = 10.0,
+    feed: Optional[Feed] = None,
 ) -> PgRestoreResult:
-    """Restore ``archive`` into the existing, empty ``database``; raise :class:`ToolError` on any error."""
+    """Restore ``archive`` into the existing, empty ``database``; raise :class:`ToolError` on any error.
+
+    With ``feed`` (and ``archive`` None) pg_restore reads its standard input, and ``feed`` is called on a
+    thread with the function that writes to it; an error ``feed`` raises is raised here after pg_restore ended.
+    """
+    if feed is not None and jobs != 1:
+        raise ValueError("pg_restore reads standard input only with jobs 1")
     started = time.monotonic()
     monitor = RestoreMonitor(spec, database, expected_bytes, log, progress_interval_s).start()
     proc = runner.start(
-        "pg_restore", pg_restore_args(archive, database, jobs, no_owner=no_owner), database=database, stdout=False
+        "pg_restore", pg_restore_args(archive, database, jobs, no_owner=no_owner), database=database,
+        stdout=False, stdin=feed is not None,
     )
+    feeder = _Feeder(proc, feed).start() if feed is not None else None
     try:
         code = proc.wait()
     except BaseException:
         proc.kill()
         raise
     finally:
+        if feeder is not None:
+            feeder.join()
         progress = monitor.stop()
     stderr = proc.stderr_text()
+    if feeder is not None and feeder.error is not None and not isinstance(feeder.error, BrokenPipeError):
+        raise feeder.error  # the archive could not be streamed (or changed): this says why, not pg_restore
+    if code == 0 and feeder is not None and feeder.error is not None:
+        raise ToolError("pg_restore stopped reading its input before the end of the archive", tool="pg_restore", stderr=stderr)
     if code != 0:
         raise ToolError(
             f"pg_restore exited with code {code}: {stderr.strip()[-2000:] or 'no error output'}",
@@ -181,3 +200,41 @@ def run_pg_restore(
     if log:
         log(f"pg_restore finished in {duration:.1f} s ({human_bytes(progress.loaded_bytes)} of table data seen loading)")
     return PgRestoreResult(duration, progress.loaded_bytes, stderr)
+
+
+class _Feeder:
+    """Runs ``feed`` on a thread into the tool's standard input, then closes it; keeps the first error."""
+
+    def __init__(self, proc, feed: Feed):
+        self._proc = proc
+        self._feed = feed
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="pg_restore-feed", daemon=True)
+
+    def start(self) -> "_Feeder":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        stdin = self._proc.stdin
+
+        def write_all(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                written = stdin.write(view)
+                view = view[written if written is not None else len(view):]
+
+        try:
+            self._feed(write_all)
+        except BaseException as exc:  # raised to the caller after pg_restore has ended
+            self.error = exc
+            if not isinstance(exc, BrokenPipeError):
+                self._proc.kill()  # never let pg_restore finish on a stream that is known to be wrong
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    def join(self) -> None:
+        self._thread.join()

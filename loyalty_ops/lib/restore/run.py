@@ -2,8 +2,10 @@
 
 Order of a restore (:func:`restore_backup`):
 1. check the target (read-only): refused if it exists in ``new_database`` mode, or is missing in ``replace``;
-2. find the backup, download it if it is only on S3;
-3. hash and decompress it into a private temporary file; refused on a checksum mismatch or corrupt stream;
+2. find the backup; check that the download, the decompressed archive, the safety backup and the new
+   database fit on their filesystems (refused with the numbers if not); download it if it is only on S3;
+3. hash and decompress it into a private temporary file; refused on a checksum mismatch or corrupt stream
+   (``jobs: 1``: hash it and read the whole archive without writing it, then stream it into pg_restore);
 4. ``replace`` only: take a safety backup of the target with the existing backup code;
 5. create the database (``replace``: a side database next to the target), ``pg_restore -j N --exit-on-error``;
 6. compare row and catalog counts with the backup's manifest;
@@ -30,9 +32,11 @@ from loyalty_ops.lib.restore.counts import compare_restored
 from loyalty_ops.lib.restore.drill import DrillResult, drop_leftover_drills, run_drill
 from loyalty_ops.lib.restore.environment import RestoreEnvironment
 from loyalty_ops.lib.restore.errors import RestoreRefused, RestoreStepError
-from loyalty_ops.lib.restore.fetch import FetchedArchive, fetch_and_verify
+from loyalty_ops.lib.restore.fetch import FetchedArchive, FetchPlan, fetch_and_verify
 from loyalty_ops.lib.restore.plan import RestoreRequest, retired_database_name, side_database_name
 from loyalty_ops.lib.restore.pg_restore import run_pg_restore
+from loyalty_ops.lib.restore.source import ArchiveChanged
+from loyalty_ops.lib.restore.space import SpaceReport, check_restore_space
 from loyalty_ops.lib.restore.verify import Comparison
 
 __all__ = [
@@ -83,6 +87,8 @@ class RestoreOutcome:
     skipped_backups: list[str] = field(default_factory=list)  # newer backups `latest` passed over, with why
     notes: list[str] = field(default_factory=list)  # how the backup was chosen and where it was read from
     database_locale: str = ""  # the encoding and locale the restored database was created with
+    streamed: bool = False  # jobs 1: streamed into pg_restore, no temporary copy of the archive
+    space: Optional[SpaceReport] = None  # the disk-space check made before anything was written
 
 
 def _admin(env: RestoreEnvironment, step: str):
@@ -117,8 +123,16 @@ def restore_backup(
             f"with confirm={target!r} to overwrite it",
         )
 
-    # 2-3. Find, download, verify, decompress.
-    fetched = fetch_and_verify(request.backup, env)
+    # 2-3. Find, check the space, download, verify, decompress (jobs 1: verify only, to stream).
+    space: list[SpaceReport] = []
+    stream = request.jobs == 1
+    plan = FetchPlan(
+        stream=stream,
+        before_fetch=lambda located: space.append(
+            check_restore_space(env, located, stream=stream, safety_backup=request.replace)
+        ),
+    )
+    fetched = fetch_and_verify(request.backup, env, plan)
     timings.update(fetched.timings)
     created: Optional[str] = None
     try:
@@ -157,6 +171,7 @@ def restore_backup(
         env.log(
             f"created database {restore_into} with {db.describe_locale(locale)}; "
             f"running pg_restore -j {request.jobs} --exit-on-error"
+            + (" reading the archive from its standard input" if fetched.archive.streamed else "")
         )
         t = time.monotonic()
         try:
@@ -170,9 +185,12 @@ def restore_backup(
                 expected_bytes=fetched.archive.raw_bytes,
                 log=env.log,
                 progress_interval_s=env.progress_interval_s,
+                feed=fetched.feed(),
             )
         except ToolError as exc:
             raise RestoreStepError("pg_restore", str(exc), touched=not request.replace) from None
+        except ArchiveChanged as exc:
+            raise RestoreStepError("pg_restore", exc.detail, touched=not request.replace) from None
         timings["pg_restore_s"] = result.duration_s
 
         # 6. Compare with the manifest.
@@ -211,6 +229,8 @@ def restore_backup(
             skipped_backups=list(fetched.skipped),
             notes=list(fetched.notes),
             database_locale=db.describe_locale(locale),
+            streamed=fetched.archive.streamed,
+            space=space[0] if space else None,
         )
     finally:
         fetched.cleanup()
