@@ -74,7 +74,9 @@ def database_backup(
 ) -> dg.MaterializeResult:
     """A full logical backup of the loyalty database: `pg_dump -Fc` streamed through gzip (or zstd) into
     `LOYALTY_BACKUP_DIR/loyalty_YYYYMMDD_HHMMSS.dump.gz`, with a `sha256sum -c` sidecar and a manifest of
-    exact row counts taken in the dump's own snapshot. The file appears under its final name only when
+    exact row counts taken in the dump's own snapshot. The cluster globals the database needs (roles,
+    password hashes, memberships: `pg_dumpall --globals-only`) go beside it as
+    `loyalty_YYYYMMDD_HHMMSS.globals.sql.gz`, and its owner, grants and settings into the manifest. The file appears under its final name only when
     complete and after its sidecar and manifest (mode 0600); two runs in the same second get names one
     second apart, never the same file. Blocking checks verify it before the offsite copy."""
     compression = config.compression or backup_storage.compression
@@ -124,6 +126,9 @@ def database_backup(
 
     manifest_file = manifest_path(result.path)
     duration = result.file.duration_s
+    roles = result.globals_dump
+    if roles is not None and not roles.role_passwords:
+        context.log.warning(f"cluster globals {result.globals_path.name}: {roles.reason}")
     context.log.info(
         f"backup written: {result.path} ({human_bytes(result.file.written_bytes)} from "
         f"{human_bytes(result.file.raw_bytes)} of archive in {duration:.1f} s), sha256 {result.file.sha256}"
@@ -153,6 +158,18 @@ def database_backup(
             "previous_backup_bytes": previous.bytes if previous and previous.bytes else 0,
             "taken_at": result.name.taken_at.isoformat(),
             "accept_size_change": bool(config.accept_size_change),
+            **(
+                {
+                    "globals_filename": result.globals_path.name,
+                    "globals_sha256": roles.sha256,
+                    "globals_bytes": len(roles.content),
+                    "globals_roles": roles.roles,
+                    "role_passwords": roles.role_passwords,
+                    "database_owner": result.database_properties.get("owner") or "",
+                }
+                if roles is not None and result.globals_path is not None
+                else {}
+            ),
             **(
                 {
                     "pending_upload_id": pending.upload_id,

@@ -20,9 +20,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
+from loyalty_ops.lib.backup.globals import GlobalsDump, database_properties, dump_globals, globals_filename
 from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, SIDECAR_SUFFIX, BackupName, backup_name
-from loyalty_ops.lib.backup.stream import BackupWriteError, WrittenFile, remove_stale_partials, stream_to_file
-from loyalty_ops.lib.backup.tempfiles import Claim, claim_path
+from loyalty_ops.lib.backup.stream import BackupWriteError, WrittenFile, remove_stale_partials, sidecar_text, stream_to_file
+from loyalty_ops.lib.backup.tempfiles import Claim, claim_path, write_bytes_atomically
 from loyalty_ops.lib.pg import catalog
 from loyalty_ops.lib.pg.catalog import TableRef
 from loyalty_ops.lib.pg.connection import ConnectionSpec
@@ -57,6 +58,9 @@ class BackupResult:
     runner: str
     timings: dict[str, float] = field(default_factory=dict)
     catalog_details: dict = field(default_factory=dict)  # catalog.snapshot_details: materialized views, locale
+    globals_dump: Optional["GlobalsDump"] = None  # the cluster globals written beside the backup (globals.py)
+    globals_path: Optional[Path] = None
+    database_properties: dict = field(default_factory=dict)  # globals.database_properties: owner, grants, settings
 
     @property
     def path(self) -> Path:
@@ -104,7 +108,10 @@ def claim_backup_name(
     for offset in range(max_seconds):
         name = backup_name(database, taken_at + timedelta(seconds=offset), compression)
         final = backup_dir / name.filename
-        claim = claim_path(final, also_free=(Path(f"{final}{SIDECAR_SUFFIX}"), Path(f"{final}{MANIFEST_SUFFIX}")))
+        claim = claim_path(
+            final,
+            also_free=(Path(f"{final}{SIDECAR_SUFFIX}"), Path(f"{final}{MANIFEST_SUFFIX}"), backup_dir / globals_filename(name)),
+        )
         if claim is not None:
             return name, claim
     raise BackupError(
@@ -145,7 +152,12 @@ def take_backup(
     if name != wanted:
         log(f"{wanted.filename} is taken (another backup in the same second); this backup is {name.filename}")
     try:
-        return _dump_to_claimed_name(spec, runner, request, name, claim.path, t0, on_progress, open_sink, log)
+        try:
+            return _dump_to_claimed_name(spec, runner, request, name, claim.path, t0, on_progress, open_sink, log)
+        except BaseException:
+            if not claim.path.exists():  # the backup was not published: its globals file goes too
+                (backup_dir / globals_filename(name)).unlink(missing_ok=True)
+            raise
     except BackupWriteError as exc:
         raise BackupError(
             f"the backup could not be written: {exc.strerror}; {_disk_hint(exc, backup_dir)}. "
@@ -186,6 +198,12 @@ def _dump_to_claimed_name(
         counts_of_catalog = catalog.catalog_counts(conn)
         catalog_details = catalog.snapshot_details(conn)
         expected = catalog.estimated_dump_bytes(conn)
+        properties = database_properties(conn, spec.dbname)
+        try:
+            roles = dump_globals(runner, conn, spec.dbname, log=log)
+        except ToolError as exc:
+            raise BackupError(f"dumping the cluster globals (roles) failed: {exc} (target {spec.redacted()})") from None
+        timings["globals_s"] = roles.duration_s
         timings["prepare_s"] = time.monotonic() - t0
         log(
             f"dumping {spec.redacted()} (PostgreSQL {server[0]}.{server[1]}, {len(tables)} tables, "
@@ -223,6 +241,7 @@ def _dump_to_claimed_name(
                 )
 
         results: list[BackupResult] = []
+        globals_path = final_path.with_name(globals_filename(name))
 
         def _manifest(written: WrittenFile) -> dict[Path, str]:
             """The manifest, written before the backup gets its name: a backup never appears without it."""
@@ -243,9 +262,19 @@ def _dump_to_claimed_name(
                     expected_raw_bytes=expected,
                     runner=runner.description,
                     timings=timings,
+                    globals_dump=roles,
+                    globals_path=globals_path,
+                    database_properties=properties,
                 )
             )
-            return {manifest_path(final_path): manifest_for(results[0]).to_json()}
+            # The globals file before the manifest and the backup's name; the sidecar gets its line too, so
+            # `sha256sum -c FILE.sha256` checks both files.
+            write_bytes_atomically(globals_path, roles.content)
+            sidecar = Path(f"{final_path}{SIDECAR_SUFFIX}")
+            return {
+                manifest_path(final_path): manifest_for(results[0]).to_json(),
+                sidecar: sidecar_text(written.sha256, final_path.name) + sidecar_text(roles.sha256, globals_path.name),
+            }
 
         try:
             assert proc.stdout is not None

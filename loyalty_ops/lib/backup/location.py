@@ -10,7 +10,8 @@ naming rules live here once:
   replace in ``BACKUP_DIR/safety/``;
 - keys: ``PREFIX/YYYY/MM/DD/<file>`` for the file's own date, the prefix normalised once (``"/a/b/"`` and
   ``"a/b"`` are both ``"a/b/"``; ``""`` and ``"/"`` put the dates at the top of the bucket);
-- sidecars: ``<file>.sha256`` and ``<file>.manifest.json`` next to the file, and next to the key;
+- sidecars: ``<file>.sha256`` and ``<file>.manifest.json`` next to the file, and next to the key; the
+  cluster globals ``<database>_YYYYMMDD_HHMMSS.globals.sql.gz`` beside them (:meth:`globals_name`);
 - anything else (other names, other databases, a month-13 stamp, a key off its date path) is not ours:
   :meth:`parse_name`/:meth:`parse_key` return None, using naming.py's one strict parser.
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from loyalty_ops.lib.backup.globals import globals_filename_for
 from loyalty_ops.lib.backup.naming import (
     MANIFEST_SUFFIX,
     SIDECAR_SUFFIX,
@@ -136,6 +138,14 @@ class BackupLocation:
     def parse_name(filename: str) -> Optional[BackupName]:
         """The backup a file name names (naming.py's one strict parser); None for anything else."""
         return parse_backup_name(filename)
+
+    @staticmethod
+    def globals_name(filename_or_key: str) -> Optional[str]:
+        """The cluster globals file (or key) beside a backup file (or key): ``<db>_<stamp>.globals.sql.gz``
+        in the same directory; None for a name that is not a backup's."""
+        head, sep, filename = filename_or_key.rpartition("/")
+        name = globals_filename_for(filename)
+        return f"{head}{sep}{name}" if name else None
 
     @staticmethod
     def sidecar_names(filename: str) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ from loyalty_ops.lib.backup.dump import BackupResult
 from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX
 from loyalty_ops.lib.pg.catalog import TableRef
 
-MANIFEST_VERSION = 2  # 2: materialized_views and database_locale are recorded
+MANIFEST_VERSION = 3  # 2: materialized_views and database_locale are recorded; 3: globals, database_properties
 
 
 @dataclass
@@ -37,6 +37,10 @@ class BackupManifest:
     materialized_views: dict[str, dict] = field(default_factory=dict)
     # {"encoding", "lc_collate", "lc_ctype", "locale_provider"[, "icu_locale"]}; empty in older manifests
     database_locale: dict[str, str] = field(default_factory=dict)
+    # The cluster globals file beside the backup (lib/backup/globals.py: filename, sha256, bytes, role_passwords,
+    # ...) and the database's own properties (owner, grants, settings); empty in older manifests
+    globals: dict = field(default_factory=dict)
+    database_properties: dict = field(default_factory=dict)
     version: int = MANIFEST_VERSION
 
     @property
@@ -75,6 +79,9 @@ def manifest_for(result: BackupResult) -> BackupManifest:
         catalog_counts=result.catalog_counts,
         materialized_views=dict(details.get("materialized_views") or {}),
         database_locale=dict(details.get("database_locale") or {}),
+        globals=result.globals_dump.manifest_entry(result.globals_path.name)
+        if getattr(result, "globals_dump", None) is not None and result.globals_path is not None else {},
+        database_properties=dict(getattr(result, "database_properties", None) or {}),
     )
 
 

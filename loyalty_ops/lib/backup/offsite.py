@@ -95,12 +95,16 @@ def _bucket(location: BackupLocation) -> str:
 
 
 def upload_sidecars(client: Any, location: BackupLocation, path: Path, key: str) -> tuple[str, ...]:
-    """Put ``FILE.sha256`` and ``FILE.manifest.json`` next to the object (small: one PUT each, retried by
-    botocore). Raises OffsiteError naming the sidecar when one cannot be stored or is missing locally."""
+    """Put the cluster globals file (when the backup has one), ``FILE.sha256`` and ``FILE.manifest.json``
+    next to the object (small: one PUT each, retried by botocore). Raises OffsiteError naming the sidecar when one cannot be stored or is missing locally."""
     path = Path(path)
     bucket = _bucket(location)
     keys = []
-    for local_name, sidecar_key in zip(location.sidecar_names(path.name), location.sidecar_names(key)):
+    pairs = list(zip(location.sidecar_names(path.name), location.sidecar_names(key)))
+    globals_name, globals_key = location.globals_name(path.name), location.globals_name(key)
+    if globals_name and globals_key and path.with_name(globals_name).exists():
+        pairs.insert(0, (globals_name, globals_key))  # before the sidecars: a complete set ends with them
+    for local_name, sidecar_key in pairs:
         local = path.with_name(local_name)
         if not local.exists():
             raise OffsiteError(
@@ -108,7 +112,11 @@ def upload_sidecars(client: Any, location: BackupLocation, path: Path, key: str)
                 "the backup was not written in full: take a new one"
             )
         try:
-            client.put_object(Bucket=bucket, Key=sidecar_key, Body=local.read_bytes(), **location.upload_args())
+            extra = dict(location.upload_args())
+            body = local.read_bytes()
+            if local_name == globals_name:
+                extra["Metadata"] = {SHA256_METADATA: hashlib.sha256(body).hexdigest()}
+            client.put_object(Bucket=bucket, Key=sidecar_key, Body=body, **extra)
         except S3_ERRORS as exc:
             raise OffsiteError(
                 f"{s3_failure('uploading the sidecar', bucket, sidecar_key, exc)}. The object "

@@ -6,6 +6,8 @@ retention and restore ask before they count or use an S3 copy. A copy is complet
 - the object exists and carries its own SHA-256 in user metadata (``x-amz-meta-sha256``);
 - ``KEY.sha256`` exists and names that same SHA-256 (``sha256sum`` format);
 - ``KEY.manifest.json`` exists and records that SHA-256 and the object's size;
+- the cluster globals file the manifest names (``<db>_<stamp>.globals.sql.gz``) is beside it with the
+  recorded size and SHA-256;
 - S3's own ``ChecksumSHA256`` of a single-part object is that SHA-256;
 - and, when the caller knows them (the local file's), the size and SHA-256 match those too.
 
@@ -129,6 +131,7 @@ def offsite_copy_status(
                 problems.append(f"the manifest records sha256 {manifest.get('sha256')}, the object {sha}")
             if size is not None and manifest.get("bytes") is not None and manifest.get("bytes") != size:
                 problems.append(f"the manifest records {manifest.get('bytes')} bytes, the object has {size}")
+            problems += _globals_problems(client, bucket, key, manifest.get("globals"))
     # A whole-object checksum (a single-part object: no "-N" in its ETag) must be the SHA-256 itself. A
     # multipart object's is a checksum of its parts (some stores drop its "-N" suffix): not comparable here.
     if sha and checksum and single_part and checksum.split("-")[0] != whole_object_checksum(sha):
@@ -141,6 +144,26 @@ def offsite_copy_status(
         bucket, key, not problems, tuple(problems), size, sha, checksum,
         sidecar_keys=(sidecar_key, manifest_key),
     )
+
+
+def _globals_problems(client: Any, bucket: str, key: str, recorded: Any) -> list[str]:
+    """The cluster globals file the manifest names must be beside the object with its recorded size and
+    SHA-256 (backups from before globals were taken name none)."""
+    if not isinstance(recorded, dict) or not recorded.get("filename"):
+        return []
+    globals_key = f"{key.rpartition('/')[0]}/{recorded['filename']}" if "/" in key else recorded["filename"]
+    try:
+        head = client.head_object(Bucket=bucket, Key=globals_key)
+    except S3_ERRORS as exc:
+        if error_code(exc) in _MISSING:
+            return [f"{recorded['filename']} (the cluster globals) is missing"]
+        return [f"{recorded['filename']} (the cluster globals) could not be read: {explain(exc, bucket)}"]
+    problems = []
+    if int(head["ContentLength"]) != recorded.get("bytes"):
+        problems.append(f"{recorded['filename']} has {head['ContentLength']} bytes, the manifest records {recorded.get('bytes')}")
+    if (head.get("Metadata") or {}).get(SHA256_METADATA) != recorded.get("sha256"):
+        problems.append(f"{recorded['filename']}'s sha256 metadata differs from the manifest's")
+    return problems
 
 
 def require_complete_copy(client: Any, bucket: str, key: str, *, sha256_hex: str, size: int) -> OffsiteCopyStatus:

@@ -232,3 +232,21 @@ def write_text_atomically(path: Path, text: str, mode: int = 0o600) -> None:
         raise
     finally:
         os.close(fd)
+
+
+def write_bytes_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Like :func:`write_text_atomically`, for binary content (a backup's globals file)."""
+    path = Path(path)
+    tmp = locked_partial_path(path)
+    fd = create_locked(tmp, mode)
+    try:
+        with os.fdopen(os.dup(fd), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)

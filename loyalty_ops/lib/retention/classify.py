@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from loyalty_ops.lib.backup.globals import GLOBALS_NAME_RE
 from loyalty_ops.lib.backup.naming import SIDECAR_SUFFIX, BackupName, normalize_prefix, parse_backup_name
 from loyalty_ops.lib.retention.types import SIDECAR_SUFFIXES, Inventory, LocalFile, RemoteObject
 
@@ -34,6 +35,12 @@ class Unit:
 
 
 def split_sidecar(name: str) -> tuple[str, Optional[str]]:
+    """(base, suffix) of a sidecar name or key; the cluster globals file ``<db>_<stamp>.globals.sql.gz[.age]``
+    counts as a sidecar of the backup with the same stamp (its base is ``<db>_<stamp>``)."""
+    globals_match = GLOBALS_NAME_RE.match(name.rsplit("/", 1)[-1])
+    if globals_match is not None:
+        suffix = globals_match.group("suffix")
+        return name[: -len(suffix)], suffix
     for suffix in SIDECAR_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)], suffix
@@ -43,7 +50,7 @@ def split_sidecar(name: str) -> tuple[str, Optional[str]]:
 def classify_local(name: str, database: str) -> tuple[Optional[BackupName], Optional[str], str]:
     """(backup name, sidecar suffix or None, why ignored). The backup name is None when out of scope."""
     base, suffix = split_sidecar(name)
-    parsed = parse_backup_name(base)
+    parsed = parse_backup_name(_as_backup_name(base, suffix))
     if parsed is None:
         return None, None, "not a backup name"
     if parsed.database != database:
@@ -61,6 +68,7 @@ def _classify_key(key: str, prefix: str, database: str) -> tuple[Optional[Backup
     if not key.startswith(prefix):
         return None, None, "outside the prefix"
     base, suffix = split_sidecar(key)
+    base = _as_backup_name(base, suffix)
     filename = base.rsplit("/", 1)[-1]
     parsed = parse_backup_name(filename)
     if parsed is None:
@@ -73,6 +81,16 @@ def _classify_key(key: str, prefix: str, database: str) -> tuple[Optional[Backup
     if parsed.database != database:
         return None, None, f"backup of another database ({parsed.database})"
     return parsed, suffix, ""
+
+
+def is_globals(suffix: Optional[str]) -> bool:
+    return bool(suffix and suffix.startswith(".globals."))
+
+
+def _as_backup_name(base: str, suffix: Optional[str]) -> str:
+    """A globals file's base is ``<db>_<stamp>``: parse it as the gzip backup of that stamp (which backup
+    it belongs to is settled by its stamp in :func:`group_units`)."""
+    return f"{base}.dump.gz" if is_globals(suffix) else base
 
 
 def group_units(inventory: Inventory, prefix: str) -> tuple[dict[str, Unit], list[str], list[str]]:
@@ -88,10 +106,13 @@ def group_units(inventory: Inventory, prefix: str) -> tuple[dict[str, Unit], lis
             unit = units[filename] = Unit(name, filename)
         return unit
 
+    globals_files: list[tuple[BackupName, Optional[LocalFile], Optional[RemoteObject]]] = []
     for f in inventory.local:
         parsed, suffix, why = classify_local(f.name, database)
         if parsed is None:
             ignored_local.append(f"{f.name} ({why})")
+        elif is_globals(suffix):
+            globals_files.append((parsed, f, None))
         elif suffix is None:
             unit_for(parsed, f.name).local_main = f
         else:
@@ -100,6 +121,13 @@ def group_units(inventory: Inventory, prefix: str) -> tuple[dict[str, Unit], lis
     bases: dict[str, tuple[Optional[Unit], str]] = {}
     for obj in inventory.remote or ():
         base, suffix = split_sidecar(obj.key)
+        if is_globals(suffix):
+            parsed, _suffix, why = _classify_key(obj.key, prefix, database)
+            if parsed is None:
+                ignored_remote.append(f"{obj.key} ({why})")
+            else:
+                globals_files.append((parsed, None, obj))
+            continue
         known_base = bases.get(base)
         if known_base is None:
             parsed, _suffix, why = _classify_key(base, prefix, database)
@@ -111,4 +139,13 @@ def group_units(inventory: Inventory, prefix: str) -> tuple[dict[str, Unit], lis
             unit.remote_main = obj
         else:
             unit.remote_sidecars.append(obj)
+    # A globals file goes with the backup of its stamp (whatever its compression); alone, it is kept or
+    # deleted as a sidecar without its backup file.
+    by_stamp = {(u.name.database, u.name.taken_at): u for u in units.values()}
+    for parsed, local_file, remote_obj in globals_files:
+        unit = by_stamp.get((parsed.database, parsed.taken_at)) or unit_for(parsed, parsed.filename)
+        if local_file is not None:
+            unit.local_sidecars.append(local_file)
+        if remote_obj is not None:
+            unit.remote_sidecars.append(remote_obj)
     return units, ignored_local, ignored_remote
