@@ -30,6 +30,7 @@ MAINTENANCE_ASSET_KEY = "weekly_maintenance"
 MAINTENANCE_POOL = DATABASE_POOL  # shared with dumps and restores: never two at once on the database
 MODES = ("smart", "full")
 WORK_DONE_CHECK = "planned_work_done"
+GENTLE = ExecutionSettings()  # the defaults of the session settings that share the server with the API
 
 
 class MaintenanceConfig(dg.Config):
@@ -92,6 +93,26 @@ class MaintenanceConfig(dg.Config):
     progress_interval_seconds: float = Field(
         default=10.0, description="How often the run log reports on a long VACUUM/REINDEX."
     )
+    parallel_workers: int = Field(
+        default=GENTLE.parallel_workers,
+        description="max_parallel_maintenance_workers for the run's session. 0 keeps each VACUUM and REINDEX on "
+        "one core (PostgreSQL would otherwise add up to 2 workers to index builds and index vacuuming, taking "
+        "CPU from the API); raise it on a large server with cores to spare.",
+    )
+    vacuum_cost_delay_ms: float = Field(
+        default=GENTLE.vacuum_cost_delay_ms,
+        description="vacuum_cost_delay for the run's session: VACUUM and ANALYZE sleep this long each time they "
+        "have spent vacuum_cost_limit (autovacuum's own throttle). 0: unthrottled, as a manual VACUUM.",
+    )
+    vacuum_cost_limit: int = Field(default=GENTLE.vacuum_cost_limit, description="vacuum_cost_limit for the session.")
+    maintenance_work_mem_mb: int = Field(
+        default=GENTLE.maintenance_work_mem_mb,
+        description="maintenance_work_mem for the session in MB (index builds sort in it); 0: the server's setting.",
+    )
+    pause_between_objects_s: float = Field(
+        default=GENTLE.pause_between_objects_s,
+        description="Pause between one table or index and the next (smart, manual and concurrent full mode).",
+    )
 
     def thresholds(self) -> Thresholds:
         return Thresholds(
@@ -114,6 +135,11 @@ class MaintenanceConfig(dg.Config):
             progress_interval_s=self.progress_interval_seconds,
             full_reindex=self.full_reindex,
             full_statement_timeout_s=self.full_statement_timeout_s,
+            parallel_workers=self.parallel_workers,
+            vacuum_cost_delay_ms=self.vacuum_cost_delay_ms,
+            vacuum_cost_limit=self.vacuum_cost_limit,
+            maintenance_work_mem_mb=self.maintenance_work_mem_mb,
+            pause_between_objects_s=self.pause_between_objects_s,
         )
 
 
@@ -299,6 +325,7 @@ def weekly_maintenance(
     metadata = _report_metadata(report, plan)
     metadata["duration_s"] = round(time.monotonic() - started, 3)
     metadata["plan_duration_s"] = round(planned_s, 3)
+    metadata["session_settings"] = dg.MetadataValue.json(settings.session_settings())
     check = _work_done_check(report)
     if not check.passed:
         context.log.error(f"maintenance did none of its planned work: {check.description}")

@@ -41,6 +41,7 @@ from loyalty_ops.lib.maintenance.session import (
     ExecutionSettings,
     Log,
     MaintenanceError,
+    apply_session_settings,
     connect,
 )
 from loyalty_ops.lib.pg.connection import ConnectionSpec
@@ -63,6 +64,7 @@ class MaintenanceExecutor:
         self.conn = conn
         self.settings = settings
         self.log = log
+        apply_session_settings(conn, settings)
         self.spec = spec
         # (sqlstate, message) pairs: a Diagnostic is only readable inside the callback.
         self._notices: list[tuple[str, str]] = []
@@ -323,6 +325,8 @@ class MaintenanceExecutor:
             still = []
             for n, item in enumerate(pending, 1):
                 result = results[id(item)]
+                if n > 1 and self.settings.pause_between_objects_s:
+                    time.sleep(self.settings.pause_between_objects_s)  # let the API's queue drain between objects
                 outcome = self._attempt(item, result)
                 tag = f"[{n}/{len(pending)}{'' if attempt == 1 else f', retry {attempt - 1}'}]"
                 if outcome == DONE:

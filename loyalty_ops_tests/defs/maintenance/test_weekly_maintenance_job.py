@@ -58,9 +58,15 @@ def test_schedule_run_config_from_environment():
 def test_bloated_tables_chosen_and_cleaned_idle_one_not(pg_cluster, maint_db, dagster_instance):
     with pg_cluster.connect(maint_db) as conn:
         before = table_counters(conn)
-    result = run_maintenance(pg_cluster, maint_db, dagster_instance, SMALL)
+    gentle = {"vacuum_cost_delay_ms": 1.0, "maintenance_work_mem_mb": 128}
+    result = run_maintenance(pg_cluster, maint_db, dagster_instance, {**SMALL, **gentle})
     assert result.success
     meta = materialization_metadata(result, "weekly_maintenance")
+    # The session ran as configured (and on one core, the default), and the metadata says so.
+    assert meta["session_settings"] == {
+        "max_parallel_maintenance_workers": "0", "vacuum_cost_delay": "1ms", "vacuum_cost_limit": "200",
+        "maintenance_work_mem": "128MB",
+    }
     objects = {(o["action"], o["object"]): o for o in meta["objects"]}
     # Chosen by rule, cleaned: the plain bloated table and the one whose schema, table and index names have
     # quotes, spaces and mixed case.
@@ -235,3 +241,7 @@ def test_bad_config_fails_naming_the_field(pg_cluster, dagster_instance):
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "mode must be 'smart' or 'full'" in failure.event_specific_data.error.message
+    result = run_maintenance(pg_cluster, "postgres", dagster_instance, {"vacuum_cost_delay_ms": 500})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "vacuum_cost_delay_ms must be between 0 and 100" in failure.event_specific_data.error.message
