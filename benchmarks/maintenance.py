@@ -1,30 +1,46 @@
-"""Benchmark: smart weekly maintenance against the guide's `VACUUM ANALYZE` + `REINDEX DATABASE`.
+"""Benchmark: smart weekly maintenance against the guide's `VACUUM ANALYZE` + `REINDEX DATABASE`, on a
+database shaped like production and with an API-like writer running. (About 450 lines: the database's
+shape, the writer and the round loop belong together and nothing else uses them.)
 
-One throwaway cluster (autovacuum off so the state stays put), one sample loyalty database plus ~500 small
-tables of which ~10 are bloated (60% of rows deleted, statistics current as autovacuum would leave them).
-The database is built once as a template and cloned, so every measurement starts from the same state:
+The shape (``--scale 1`` is about 2.3 GB on disk; ``--scale 2`` about twice that):
 
-1. copy A: the guide's `VACUUM ANALYZE; REINDEX DATABASE` - time;
-2. copy B: smart maintenance (plan + `VACUUM (ANALYZE, SKIP_LOCKED)` + `REINDEX INDEX CONCURRENTLY` of what
-   the plan picks) - time; ratio smart / guide (target <= 0.2);
-3. copy C: a paced writer (single-row UPDATEs on the bloated tables and members, INSERTs into events)
-   alone, then the same writer during smart maintenance: p99 latency ratio (target <= 2x) and its longest
-   single statement against lock_timeout;
-4. copy D (contrast): the same writer during the guide's maintenance.
+- the sample loyalty schema (tenants, members, rewards, redemptions, an ``events`` table of 3 M rows);
+- ``points_ledger``, append-only, 6 M rows with three B-tree indexes, loaded with its indexes in place as
+  production fills it (so its (member_id, created_at) index is as full as random inserts leave one);
+- four hot tables that a week of API traffic churns: ``member_sessions`` (60 % expired and replaced,
+  ``last_seen`` touched), ``member_carts`` (every row updated through an indexed column),
+  ``pending_points`` (a queue: 90 % processed and deleted), ``reward_stock`` (five decrements per row);
+- 500 small, untouched archive tables.
 
-Run: .venv/bin/python benchmarks/maintenance.py [--scale 10] [--tables 500] [--bloated 10]
-Never run in CI.
+The template database is built once (or reused with ``--cluster-dir``). Every round clones it twice
+(``CREATE DATABASE ... STRATEGY FILE_COPY``), ANALYZEs the copy (statistics do not travel with a copy)
+and applies the same week of churn, so both modes start from the same state:
+
+1. copy S: the writer alone for ``--alone-s`` seconds, then the writer during smart maintenance;
+2. copy G: the writer during the guide's `VACUUM ANALYZE; REINDEX DATABASE`.
+
+The writer is one API-like connection: ledger and event inserts, balance, session and cart updates and a
+ledger read, one statement every ``--pace-ms``, each timed. Per round it prints the writer's p99 alone
+and during each mode, the time of each mode and what each did; at the end the ratios with their spread
+over rounds (min / median / max of the per-round figures) and the longest single wait against
+lock_timeout. Targets: smart <= 0.2 x the guide's time, writer p99 during smart <= 2 x alone, no
+writer statement and no maintenance lock wait longer than lock_timeout.
+
+Run (never in CI; other benchmarks measure on the same machine, hence the lock):
+    flock /tmp/loyalty-bench.lock .venv/bin/python benchmarks/maintenance.py [--scale 1] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
+import sys
 import threading
 import time
-import sys
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -34,222 +50,387 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: d
 
 from devstack.postgres_cluster import LocalPostgres  # noqa: E402
 from devstack.sample_data import create_sample_schema  # noqa: E402
+from loyalty_ops.lib.formatting import human_bytes  # noqa: E402
 from loyalty_ops.lib.maintenance import stats as pgstats  # noqa: E402
 from loyalty_ops.lib.maintenance.execute import ExecutionSettings, MaintenanceExecutor, connect  # noqa: E402
-from loyalty_ops.lib.formatting import human_bytes  # noqa: E402
 from loyalty_ops.lib.maintenance.plan import Thresholds, plan_maintenance  # noqa: E402
 
 LOG = logging.getLogger("bench")
+TEMPLATE = "bench_template"
+READY_MARK = "bench_template_ready"  # a comment on the template database: built completely, with this shape
+
+HOT_TABLES_SQL = """
+CREATE TABLE points_ledger (
+    id bigserial PRIMARY KEY, tenant_id int NOT NULL, member_id bigint NOT NULL, event_id bigint,
+    delta int NOT NULL, balance_after bigint NOT NULL, reason text NOT NULL, created_at timestamptz NOT NULL
+);
+CREATE INDEX points_ledger_member_created_idx ON points_ledger (member_id, created_at);
+CREATE INDEX points_ledger_created_idx ON points_ledger (created_at);
+CREATE TABLE member_sessions (
+    id bigserial PRIMARY KEY, member_id bigint NOT NULL, token text NOT NULL UNIQUE,
+    last_seen timestamptz NOT NULL, expires_at timestamptz NOT NULL
+);
+CREATE INDEX member_sessions_member_idx ON member_sessions (member_id);
+CREATE INDEX member_sessions_expires_idx ON member_sessions (expires_at);
+CREATE TABLE member_carts (
+    id bigserial PRIMARY KEY, member_id bigint NOT NULL, items jsonb NOT NULL, updated_at timestamptz NOT NULL
+);
+CREATE INDEX member_carts_member_idx ON member_carts (member_id);
+CREATE INDEX member_carts_updated_idx ON member_carts (updated_at);
+CREATE TABLE pending_points (
+    id bigserial PRIMARY KEY, member_id bigint NOT NULL, points int NOT NULL, created_at timestamptz NOT NULL
+);
+CREATE INDEX pending_points_created_idx ON pending_points (created_at);
+CREATE TABLE reward_stock (reward_id int PRIMARY KEY, stock int NOT NULL, updated_at timestamptz NOT NULL);
+"""
 
 
-def build_template(cluster: LocalPostgres, name: str, scale: float, tables: int, bloated: int, rows: int) -> None:
-    cluster.create_database(name)
-    with cluster.connect(name) as conn:
-        t = time.monotonic()
-        create_sample_schema(conn, scale)
-        print(f"  sample schema at scale {scale}: {time.monotonic() - t:.1f} s")
-        t = time.monotonic()
-        for n in range(tables):
-            big = n < bloated
-            table = f"bloated_{n:03d}" if big else f"archive_{n:03d}"
-            count = rows if big else 200
+def shape(scale: float) -> dict[str, int]:
+    """Row counts at a scale (1.0: about 2.3 GB)."""
+    return {
+        "sample_scale": 30 * scale,
+        "ledger": int(6_000_000 * scale),
+        "sessions": int(400_000 * scale),
+        "carts": int(200_000 * scale),
+        "pending": int(200_000 * scale),
+        "stock": int(20_000 * scale),
+    }
+
+
+def build_template(cluster: LocalPostgres, scale: float, small_tables: int) -> None:
+    rows = shape(scale)
+    mark = f"{READY_MARK} scale={scale} tables={small_tables}"
+    with cluster.connect() as conn:
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (TEMPLATE,)
+        ).fetchone()
+        if row and row[0] == mark:
+            print(f"  reusing the template database ({mark})")
+            return
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    started = time.monotonic()
+    with cluster.connect(TEMPLATE) as conn:
+        create_sample_schema(conn, rows["sample_scale"], analyze=False)
+        print(f"  sample schema at scale {rows['sample_scale']:g}: {time.monotonic() - started:.0f} s", flush=True)
+        conn.execute(HOT_TABLES_SQL)
+        step = 1_000_000  # in batches, so the build reports progress
+        members = conn.execute("SELECT max(id) FROM members").fetchone()[0]
+        for first in range(1, rows["ledger"] + 1, step):
+            last = min(first + step - 1, rows["ledger"])
             conn.execute(
-                sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, member_id bigint NOT NULL, v int NOT NULL, note text)").format(
-                    sql.Identifier(table)
-                )
+                "INSERT INTO points_ledger (tenant_id, member_id, event_id, delta, balance_after, reason, created_at) "
+                "SELECT 1 + g %% 50, 1 + abs(hashint8(g)) %% %(members)s, g, (abs(hashint8(g * 3)) %% 900) - 100, "
+                "abs(hashint8(g * 5)) %% 50000, (ARRAY['purchase','redemption','expiry','adjustment'])[1 + g %% 4], "
+                "timestamptz '2024-01-01' + g * interval '5 seconds' "
+                "FROM generate_series(%(first)s::bigint, %(last)s::bigint) g",
+                {"members": members, "first": first, "last": last},
             )
-            if big:
-                conn.execute(sql.SQL("CREATE INDEX ON {} (member_id)").format(sql.Identifier(table)))
-            conn.execute(
-                sql.SQL("INSERT INTO {} SELECT g, g %% 5000, 0, md5(g::text) FROM generate_series(1, %s) g").format(
-                    sql.Identifier(table)
-                ),
-                (count,),
-            )
-        conn.execute("VACUUM ANALYZE")
+            print(f"  points_ledger: {last:,} of {rows['ledger']:,} rows, {time.monotonic() - started:.0f} s", flush=True)
+        conn.execute(
+            "INSERT INTO member_sessions (member_id, token, last_seen, expires_at) "
+            "SELECT 1 + g %% %s, md5('s' || g), now() - interval '1 day', now() + (g %% 30) * interval '1 day' "
+            "FROM generate_series(1, %s) g",
+            (members, rows["sessions"]),
+        )
+        conn.execute(
+            "INSERT INTO member_carts (member_id, items, updated_at) "
+            "SELECT 1 + g %% %s, jsonb_build_array(g %% 97, g %% 89), now() - interval '8 days' "
+            "FROM generate_series(1, %s) g",
+            (members, rows["carts"]),
+        )
+        conn.execute(
+            "INSERT INTO pending_points (member_id, points, created_at) "
+            "SELECT 1 + g %% %s, g %% 500, now() - interval '1 day' + g * interval '1 ms' FROM generate_series(1, %s) g",
+            (members, rows["pending"] // 10),
+        )
+        conn.execute("INSERT INTO reward_stock SELECT g, 1000, now() FROM generate_series(1, %s) g", (rows["stock"],))
+        for n in range(small_tables):
+            table = sql.Identifier(f"archive_{n:03d}")
+            conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, member_id bigint NOT NULL, note text)").format(table))
+            conn.execute(sql.SQL("INSERT INTO {} SELECT g, g, md5(g::text) FROM generate_series(1, 200) g").format(table))
+        conn.execute("VACUUM (ANALYZE, FREEZE)")
         size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-        print(f"  {tables} extra tables ({bloated} of them with {rows:,} rows): {time.monotonic() - t:.1f} s;"
-              f" database {human_bytes(size)}")
+    with cluster.connect() as conn:
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(TEMPLATE), sql.Literal(mark)))
+        conn.execute("CHECKPOINT")
+    print(f"  template built in {time.monotonic() - started:.0f} s: {human_bytes(size)}", flush=True)
 
 
-def clone(cluster: LocalPostgres, template: str, bloated: int) -> str:
-    """A copy of the clean template brought to the state the benchmark measures. pg_stat counters are kept
-    per database and do not travel with a copy, so the copy is first ANALYZEd (as autovacuum would have
-    left it), then 60% of the rows of each bloated table are deleted: the statistics then show exactly
-    what production would - dead tuples and changes on the bloated tables, nothing on the others."""
+def week_of_churn(conn: psycopg.Connection, scale: float) -> None:
+    """What a week of API traffic leaves on the hot tables (autovacuum off, so it stays for the run)."""
+    rows = shape(scale)
+    conn.execute("DELETE FROM member_sessions WHERE id % 10 < 6")
+    conn.execute(
+        "INSERT INTO member_sessions (member_id, token, last_seen, expires_at) "
+        "SELECT member_id, md5('renewed' || id), now(), now() + interval '30 days' FROM member_sessions "
+        "ORDER BY id LIMIT %s",
+        (rows["sessions"] * 6 // 10,),
+    )
+    conn.execute("UPDATE member_sessions SET last_seen = now() WHERE id % 10 = 7")
+    conn.execute("UPDATE member_carts SET updated_at = now(), items = items || '[1]'::jsonb")
+    conn.execute(
+        "INSERT INTO pending_points (member_id, points, created_at) "
+        "SELECT 1 + g %% 1000, g %% 500, now() + g * interval '1 ms' FROM generate_series(1, %s) g",
+        (rows["pending"],),
+    )
+    conn.execute("DELETE FROM pending_points WHERE id % 10 <> 0")
+    for _ in range(5):
+        conn.execute("UPDATE reward_stock SET stock = stock - 1, updated_at = now()")
+
+
+def fresh_copy(cluster: LocalPostgres, scale: float) -> str:
+    """A copy of the template with current statistics and a week of churn on the hot tables."""
     name = f"bench_{uuid.uuid4().hex[:6]}"
     with cluster.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+            sql.Identifier(name), sql.Identifier(TEMPLATE)))
     with cluster.connect(name) as conn:
-        conn.execute("ANALYZE")
-        for n in range(bloated):
-            conn.execute(sql.SQL("DELETE FROM {} WHERE id % 5 < 3").format(sql.Identifier(f"bloated_{n:03d}")))
+        conn.execute("ANALYZE")  # what autovacuum would have left: statistics current before the week's churn
+        week_of_churn(conn, scale)
         conn.execute("SELECT pg_stat_force_next_flush()")
         conn.execute("SELECT 1")
         conn.execute("CHECKPOINT")
     return name
 
 
-def guide_maintenance(cluster: LocalPostgres, db: str) -> float:
+def database_size(cluster: LocalPostgres, db: str) -> int:
     with cluster.connect(db) as conn:
+        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+@dataclass
+class ModeRun:
+    seconds: float
+    did: str
+    reclaimed: int
+    longest_lock_wait_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def guide_maintenance(cluster: LocalPostgres, db: str) -> ModeRun:
+    before = database_size(cluster, db)
+    with cluster.connect(db) as conn:
+        tables, indexes = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relkind IN ('r', 'm', 't')), "
+            "(SELECT count(*) FROM pg_class WHERE relkind = 'i')"
+        ).fetchone()
         started = time.monotonic()
         conn.execute("VACUUM ANALYZE")
+        vacuum_s = time.monotonic() - started
         conn.execute(sql.SQL("REINDEX DATABASE {}").format(sql.Identifier(db)))
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+    reclaimed = before - database_size(cluster, db)
+    return ModeRun(seconds, f"VACUUM ANALYZE of {tables} relations ({vacuum_s:.1f} s), REINDEX of {indexes} indexes "
+                   f"({seconds - vacuum_s:.1f} s)", reclaimed)
 
 
-def smart_maintenance(cluster: LocalPostgres, db: str, lock_timeout_s: float):
+def smart_maintenance(cluster: LocalPostgres, db: str, settings: ExecutionSettings) -> ModeRun:
+    before = database_size(cluster, db)
     started = time.monotonic()
     with connect(cluster.spec(db)) as conn:
         tables, indexes = pgstats.read_table_stats(conn), pgstats.read_index_stats(conn)
         plan = plan_maintenance(tables, indexes, Thresholds(), pgstats.server_now(conn))
         planned = time.monotonic() - started
-        executor = MaintenanceExecutor(
-            conn, ExecutionSettings(lock_timeout_s=lock_timeout_s, retry_delay_s=1.0), LOG, spec=cluster.spec(db)
-        )
-        report = executor.execute_plan(plan)
-    return time.monotonic() - started, planned, plan, report
+        report = MaintenanceExecutor(conn, settings, LOG, spec=cluster.spec(db)).execute_plan(plan)
+    seconds = time.monotonic() - started
+    reclaimed = before - database_size(cluster, db)
+    slowest = sorted(report.items, key=lambda i: -i.duration_s)[:3]
+    did = (f"plan {planned:.2f} s; {report.tables_vacuumed} of {plan.tables_considered} tables vacuumed, "
+           f"{report.indexes_reindexed} of {plan.indexes_considered} indexes rebuilt, {len(report.skipped)} skipped, "
+           f"{len(report.failed)} failed; slowest: "
+           + ", ".join(f"{i.action} {i.name} {i.duration_s:.1f} s" for i in slowest))
+    return ModeRun(seconds, did, reclaimed, report.longest_wait_s,
+                   {"planned": [f"{i.action} {i.name} ({'+'.join(i.rules)})" for i in plan.items]})
 
 
-class PacedWriter:
-    """An API-like client: one single-row statement every ~5 ms, each one timed."""
+class ApiWriter:
+    """One API-like connection: a statement every ``pace_s``, each timed (the latency the API would see)."""
 
-    def __init__(self, cluster: LocalPostgres, db: str, bloated: int, rows: int):
+    KINDS = ("ledger insert", "event insert", "balance update", "session touch", "cart update", "ledger read")
+
+    def __init__(self, cluster: LocalPostgres, db: str, pace_s: float):
         self.conn = cluster.connect(db)
-        self.bloated, self.rows = bloated, rows
+        self.pace_s = pace_s
+        self.members = self.conn.execute("SELECT max(id) FROM members").fetchone()[0]
+        self.sessions = self.conn.execute("SELECT max(id) FROM member_sessions").fetchone()[0]
+        self.carts = self.conn.execute("SELECT max(id) FROM member_carts").fetchone()[0]
         self.latencies: list[float] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._n = 0
+
+    def _statement(self, n: int) -> None:
+        member = (n * 104729) % self.members + 1
+        kind = n % len(self.KINDS)
+        if kind == 0:
+            self.conn.execute(
+                "INSERT INTO points_ledger (tenant_id, member_id, delta, balance_after, reason, created_at) "
+                "VALUES (1, %s, 10, 100, 'purchase', now())", (member,))
+        elif kind == 1:
+            self.conn.execute(
+                "INSERT INTO events (tenant_id, member_id, kind, points, created_at) VALUES (1, %s, 'earn', 10, now())",
+                (member,))
+        elif kind == 2:
+            self.conn.execute("UPDATE members SET points_balance = points_balance + 10 WHERE id = %s", (member,))
+        elif kind == 3:
+            self.conn.execute("UPDATE member_sessions SET last_seen = now() WHERE id = %s",
+                              ((n * 7919) % self.sessions + 1,))
+        elif kind == 4:
+            self.conn.execute("UPDATE member_carts SET updated_at = now() WHERE id = %s", ((n * 15485863) % self.carts + 1,))
+        else:
+            self.conn.execute(
+                "SELECT delta, created_at FROM points_ledger WHERE member_id = %s ORDER BY created_at DESC LIMIT 20",
+                (member,)).fetchall()
 
     def _run(self) -> None:
-        n = 0
-        members = self.conn.execute("SELECT max(id) FROM members").fetchone()[0]
         while not self._stop.is_set():
-            n += 1
-            kind = n % 3
+            self._n += 1
             started = time.monotonic()
             try:
-                if kind == 0:
-                    table = sql.Identifier(f"bloated_{n % self.bloated:03d}")
-                    self.conn.execute(
-                        sql.SQL("UPDATE {} SET v = v + 1 WHERE id = %s").format(table), ((n * 7919) % self.rows + 1,)
-                    )
-                elif kind == 1:
-                    self.conn.execute(
-                        "INSERT INTO events (tenant_id, member_id, kind, points, created_at) "
-                        "VALUES (1, %s, 'earn', 10, now())",
-                        ((n * 104729) % members + 1,),
-                    )
-                else:
-                    self.conn.execute(
-                        "UPDATE members SET points_balance = points_balance + 1 WHERE id = %s", ((n * 15485863) % members + 1,)
-                    )
+                self._statement(self._n)
             except psycopg.Error as exc:
                 self.errors.append(str(exc).splitlines()[0])
             self.latencies.append(time.monotonic() - started)
-            time.sleep(0.005)
+            time.sleep(self.pace_s)
 
-    def start(self) -> "PacedWriter":
+    def measure(self, work=None, seconds: float = 0.0):
+        """Latencies while ``work()`` runs (or for ``seconds``), and what ``work`` returned."""
+        self.latencies = []
+        result = work() if work is not None else time.sleep(seconds)
+        return list(self.latencies), result
+
+    def __enter__(self) -> "ApiWriter":
         self._thread.start()
+        time.sleep(1.0)  # warm-up (connection, plans, caches), not measured
         return self
 
-    def stop(self) -> list[float]:
+    def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
         self.conn.close()
-        return self.latencies
 
 
 def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100)[98] if len(values) >= 100 else max(values)
 
 
-def writer_run(cluster, db, bloated, rows, work=None, idle_s=5.0):
-    writer = PacedWriter(cluster, db, bloated, rows).start()
-    time.sleep(0.5)  # connection warm-up, not measured
-    writer.latencies.clear()
-    result = None
-    if work is None:
-        time.sleep(idle_s)
-    else:
-        result = work()
-    latencies = writer.stop()
-    return latencies, writer.errors, result
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    return f"min {fmt.format(min(values))} / median {fmt.format(statistics.median(values))} / max {fmt.format(max(values))}"
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@dataclass
+class Round:
+    alone_p99: float
+    smart_p99: float
+    guide_p99: float
+    smart_s: float
+    guide_s: float
+    writer_longest_smart: float
+    writer_longest_guide: float
+    smart_lock_wait: float
+    statements: tuple[int, int, int]
+
+
+def one_round(cluster: LocalPostgres, args, settings: ExecutionSettings, round_no: int) -> Round:
+    pace = args.pace_ms / 1000
+    s_db = fresh_copy(cluster, args.scale)
+    print(f"round {round_no} ({load()}); copy {s_db}: {human_bytes(database_size(cluster, s_db))}", flush=True)
+    with ApiWriter(cluster, s_db, pace) as writer:
+        alone, _ = writer.measure(seconds=args.alone_s)
+        busy, smart = writer.measure(lambda: smart_maintenance(cluster, s_db, settings))
+        errors = list(writer.errors)
+    cluster.drop_database(s_db)
+    if round_no == 1:
+        print("  smart plan: " + ", ".join(smart.extra["planned"]))
+    g_db = fresh_copy(cluster, args.scale)
+    with ApiWriter(cluster, g_db, pace) as writer:
+        guide_w, guide = writer.measure(lambda: guide_maintenance(cluster, g_db))
+        errors += writer.errors
+    cluster.drop_database(g_db)
+    r = Round(p99(alone), p99(busy), p99(guide_w), smart.seconds, guide.seconds, max(busy), max(guide_w),
+              smart.longest_lock_wait_s, (len(alone), len(busy), len(guide_w)))
+    print(f"  writer alone  {len(alone):5d} statements in {args.alone_s:g} s: p50 {1000 * statistics.median(alone):.2f} ms, "
+          f"p99 {1000 * r.alone_p99:.2f} ms, max {1000 * max(alone):.1f} ms")
+    print(f"  smart  {smart.seconds:6.1f} s, {human_bytes(smart.reclaimed)} reclaimed: {smart.did}")
+    print(f"  writer during smart {len(busy):5d} statements: p50 {1000 * statistics.median(busy):.2f} ms, "
+          f"p99 {1000 * r.smart_p99:.2f} ms ({r.smart_p99 / r.alone_p99:.2f}x alone), max {1000 * max(busy):.1f} ms")
+    print(f"  guide  {guide.seconds:6.1f} s, {human_bytes(guide.reclaimed)} reclaimed: {guide.did}")
+    print(f"  writer during guide {len(guide_w):5d} statements: p50 {1000 * statistics.median(guide_w):.2f} ms, "
+          f"p99 {1000 * r.guide_p99:.2f} ms, max {1000 * max(guide_w):.0f} ms")
+    print(f"  time smart/guide {r.smart_s / r.guide_s:.3f}", flush=True)
+    if errors:
+        print(f"  writer errors: {errors[:3]}")
+    return r
+
+
+def summary(rounds: list[Round], lock_timeout_s: float) -> None:
+    time_ratios = [r.smart_s / r.guide_s for r in rounds]
+    p99_ratios = [r.smart_p99 / r.alone_p99 for r in rounds]
+    ms = "{:.2f} ms"
+    n = [sum(r.statements[i] for r in rounds) for i in range(3)]
+    print()
+    print(f"SUMMARY over {len(rounds)} rounds ({load()})")
+    print(f"smart time (s):            {spread([r.smart_s for r in rounds])}")
+    print(f"guide time (s):            {spread([r.guide_s for r in rounds])}")
+    print(f"writer p99 alone:          {spread([1000 * r.alone_p99 for r in rounds], ms)}  ({n[0]} statements)")
+    print(f"writer p99 during smart:   {spread([1000 * r.smart_p99 for r in rounds], ms)}  ({n[1]} statements)")
+    print(f"writer p99 during guide:   {spread([1000 * r.guide_p99 for r in rounds], ms)}  ({n[2]} statements)")
+    median_time, median_p99 = statistics.median(time_ratios), statistics.median(p99_ratios)
+    longest = max(r.writer_longest_smart for r in rounds)
+    lock_wait = max(r.smart_lock_wait for r in rounds)
+    guide_longest = max(r.writer_longest_guide for r in rounds)
+    print(f"RATIO time smart/guide:          median {median_time:.3f} ({spread(time_ratios, '{:.3f}')})  "
+          f"target <= 0.2  {'OK' if median_time <= 0.2 else 'MISSED'}")
+    print(f"RATIO writer p99 smart/alone:    median {median_p99:.2f} ({spread(p99_ratios)})  "
+          f"target <= 2.0  {'OK' if median_p99 <= 2.0 else 'MISSED'}")
+    print(f"longest writer statement during smart: {longest:.3f} s; longest maintenance lock wait {lock_wait:.3f} s; "
+          f"lock_timeout {lock_timeout_s:g} s  {'OK' if max(longest, lock_wait) <= lock_timeout_s else 'MISSED'}")
+    print(f"contrast: longest writer statement during the guide: {guide_longest:.2f} s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=10.0, help="sample database scale (1.0 ~ 20 MB)")
-    parser.add_argument("--tables", type=int, default=500, help="extra tables")
-    parser.add_argument("--bloated", type=int, default=10, help="how many of them are bloated")
-    parser.add_argument("--rows", type=int, default=50_000, help="rows per bloated table before the deletes")
-    parser.add_argument("--lock-timeout", type=float, default=2.0, help="lock_timeout for smart maintenance (s)")
-    parser.add_argument("--rounds", type=int, default=4, help="fresh copies for the writer measurement")
-    parser.add_argument("--no-contrast", action="store_true", help="skip the writer-during-guide measurement")
+    parser.add_argument("--scale", type=float, default=1.0, help="database size (1.0: about 2.3 GB)")
+    parser.add_argument("--tables", type=int, default=500, help="small untouched tables")
+    parser.add_argument("--rounds", type=int, default=5, help="fresh copies; ratios are medians over rounds")
+    parser.add_argument("--alone-s", type=float, default=20.0, help="writer-alone window per round (s)")
+    parser.add_argument("--pace-ms", type=float, default=2.0, help="writer's pause between statements (ms)")
+    parser.add_argument("--lock-timeout", type=float, default=2.0, help="lock_timeout of smart maintenance (s)")
+    parser.add_argument("--cluster-dir", type=Path, help="keep the cluster (and its template) here between runs")
+    default = ExecutionSettings()
+    parser.add_argument("--parallel-workers", type=int, default=default.parallel_workers,
+                        help="max_parallel_maintenance_workers of the maintenance session")
+    parser.add_argument("--cost-delay-ms", type=float, default=default.vacuum_cost_delay_ms,
+                        help="vacuum_cost_delay of the maintenance session (ms)")
+    parser.add_argument("--cost-limit", type=int, default=default.vacuum_cost_limit, help="vacuum_cost_limit")
+    parser.add_argument("--work-mem-mb", type=int, default=default.maintenance_work_mem_mb,
+                        help="maintenance_work_mem of the session (MB; 0: the server's)")
+    parser.add_argument("--pause-s", type=float, default=default.pause_between_objects_s,
+                        help="pause between objects (s)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    settings = ExecutionSettings(
+        lock_timeout_s=args.lock_timeout, retry_delay_s=1.0, parallel_workers=args.parallel_workers,
+        vacuum_cost_delay_ms=args.cost_delay_ms, vacuum_cost_limit=args.cost_limit,
+        maintenance_work_mem_mb=args.work_mem_mb, pause_between_objects_s=args.pause_s,
+    )
 
-    with LocalPostgres(password=f"bench-{uuid.uuid4().hex}", settings=("autovacuum=off", "max_connections=40")) as cluster:
-        print(f"building the template database (PostgreSQL on port {cluster.port})")
-        build_template(cluster, "bench_template", args.scale, args.tables, args.bloated, args.rows)
-
-        a = clone(cluster, "bench_template", args.bloated)
-        guide_s = guide_maintenance(cluster, a)
-        print(f"guide  (VACUUM ANALYZE + REINDEX DATABASE): {guide_s:.2f} s")
-
-        b = clone(cluster, "bench_template", args.bloated)
-        smart_s, plan_s, plan, report = smart_maintenance(cluster, b, args.lock_timeout)
-        slowest = sorted(report.items, key=lambda i: -i.duration_s)[:4]
-        print("  planned: " + ", ".join(f"{i.action} {i.qualified} ({'+'.join(i.rules)})" for i in plan.items))
-        print("  slowest: " + ", ".join(f"{i.action} {i.qualified} {i.duration_s:.2f} s" for i in slowest))
-        print(
-            f"smart  (plan {plan_s:.3f} s + act): {smart_s:.2f} s - {report.tables_vacuumed} tables vacuumed, "
-            f"{report.indexes_reindexed} indexes rebuilt of {plan.tables_considered} tables / "
-            f"{plan.indexes_considered} indexes, {len(report.skipped)} skipped, {human_bytes(report.reclaimed_bytes)} reclaimed"
-        )
-
-        # The writer's tail latency on a shared 2-core machine is noisy and a smart run is short, so the
-        # writer is measured over several fresh copies, alone and then during smart maintenance, pooled.
-        base: list[float] = []
-        during: list[float] = []
-        errors: list[str] = []
-        for round_no in range(1, args.rounds + 1):
-            c = clone(cluster, "bench_template", args.bloated)
-            alone, e1, _ = writer_run(cluster, c, args.bloated, args.rows, idle_s=2.0)
-            busy, e2, (smart_c_s, _, _, report_c) = writer_run(
-                cluster, c, args.bloated, args.rows, work=lambda: smart_maintenance(cluster, c, args.lock_timeout)
-            )
-            base += alone
-            during += busy
-            errors += e1 + e2
-            print(f"  round {round_no}: alone p99 {1000 * p99(alone):.2f} ms; during smart ({smart_c_s:.2f} s, "
-                  f"{report_c.tables_vacuumed} vacuumed, {report_c.indexes_reindexed} rebuilt, "
-                  f"{len(report_c.skipped)} skipped) p99 {1000 * p99(busy):.2f} ms, max {1000 * max(busy):.1f} ms")
-        print(f"writer alone:            {len(base)} statements, p50 {1000 * statistics.median(base):.2f} ms, "
-              f"p99 {1000 * p99(base):.2f} ms, max {1000 * max(base):.1f} ms")
-        print(f"writer during smart:     {len(during)} statements, p50 {1000 * statistics.median(during):.2f} ms, "
-              f"p99 {1000 * p99(during):.2f} ms, max {1000 * max(during):.1f} ms")
-        if errors:
-            print(f"writer errors: {errors[:5]}")
-
-        if not args.no_contrast:
-            d = clone(cluster, "bench_template", args.bloated)
-            guide_w, guide_errors, guide_d_s = writer_run(
-                cluster, d, args.bloated, args.rows, work=lambda: guide_maintenance(cluster, d)
-            )
-            print(f"writer during guide:     {len(guide_w)} statements over {guide_d_s:.2f} s, p50 "
-                  f"{1000 * statistics.median(guide_w):.2f} ms, p99 {1000 * p99(guide_w):.2f} ms, "
-                  f"max {1000 * max(guide_w):.1f} ms (contrast)")
-
-        time_ratio = smart_s / guide_s
-        p99_ratio = p99(during) / p99(base)
-        longest = max(during)
-        print()
-        print(f"RATIO time smart/guide:            {time_ratio:.3f}  (target <= 0.2)  {'OK' if time_ratio <= 0.2 else 'MISSED'}")
-        print(f"RATIO writer p99 during/without:   {p99_ratio:.2f}   (target <= 2.0)  {'OK' if p99_ratio <= 2.0 else 'MISSED'}")
-        print(f"writer longest statement:          {longest:.3f} s vs lock_timeout {args.lock_timeout:g} s  "
-              f"{'OK' if longest <= args.lock_timeout else 'MISSED'}")
+    print(f"maintenance benchmark: {os.cpu_count()} cores, {load()}, {settings}", flush=True)
+    cluster = LocalPostgres(password="bench-maintenance", base_dir=args.cluster_dir,
+                            settings=("autovacuum=off", "max_connections=40", "shared_buffers=512MB"))
+    cluster.start()
+    try:
+        build_template(cluster, args.scale, args.tables)
+        rounds = [one_round(cluster, args, settings, n) for n in range(1, args.rounds + 1)]
+        summary(rounds, args.lock_timeout)
+    finally:
+        cluster.stop() if args.cluster_dir else cluster.destroy()
 
 
 if __name__ == "__main__":
