@@ -104,10 +104,12 @@ def _claim_scratch(env: RestoreEnvironment, scratch: str) -> psycopg.Connection:
 
 
 def run_drill(
-    env: RestoreEnvironment, ref: BackupRef, *, jobs: int = 2, now: Optional[datetime] = None
+    env: RestoreEnvironment, ref: BackupRef, *, jobs: int = 2, now: Optional[datetime] = None, foreign_server: bool = False
 ) -> DrillResult:
     """Restore ``ref`` into a scratch database, compare with the manifest, always drop the scratch database.
 
+    ``foreign_server``: ``env.spec`` is not the server the backup came from (a staging or scratch server),
+    whose roles may not exist there: restore without owners and privileges.
     Never raises for a failed drill: the result says which step failed and why.
     """
     started = time.monotonic()
@@ -162,6 +164,8 @@ def run_drill(
                 fetched.archive.path,
                 scratch,
                 jobs=jobs,
+                no_owner=foreign_server,
+                no_privileges=foreign_server,
                 expected_bytes=fetched.archive.raw_bytes,
                 log=env.log,
                 progress_interval_s=env.progress_interval_s,

@@ -26,11 +26,15 @@ from loyalty_ops.lib.progress import ProgressSnapshot
 POLL_S = 0.25  # a COPY's last bytes are known only up to its final poll
 
 
-def pg_restore_args(archive: Optional[Path], database: str, jobs: int, *, no_owner: bool = False) -> list[str]:
+def pg_restore_args(
+    archive: Optional[Path], database: str, jobs: int, *, no_owner: bool = False, no_privileges: bool = False
+) -> list[str]:
     """``archive`` None: pg_restore reads the archive from its standard input (only with ``jobs`` 1)."""
     args = ["--exit-on-error", f"--jobs={jobs}", "--no-password", f"--dbname={database}"]
     if no_owner:
         args.append("--no-owner")
+    if no_privileges:
+        args.append("--no-privileges")
     return [*args, str(archive)] if archive is not None else args
 
 
@@ -156,6 +160,7 @@ def run_pg_restore(
     *,
     jobs: int,
     no_owner: bool = False,
+    no_privileges: bool = False,
     expected_bytes: Optional[int] = None,
     log: Optional[Callable[[str], None]] = None,
     progress_interval_s: float = 10.0,
@@ -171,7 +176,7 @@ def run_pg_restore(
     started = time.monotonic()
     monitor = RestoreMonitor(spec, database, expected_bytes, log, progress_interval_s).start()
     proc = runner.start(
-        "pg_restore", pg_restore_args(archive, database, jobs, no_owner=no_owner), database=database,
+        "pg_restore", pg_restore_args(archive, database, jobs, no_owner=no_owner, no_privileges=no_privileges), database=database,
         stdout=False, stdin=feed is not None,
     )
     feeder = _Feeder(proc, feed).start() if feed is not None else None

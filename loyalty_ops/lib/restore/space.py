@@ -28,8 +28,10 @@ from loyalty_ops.lib.restore.errors import RestoreRefused
 from loyalty_ops.lib.restore.source import LocatedBackup
 
 # Free space a filesystem keeps after the restore: the restore must not leave it full to the last block.
+# 2 % of the filesystem, at least 64 MB, at most 1 GB (and never more than a tenth of a small filesystem).
 HEADROOM_FRACTION = 0.02
 HEADROOM_MIN_BYTES = 64 * 1024 * 1024
+HEADROOM_MAX_BYTES = 1024 * 1024 * 1024
 # A restored database per byte of COPY data in the archive, when the source database's size is unknown
 # (heap pages plus rebuilt indexes; measured on the sample database at 1.3-1.6, rounded up).
 DATABASE_PER_ARCHIVE_BYTE = 2.0
@@ -65,7 +67,10 @@ class Volume:
 
     @property
     def headroom_bytes(self) -> int:
-        return max(HEADROOM_MIN_BYTES, int(self.total_bytes * HEADROOM_FRACTION)) if self.needed_bytes else 0
+        if not self.needed_bytes:
+            return 0
+        wanted = max(HEADROOM_MIN_BYTES, int(self.total_bytes * HEADROOM_FRACTION))
+        return min(wanted, HEADROOM_MAX_BYTES, self.total_bytes // 10)
 
     @property
     def fits(self) -> bool:
