@@ -64,6 +64,9 @@ REFUSED = [
     ("LOYALTY_DRILL_EVERY_N_BACKUPS", "weekly", ["whole number", "'weekly'", "LOYALTY_DRILL_EVERY_N_BACKUPS=7"]),
     ("LOYALTY_DRILL_JOBS", "two", ["whole number", "'two'"]),
     ("LOYALTY_DRILL_JOBS", "0", ["at least 1", "'0'"]),
+    ("LOYALTY_DRILL_PLACEMENT", "staging", ["'production', 'server' or 'scratch'", "'staging'", "LOYALTY_DRILL_PLACEMENT=scratch"]),
+    ("LOYALTY_DRILL_PORT", "five", ["whole number", "'five'", "LOYALTY_DRILL_PORT=5432"]),
+    ("LOYALTY_DRILL_SSLMODE", "on", ["verify-full", "'on'"]),
     ("LOYALTY_MAINTENANCE_MODE", "fast", ["'smart' or 'full'", "'fast'"]),
     ("LOYALTY_MAINTENANCE_FULL_REINDEX", "online", ["'database' or 'concurrently'", "'online'"]),
     ("LOYALTY_MAINTENANCE_LOCK_TIMEOUT_S", "soon", ["must be a number", "'soon'", "LOYALTY_MAINTENANCE_LOCK_TIMEOUT_S=5"]),
@@ -80,6 +83,7 @@ FREE_TEXT = {
     "LOYALTY_DB_CONTAINER_PGHOST", "LOYALTY_DB_CONTAINER_USER", "LOYALTY_BACKUP_DIR", "LOYALTY_S3_PREFIX", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN", "LOYALTY_PAGERDUTY_ROUTING_KEY", "LOYALTY_PAGERDUTY_CA_BUNDLE", "LOYALTY_SLACK_TOKEN",
     "LOYALTY_SLACK_CHANNEL", "LOYALTY_ALERT_WEBHOOK_URL", "LOYALTY_LOG_DIR", "LOYALTY_RESTORE_WORK_DIR",
+    "LOYALTY_RESTORE_TMP_DIR", "LOYALTY_DRILL_HOST", "LOYALTY_DRILL_USER", "LOYALTY_DRILL_PASSWORD", "LOYALTY_DRILL_SCRATCH_DIR",
     "LOYALTY_COMPOSE_PROJECT", "LOYALTY_CONTAINERS",
 }
 SECRET_VALUES = ("url-secret-1", "url-secret-2", "redis-secret-1")
@@ -131,6 +135,11 @@ def test_rules_across_variables_are_refused_too():
     assert "LOYALTY_COMPRESSION_LEVEL must be 1-9 for gzip" in refusal({"LOYALTY_COMPRESSION_LEVEL": "19"})
     assert load_settings({"LOYALTY_COMPRESSION": "zstd", "LOYALTY_COMPRESSION_LEVEL": "19"}).backups.compression_level == 19
     assert load_settings({"LOYALTY_PG_RUNNER": "docker", "LOYALTY_DB_CONTAINER": "db"}).postgres.runner == "docker"
+    assert "LOYALTY_DRILL_PLACEMENT is 'server' but LOYALTY_DRILL_HOST is not set" in refusal({"LOYALTY_DRILL_PLACEMENT": "server"})
+    assert "LOYALTY_DRILL_HOST is set but LOYALTY_DRILL_PLACEMENT is 'scratch'" in refusal(
+        {"LOYALTY_DRILL_PLACEMENT": "scratch", "LOYALTY_DRILL_HOST": "staging-db"})
+    assert load_settings({"LOYALTY_DRILL_HOST": "staging-db"}).restore.placement == "server"
+    assert load_settings({}).restore.placement == "production"
 
 
 def test_several_bad_values_are_reported_together():

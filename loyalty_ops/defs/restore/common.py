@@ -15,6 +15,7 @@ def restore_environment(
     offsite: OffsiteStorage,
     *,
     work_dir: Optional[str] = None,
+    tmp_dir: Optional[str] = None,
     progress_interval_s: float = 10.0,
 ) -> RestoreEnvironment:
     spec = postgres.spec()
@@ -25,6 +26,7 @@ def restore_environment(
         runner=runner,
         location=location,
         work_dir=Path(work_dir).expanduser().resolve() if work_dir else None,
+        tmp_dir=Path(tmp_dir).expanduser().resolve() if tmp_dir else None,
         s3_client=offsite.client() if location.offsite_configured else None,
         log=context.log.info,
         warn=context.log.warning,

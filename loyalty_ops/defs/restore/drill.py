@@ -14,8 +14,8 @@ from loyalty_ops.defs.restore.common import restore_environment
 from loyalty_ops.defs.restore.history import DRILL_ASSET_KEY
 from loyalty_ops.defs.restore.resources import RestoreSettings
 from loyalty_ops.lib.concurrency import DATABASE_POOL
+from loyalty_ops.lib.restore.placement import run_placed_drill
 from loyalty_ops.lib.restore.plan import BackupRef, drill_due
-from loyalty_ops.lib.restore.run import run_drill
 from loyalty_ops.lib.restore.verify import row_count_table
 
 DRILL_CHECK_NAME = "restore_drill_matches_source"
@@ -25,7 +25,11 @@ class DrillConfig(dg.Config):
     """Launchpad options for a restore drill."""
 
     force: bool = Field(default=False, description="Drill now even if LOYALTY_DRILL_EVERY_N_BACKUPS says to skip this backup.")
-    jobs: Optional[int] = Field(default=None, description="pg_restore -j for this drill; empty uses LOYALTY_DRILL_JOBS (2).")
+    jobs: Optional[int] = Field(
+        default=None,
+        description="pg_restore -j for this drill; empty uses LOYALTY_DRILL_JOBS (2). 1 streams the verified archive "
+        "into pg_restore without a temporary file.",
+    )
     progress_interval_seconds: float = Field(default=10.0, description="How often the run log reports progress (<= 10 s).")
 
 
@@ -63,7 +67,9 @@ def restore_drill(
 ) -> Iterator[dg.MaterializeResult]:
     """A restore drill of the newest backup into `loyalty_drill_<timestamp>_<suffix>` (with the source's encoding
     and locale): pg_restore -j, exact row counts per table, catalog counts and materialized views (populated or
-    not, rows) against the manifest, measured RTO and restored size; the scratch database is always dropped. Runs every LOYALTY_DRILL_EVERY_N_BACKUPS backups (default every one)."""
+    not, rows) against the manifest, measured RTO and restored size; the scratch database is always dropped. Runs every LOYALTY_DRILL_EVERY_N_BACKUPS backups (default every one), on the production server or where
+    LOYALTY_DRILL_PLACEMENT says (another server, or a scratch PostgreSQL started for it), after checking that
+    the archive and the scratch database fit on their disks."""
     backups = recent_backups(context.instance, limit=1)
     newest = backups[0] if backups else None
     newest_name = newest.metadata.get("filename") if newest else None
@@ -83,10 +89,12 @@ def restore_drill(
         backup_storage,
         offsite,
         work_dir=restore_settings.work_dir,
+        tmp_dir=restore_settings.tmp_dir,
         progress_interval_s=min(max(config.progress_interval_seconds, 0.5), 10.0),
     )
     jobs = config.jobs or restore_settings.drill_jobs
-    result = run_drill(env, ref, jobs=jobs)
+    placement = restore_settings.placement(postgres)
+    result = run_placed_drill(env, ref, placement, jobs=jobs)
     (context.log.info if result.passed else context.log.error)(result.message)
     metadata = {
         "backup_filename": result.backup_filename,
@@ -99,6 +107,11 @@ def restore_drill(
         "failed_step": result.failed_step or "",
         "message": result.message,
         "pg_restore_jobs": jobs,
+        "placement": placement.kind,
+        "drill_server": result.server,
+        "streamed": result.streamed,
+        "space_check": dg.MetadataValue.md(result.space.table() if result.space else "not reached"),
+        "space": dg.MetadataValue.json(result.space.as_metadata() if result.space else {}),
         "tables_compared": len(result.expected_rows),
         "rows_compared": sum(result.expected_rows.values()),
         "row_counts": dg.MetadataValue.md(row_count_table(result.expected_rows, result.actual_rows)),

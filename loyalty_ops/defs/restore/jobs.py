@@ -39,7 +39,11 @@ class RestoreConfig(dg.Config):
         default="",
         description="Required for mode 'replace': type the target database's name exactly. Nothing is changed otherwise.",
     )
-    jobs: int = Field(default=2, description="Parallel pg_restore jobs (pg_restore -j), 1-16.")
+    jobs: int = Field(
+        default=2,
+        description="Parallel pg_restore jobs (pg_restore -j), 1-16. 1 streams the verified archive into pg_restore "
+        "without a temporary decompressed copy (for a disk too small for one).",
+    )
     no_owner: bool = Field(
         default=False, description="pg_restore --no-owner: objects belong to the restoring role (roles of the source missing)."
     )
@@ -76,7 +80,8 @@ def restore_database(
         raise dg.Failure(description=f"refused: {exc}", metadata={"changed": False, "step": "config"}) from None
     interval = min(max(config.progress_interval_seconds, 0.5), 10.0)
     env = restore_environment(
-        context, postgres, backup_storage, offsite, work_dir=restore_settings.work_dir, progress_interval_s=interval
+        context, postgres, backup_storage, offsite, work_dir=restore_settings.work_dir, tmp_dir=restore_settings.tmp_dir,
+        progress_interval_s=interval,
     )
     if request.backup.kind == "latest":
         env.history = backup_history(context.instance)
@@ -113,10 +118,14 @@ def restore_database(
         "rows_verified": outcome.comparison.rows_compared if outcome.comparison else 0,
         "materialized_views_verified": outcome.comparison.matviews_compared if outcome.comparison else 0,
         "database_locale": outcome.database_locale,
+        "streamed": outcome.streamed,
     }
     metadata: dict = dict(summary)
     metadata["timings"] = dg.MetadataValue.json({k: round(v, 3) for k, v in outcome.timings.items()})
     metadata["skipped_backups"] = dg.MetadataValue.json(outcome.skipped_backups)
+    if outcome.space is not None:
+        metadata["space_check"] = dg.MetadataValue.md(outcome.space.table())
+        metadata["space"] = dg.MetadataValue.json(outcome.space.as_metadata())
     metadata["how_chosen"] = dg.MetadataValue.md("\n".join(f"- {note}" for note in outcome.notes) or "- named in the config")
     if outcome.comparison is not None:
         metadata["verification"] = outcome.comparison.summary()

@@ -266,6 +266,23 @@ class RestoreVariables(DomainVariables):
     drill_jobs: Optional[int] = variable("LOYALTY_DRILL_JOBS", "pg_restore -j of the drill (default 2).", "2", ge=1)
     work_dir: Optional[str] = variable(
         "LOYALTY_RESTORE_WORK_DIR", "Downloads and decompressed archives (default LOYALTY_BACKUP_DIR).", "/var/tmp/loyalty-restore")
+    tmp_dir: Optional[str] = variable(
+        "LOYALTY_RESTORE_TMP_DIR", "The decompressed archive of a restore or drill with jobs > 1 (default "
+        "LOYALTY_RESTORE_WORK_DIR, else LOYALTY_BACKUP_DIR).", "/mnt/scratch/loyalty-restore")
+    drill_placement: Optional[Literal["production", "server", "scratch"]] = variable(
+        "LOYALTY_DRILL_PLACEMENT", "Where the drill restores: production (default), server (LOYALTY_DRILL_HOST), or "
+        "scratch (a PostgreSQL of the backup's version started on this machine for the drill).", "scratch")
+    drill_host: Optional[str] = variable(
+        "LOYALTY_DRILL_HOST", "The drill server's host (placement server; setting it alone implies server).", "staging-db.internal")
+    drill_port: Optional[int] = variable("LOYALTY_DRILL_PORT", "The drill server's port (default 5432).", "5432", **PORT)
+    drill_user: Optional[str] = variable("LOYALTY_DRILL_USER", "Role on the drill server (needs CREATEDB).", "loyalty_drill")
+    drill_password: Optional[SecretStr] = variable(
+        "LOYALTY_DRILL_PASSWORD", "Password of LOYALTY_DRILL_USER. Secret.", "...", secret=True)
+    drill_sslmode: Optional[Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]] = variable(
+        "LOYALTY_DRILL_SSLMODE", "libpq sslmode for the drill server (default PGSSLMODE's).", "verify-full")
+    drill_scratch_dir: Optional[str] = variable(
+        "LOYALTY_DRILL_SCRATCH_DIR", "Where the scratch server's data directory goes (placement scratch; default the "
+        "system's temporary directory).", "/var/tmp/loyalty-drill")
 
     @field_validator("drill_every_n_backups")
     @classmethod
@@ -275,6 +292,21 @@ class RestoreVariables(DomainVariables):
         except RestoreConfigError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def check_drill_placement(self) -> "RestoreVariables":
+        if self.drill_placement == "server" and not self.drill_host:
+            raise ValueError("LOYALTY_DRILL_PLACEMENT is 'server' but LOYALTY_DRILL_HOST is not set; example: "
+                             "LOYALTY_DRILL_HOST=staging-db.internal")
+        if self.drill_placement in ("production", "scratch") and self.drill_host:
+            raise ValueError(f"LOYALTY_DRILL_HOST is set but LOYALTY_DRILL_PLACEMENT is '{self.drill_placement}', which "
+                             "does not use it; example: LOYALTY_DRILL_PLACEMENT=server (or unset LOYALTY_DRILL_HOST)")
+        return self
+
+    @property
+    def placement(self) -> str:
+        """production, server or scratch: LOYALTY_DRILL_HOST alone means server."""
+        return self.drill_placement or ("server" if self.drill_host else "production")
 
 
 class MaintenanceVariables(DomainVariables):
