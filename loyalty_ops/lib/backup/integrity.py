@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 import time
@@ -207,14 +208,17 @@ class _Worker:
     hashlib, ISA-L and numpy release the GIL, so hashing, decompressing and walking overlap on two cores.
     """
 
-    def __init__(self, name: str, consume: Callable[[bytes], None]):
+    def __init__(self, name: str, consume: Callable[[bytes], None], *, nice: int = 0):
         self.queue: "queue.Queue[Optional[bytes]]" = queue.Queue(maxsize=4)
         self.error: Optional[BaseException] = None
         self._consume = consume
+        self._nice = nice
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        if self._nice:
+            lower_this_thread(self._nice)
         while (block := self.queue.get()) is not None:
             if self.error is None:
                 try:
@@ -228,6 +232,16 @@ class _Worker:
     def close(self) -> None:
         self.queue.put(None)
         self._thread.join()
+
+
+def lower_this_thread(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (Linux schedules threads one by one); where
+    that is not possible, nothing changes."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+    except (AttributeError, OSError):
+        pass
 
 
 def inspect_archive(path: Path, toc_process=None, *, read_archive: bool = True) -> ArchiveInspection:

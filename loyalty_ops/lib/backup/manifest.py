@@ -32,6 +32,10 @@ class BackupManifest:
     pg_dump_version: str
     tables: list[dict] = field(default_factory=list)  # {"schema", "name", "owner", "kind"}
     row_counts: dict[str, int] = field(default_factory=dict)
+    # where row_counts came from: "dump_stream" (the dump's own COPY data), "dump_stream+count" or "count"
+    # (count(*) in the dump's snapshot); manifests that do not say were written with count(*)
+    row_counts_source: str = "count"
+    row_counts_note: str = ""
     catalog_counts: dict[str, int] = field(default_factory=dict)
     # {"schema.name": {"populated": bool, "rows": int | None}}; empty in manifests written before they were recorded
     materialized_views: dict[str, dict] = field(default_factory=dict)
@@ -76,6 +80,8 @@ def manifest_for(result: BackupResult) -> BackupManifest:
         pg_dump_version=result.pg_dump_version,
         tables=[{"schema": t.schema, "name": t.name, "owner": t.owner, "kind": t.kind} for t in result.tables],
         row_counts=result.row_counts,
+        row_counts_source=getattr(result, "row_counts_source", "count"),
+        row_counts_note=getattr(result, "row_counts_note", ""),
         catalog_counts=result.catalog_counts,
         materialized_views=dict(details.get("materialized_views") or {}),
         database_locale=dict(details.get("database_locale") or {}),

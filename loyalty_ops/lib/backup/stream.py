@@ -2,6 +2,11 @@
 
 A reader thread pulls the dump in large chunks so pg_dump never stalls on a full pipe; the calling
 thread compresses, hashes and writes (zlib, zstd and hashlib release the GIL, so the two overlap).
+Two levers spare the database server: ``max_rate_bps`` makes the reader wait before each read once it is
+ahead of the rate, so the pipe fills, pg_dump blocks on its write and the server's COPY waits on its
+socket (back-pressure all the way to the table scan); ``nice`` runs the compressor in its own thread at a
+lower CPU priority (Linux schedules threads one by one, so ``setpriority`` on the thread's id lowers that
+thread only).
 The file is created 0600 under a locked temporary name in the destination directory and fsynced; its
 sidecar and manifest are written next; only then does it get its final name (a hard link, which never
 replaces an existing file), so a file with a backup's name is always complete and never alone. Any
@@ -23,6 +28,7 @@ from typing import IO, Callable, Iterator, Mapping, Optional, Protocol
 
 from isal import isal_zlib
 
+from loyalty_ops.lib.backup.integrity import lower_this_thread
 from loyalty_ops.lib.backup.naming import SIDECAR_SUFFIX
 from loyalty_ops.lib.backup.tempfiles import (  # noqa: F401  (remove_stale_partials: used through this module)
     create_locked,
@@ -76,6 +82,7 @@ class WrittenFile:
     written_bytes: int
     sha256: str
     duration_s: float
+    throttled_s: float = 0.0  # seconds the reader waited to keep under the rate limit
 
 
 def sidecar_text(sha256: str, filename: str) -> str:
@@ -106,6 +113,9 @@ def stream_to_file(
     on_block: Optional[Callable[[bytes], None]] = None,
     companions: Optional[Callable[[WrittenFile], Mapping[Path, str]]] = None,
     chunk_bytes: int = CHUNK_BYTES,
+    on_raw: Optional[Callable[[bytes], None]] = None,
+    max_rate_bps: Optional[float] = None,
+    nice: int = 0,
 ) -> WrittenFile:
     """Compress ``source`` into ``final_path`` (mode 0600) with its ``.sha256`` sidecar.
 
@@ -116,6 +126,10 @@ def stream_to_file(
     file gets its final name last, by a hard link that fails rather than replace an existing file. On any
     failure every one of them is removed again: a file under a backup's name always comes complete, with
     its sidecar and manifest beside it.
+
+    ``on_raw`` sees every chunk of the source before compression (the row count). ``max_rate_bps`` caps
+    the read rate of the source; the seconds spent waiting are in :attr:`WrittenFile.throttled_s`.
+    ``nice`` (1-19) lowers the CPU priority of the thread that compresses, hashes and writes.
     """
     started = time.monotonic()
     final_path = Path(final_path)
@@ -123,17 +137,23 @@ def stream_to_file(
         raise FileExistsError(f"{final_path} already exists; refusing to overwrite a backup")
     compressor = make_compressor(compression, level, threads)
     digest = hashlib.sha256()
-    meter = ProgressMeter("dump", on_progress, expected_bytes=expected_raw_bytes, interval_s=progress_interval_s)
+    label = f"dump (rate limited to {max_rate_bps / 1e6:g} MB/s)" if max_rate_bps else "dump"
+    meter = ProgressMeter(label, on_progress, expected_bytes=expected_raw_bytes, interval_s=progress_interval_s)
     chunks: "queue.Queue[object]" = queue.Queue(maxsize=QUEUE_DEPTH)
     stop = threading.Event()
     _EOF = object()
+    throttle = RateLimit(max_rate_bps, stop) if max_rate_bps else None
 
     def _read() -> None:
         try:
             while not stop.is_set():
+                if throttle is not None:
+                    throttle.wait_for(chunk_bytes)
                 chunk = source.read(chunk_bytes)
                 if not chunk:
                     break
+                if throttle is not None:
+                    throttle.done(len(chunk))
                 chunks.put(chunk)
             chunks.put(_EOF)
         except BaseException as exc:  # surfaced on the writing thread
@@ -148,8 +168,9 @@ def stream_to_file(
     reader = threading.Thread(target=_read, name="dump-reader", daemon=True)
     written = 0
     created: list[Path] = []  # files under final names, removed again on failure
-    try:
-        reader.start()
+
+    def _compress() -> int:
+        done = 0
         with _step("writing the backup data to", tmp_path):
             while True:
                 item = chunks.get()
@@ -158,24 +179,34 @@ def stream_to_file(
                 if isinstance(item, BaseException):
                     raise StreamAborted(f"reading the dump stream failed: {item}") from item
                 meter.add(len(item))  # type: ignore[arg-type]
+                if on_raw is not None:
+                    on_raw(item)  # type: ignore[arg-type]
                 block = compressor.compress(item)  # type: ignore[arg-type]
                 if block:
                     digest.update(block)
                     _write_all(out, block)
-                    written += len(block)
+                    done += len(block)
                     if on_block is not None:
                         on_block(block)
             tail = compressor.flush()
             digest.update(tail)
             _write_all(out, tail)
-            written += len(tail)
+            done += len(tail)
             if on_block is not None and tail:
                 on_block(tail)
+        return done
+
+    try:
+        reader.start()
+        written = run_at_lower_priority(_compress, nice, "backup-compressor") if nice else _compress()
         if finish is not None:
             finish()
         with _step("writing the backup data to", tmp_path):
             os.fsync(out.fileno())
-        result = WrittenFile(final_path, meter.done_bytes, written, digest.hexdigest(), time.monotonic() - started)
+        result = WrittenFile(
+            final_path, meter.done_bytes, written, digest.hexdigest(), time.monotonic() - started,
+            throttle.waited_s if throttle is not None else 0.0,
+        )
         sidecar = final_path.with_name(final_path.name + SIDECAR_SUFFIX)
         with _step("writing the checksum sidecar", sidecar):
             write_text_atomically(sidecar, sidecar_text(result.sha256, final_path.name))
@@ -200,6 +231,55 @@ def stream_to_file(
         out.close()
     meter.finish()
     return result
+
+
+class RateLimit:
+    """Keeps a reader at or under ``rate_bps`` on average (a token bucket with one second of burst)."""
+
+    def __init__(self, rate_bps: float, stop: Optional[threading.Event] = None, clock=time.monotonic):
+        if rate_bps <= 0:
+            raise ValueError(f"the rate limit must be positive, got {rate_bps}")
+        self.rate_bps = float(rate_bps)
+        self.waited_s = 0.0
+        self._stop = stop or threading.Event()
+        self._clock = clock
+        self._start = clock()
+        self._done = 0
+
+    def wait_for(self, nbytes: int) -> None:
+        """Wait until reading ``nbytes`` more keeps the average at the rate (one second of burst allowed)."""
+        due = self._start + (self._done + nbytes) / self.rate_bps - 1.0
+        delay = due - self._clock()
+        if delay > 0:
+            self.waited_s += delay
+            self._stop.wait(delay)
+
+    def done(self, nbytes: int) -> None:
+        self._done += nbytes
+
+
+def run_at_lower_priority(work: Callable[[], int], nice: int, name: str) -> int:
+    """Run ``work`` in its own thread whose CPU priority is lowered by ``nice`` (1-19); return its result.
+
+    Only that thread is lowered: the calling thread (Dagster's step, its heartbeats) keeps its priority.
+    Where thread priorities cannot be set (not Linux), ``work`` runs at normal priority.
+    """
+    outcome: list = []
+
+    def _run() -> None:
+        try:
+            lower_this_thread(nice)
+            outcome.append(("ok", work()))
+        except BaseException as exc:  # re-raised on the calling thread
+            outcome.append(("error", exc))
+
+    thread = threading.Thread(target=_run, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def _write_all(out, data: bytes) -> None:
