@@ -15,6 +15,7 @@ from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.restore.errors import RestoreRefused, RestoreStepError
 from loyalty_ops.lib.restore.plan import RestoreConfigError, plan_steps, validate_request
 from loyalty_ops.lib.restore.run import restore_backup
+from loyalty_ops.defs.restore.new_server import new_server_restore
 
 
 class RestoreConfig(dg.Config):
@@ -33,7 +34,10 @@ class RestoreConfig(dg.Config):
     mode: str = Field(
         default="new_database",
         description="'new_database' (default): create target_database, refused if it exists. 'replace': take a "
-        "safety backup of target_database, restore beside it, then swap it in (drops the old one).",
+        "safety backup of target_database, restore beside it, then swap it in (drops the old one). 'new_server': "
+        "disaster recovery onto an empty server: create the backup's roles (with their passwords; existing roles "
+        "are left as they are), then the database (target_database defaults to the source's name) with its "
+        "owner, grants and settings. Works from S3 alone.",
     )
     confirm: str = Field(
         default="",
@@ -67,6 +71,8 @@ def restore_database(
     target = config.target_database.strip()
     if not target and config.mode == "new_database":
         target = f"{postgres.database_name}_restored_{now:%Y%m%d_%H%M%S}"
+    if not target and config.mode == "new_server":
+        target = postgres.database_name
     try:
         request = validate_request(
             backup=config.backup,
@@ -90,6 +96,8 @@ def restore_database(
         + "\n".join(f"  {i}. {step}" for i, step in enumerate(plan_steps(request), 1))
     )
     try:
+        if request.mode == "new_server":
+            return new_server_restore(context, request, env, now)
         outcome = restore_backup(request, env, now=now)
     except RestoreRefused as exc:
         raise dg.Failure(

@@ -16,7 +16,7 @@ from typing import Optional
 from loyalty_ops.lib.backup.location import SAFETY_SUBDIR
 from loyalty_ops.lib.backup.naming import parse_backup_name
 
-MODES = ("new_database", "replace")
+MODES = ("new_database", "replace", "new_server")
 MAX_JOBS = 16
 # Databases a restore must never overwrite or create: the cluster's own.
 PROTECTED_DATABASES = frozenset({"postgres", "template0", "template1"})
@@ -136,6 +136,11 @@ def validate_request(
         )
     if not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
         raise RestoreConfigError(f"jobs must be a whole number from 1 to {MAX_JOBS} (pg_restore -j), got {jobs!r}")
+    if mode == "new_server" and no_owner:
+        raise RestoreConfigError(
+            "no_owner cannot be used with mode 'new_server': that mode restores the roles so that every object "
+            "keeps its owner; leave no_owner false"
+        )
     if mode == "replace":
         if not confirm:
             raise RestoreConfigError(
@@ -168,6 +173,16 @@ def plan_steps(request: RestoreRequest, *, local: Optional[bool] = None) -> list
             "compare row counts and materialized views with the backup's manifest",
             f"block new connections to {request.target_database}, terminate the existing ones",
             f"swap the side database in as {request.target_database} and drop the old one",
+        ]
+    elif request.mode == "new_server":
+        steps += [
+            "fetch the backup's cluster globals file and verify its SHA-256 against the manifest",
+            "create the roles the backup recorded (with their password hashes) and their memberships; roles that "
+            "already exist are left exactly as they are and reported",
+            f"create database {request.target_database} (refused if it exists) with the source's encoding and locale",
+            f"pg_restore -j {request.jobs} --exit-on-error into it, objects owned by their original roles",
+            "give the database its recorded owner, grants and settings",
+            "compare row counts and materialized views with the backup's manifest",
         ]
     else:
         steps += [
