@@ -134,6 +134,12 @@ class ScratchServer:
             for path in (self.base, sock):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         os.chmod(self.base, 0o700)
+        if owner is not None and subprocess.run(self._as_owner() + ["test", "-w", str(self.base)], capture_output=True).returncode:
+            raise RestoreStepError(
+                step,
+                f"the postgres OS user cannot reach {self.base}: a parent directory is closed to it; make every parent "
+                "of LOYALTY_DRILL_SCRATCH_DIR searchable by it (chmod o+x) or choose another directory",
+            )
         self._run(
             [f"{self.bin_dir}/initdb", "-D", str(self.data_dir), "-U", SCRATCH_SUPERUSER, "--auth=trust",
              "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"],
@@ -175,6 +181,7 @@ def _failed(env: RestoreEnvironment, ref: BackupRef, step: str, message: str, st
         failed_step=step, message=f"drill failed at step '{step}': {message}", scratch_dropped=True,
     )
     result.timings["total_s"] = time.monotonic() - started
+    env.warn(result.message)
     return result
 
 

@@ -1,0 +1,126 @@
+"""Where the drill restores: another server (a second throwaway cluster, its data directory on a small tmpfs,
+so its disk can be filled), or a scratch PostgreSQL the drill starts and removes. Production keeps no trace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from devstack.postgres_cluster import LocalPostgres
+from loyalty_ops.defs.restore.resources import RestoreSettings
+from loyalty_ops.lib.restore.plan import DRILL_PREFIX
+from loyalty_ops_tests.defs.restore.conftest import databases, everything_under, materialize_drill
+from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def drill_server():
+    """A second PostgreSQL 15 cluster whose data directory is on a 160 MiB tmpfs."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = Path(tempfile.mkdtemp(prefix="loyalty-drill-disk-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={160 * MiB},mode=0755", "tmpfs", str(mount)], check=True)
+    cluster = LocalPostgres(password=f"pw-{uuid.uuid4().hex}", base_dir=mount / "cluster")
+    try:
+        cluster.start()
+        yield cluster, mount
+    finally:
+        cluster.stop("immediate")
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        os.rmdir(mount)
+
+
+def drill_databases(cluster) -> set[str]:
+    return {d for d in databases(cluster) if d.startswith(DRILL_PREFIX)}
+
+
+def server_settings(cluster, **extra) -> RestoreSettings:
+    return RestoreSettings(
+        drill_placement="server", drill_host="127.0.0.1", drill_port=cluster.port, drill_user=cluster.user,
+        drill_password=cluster.password, **extra,
+    )
+
+
+def test_the_drill_restores_on_the_drill_server_and_fails_before_restoring_when_its_disk_is_full(
+    restore_resources, dagster_instance, pg_cluster, local_backup, drill_server
+):
+    server, mount = drill_server
+    resources = {**restore_resources, "restore_settings": server_settings(server)}
+    result = materialize_drill(resources, dagster_instance)
+    assert result.success
+    meta = materialization_metadata(result, "restore_drill")
+    assert meta["passed"] is True and meta["placement"] == "server" and meta["scratch_dropped"] is True
+    assert f"127.0.0.1:{server.port}" in meta["drill_server"] and str(pg_cluster.port) not in meta["drill_server"]
+    (volume,) = [v for v in meta["space"]["volumes"] if v["path"].startswith(str(mount))]  # its data directory
+    assert volume["needs"] == {"restored database": volume["needed_bytes"]} and volume["needed_bytes"] > 1_000_000
+    assert drill_databases(server) == set() and drill_databases(pg_cluster) == set()
+
+    # Fill the drill server's disk: the drill fails at the space check, before any scratch database exists.
+    free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+    filler = mount / "filler"
+    with open(filler, "wb") as handle:
+        os.posix_fallocate(handle.fileno(), 0, free - 4 * MiB)
+    try:
+        failed = materialize_drill(resources, dagster_instance)
+    finally:
+        filler.unlink()
+    assert not failed.success
+    meta = materialization_metadata(failed, "restore_drill")
+    assert meta["passed"] is False and meta["failed_step"] == "check space", meta["message"]
+    assert "not enough free space" in meta["message"] and str(mount) in meta["message"]
+    assert "restored database" in meta["message"] and "Nothing was changed" in meta["message"]
+    assert check_evaluations(failed)["restore_drill_matches_source"] is False
+    assert drill_databases(server) == set() and drill_databases(pg_cluster) == set()
+
+
+@pytest.fixture
+def open_dir():
+    """A directory the postgres OS user can reach (pytest's tmp_path is closed to it)."""
+    with tempfile.TemporaryDirectory(prefix="loyalty-drill-scratch-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+def test_the_drill_on_a_scratch_server_started_for_it_streams_and_leaves_nothing(
+    restore_resources, dagster_instance, pg_cluster, local_backup, open_dir
+):
+    scratch_parent = open_dir / "drill-servers"
+    settings = RestoreSettings(drill_placement="scratch", drill_scratch_dir=str(scratch_parent), drill_jobs=1)
+    result = materialize_drill({**restore_resources, "restore_settings": settings}, dagster_instance)
+    meta = materialization_metadata(result, "restore_drill")
+    assert result.success, meta["message"]
+    assert meta["passed"] is True and meta["placement"] == "scratch" and meta["streamed"] is True
+    assert str(scratch_parent) in meta["drill_server"]  # its Unix socket lives in the scratch directory
+    assert meta["timings"]["scratch_server_start_s"] > 0 and meta["rows_compared"] > 0
+    assert [v["needs"] for v in meta["space"]["volumes"] if v["path"].startswith(str(scratch_parent))]  # its data directory
+    assert everything_under(scratch_parent) == []  # stopped and removed
+    assert drill_databases(pg_cluster) == set()
+
+
+def test_a_drill_server_that_cannot_be_reached_fails_the_drill_naming_it(restore_resources, dagster_instance, local_backup):
+    settings = RestoreSettings(drill_placement="server", drill_host="127.0.0.1", drill_port=1, drill_user="postgres")
+    result = materialize_drill({**restore_resources, "restore_settings": settings}, dagster_instance)
+    assert not result.success
+    meta = materialization_metadata(result, "restore_drill")
+    assert meta["failed_step"] == "check drill server" and "127.0.0.1:1" in meta["message"], meta["message"]
+
+
+def test_a_scratch_directory_the_server_cannot_use_fails_the_drill_saying_why(
+    restore_resources, dagster_instance, local_backup, tmp_path
+):
+    if os.geteuid() != 0:
+        pytest.skip("the scratch server runs as the postgres OS user only when the drill runs as root")
+    os.chmod(tmp_path, 0o700)
+    settings = RestoreSettings(drill_placement="scratch", drill_scratch_dir=str(tmp_path / "closed"))
+    result = materialize_drill({**restore_resources, "restore_settings": settings}, dagster_instance)
+    meta = materialization_metadata(result, "restore_drill")
+    assert not result.success and meta["failed_step"] == "start scratch server"
+    assert "postgres OS user cannot reach" in meta["message"] and "chmod o+x" in meta["message"], meta["message"]
+    assert everything_under(tmp_path / "closed") == []
