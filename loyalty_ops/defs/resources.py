@@ -104,6 +104,25 @@ class BackupStorage(dg.ConfigurableResource):
     compression_level: Optional[int] = Field(
         default=None, description="Compression level; default 1 for gzip, 3 for zstd (LOYALTY_COMPRESSION_LEVEL)."
     )
+    row_counts: str = Field(
+        default="stream", description="'stream' (rows counted in the dump stream) or 'count' (count(*) in the "
+        "dump's snapshot) (LOYALTY_BACKUP_ROW_COUNTS)."
+    )
+    max_rate_mbps: Optional[float] = Field(
+        default=None, description="Cap on the dump stream in MB/s, by back-pressure (LOYALTY_BACKUP_MAX_RATE_MBPS)."
+    )
+    nice: int = Field(default=0, description="Lower CPU priority 0-19 for pg_dump and the compressor (LOYALTY_BACKUP_NICE).")
+    source_host: Optional[str] = Field(
+        default=None, description="Dump from this server (a standby) instead of the target (LOYALTY_BACKUP_SOURCE_HOST)."
+    )
+    source_port: Optional[int] = Field(default=None, description="Backup source port (LOYALTY_BACKUP_SOURCE_PORT).")
+    source_user: Optional[str] = Field(default=None, description="Backup source role (LOYALTY_BACKUP_SOURCE_USER).")
+    source_password: Optional[str] = Field(
+        default=None, description="Backup source password (LOYALTY_BACKUP_SOURCE_PASSWORD); pass it as an EnvVar."
+    )
+    source_max_lag_s: float = Field(
+        default=300.0, description="Most a standby source may lag at dump time (LOYALTY_BACKUP_SOURCE_MAX_LAG_S)."
+    )
 
     @property
     def path(self) -> Path:

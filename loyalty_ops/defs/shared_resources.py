@@ -50,6 +50,14 @@ def backup_storage(settings: LoyaltySettings) -> BackupStorage:
                 "backup_dir": backups.backup_dir,
                 "compression": backups.compression,
                 "compression_level": backups.compression_level,
+                "row_counts": backups.row_counts,
+                "max_rate_mbps": backups.max_rate_mbps,
+                "nice": backups.nice,
+                "source_host": backups.source_host,
+                "source_port": backups.source_port,
+                "source_user": backups.source_user,
+                "source_password": secret_ref("LOYALTY_BACKUP_SOURCE_PASSWORD", backups.source_password),
+                "source_max_lag_s": backups.source_max_lag_s,
             }
         )
     )

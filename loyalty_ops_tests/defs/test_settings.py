@@ -35,6 +35,14 @@ REFUSED = [
     ("LOYALTY_COMPRESSION_LEVEL", "fast", ["whole number", "'fast'"]),
     ("LOYALTY_BACKUP_MAX_AGE_HOURS", "a day", ["must be a number", "'a day'", "LOYALTY_BACKUP_MAX_AGE_HOURS=26"]),
     ("LOYALTY_BACKUP_MAX_AGE_HOURS", "1", ["greater than 1", "'1'"]),
+    ("LOYALTY_BACKUP_ROW_COUNTS", "exact", ["'stream' or 'count'", "'exact'", "LOYALTY_BACKUP_ROW_COUNTS=stream"]),
+    ("LOYALTY_BACKUP_MAX_RATE_MBPS", "fast", ["must be a number", "'fast'", "LOYALTY_BACKUP_MAX_RATE_MBPS=40"]),
+    ("LOYALTY_BACKUP_MAX_RATE_MBPS", "0", ["greater than 0", "'0'"]),
+    ("LOYALTY_BACKUP_NICE", "20", ["at most 19", "'20'", "LOYALTY_BACKUP_NICE=10"]),
+    ("LOYALTY_BACKUP_NICE", "low", ["whole number", "'low'"]),
+    ("LOYALTY_BACKUP_SOURCE_PORT", "five", ["whole number", "'five'", "LOYALTY_BACKUP_SOURCE_PORT=5432"]),
+    ("LOYALTY_BACKUP_SOURCE_MAX_LAG_S", "a minute", ["must be a number", "'a minute'", "LOYALTY_BACKUP_SOURCE_MAX_LAG_S=300"]),
+    ("LOYALTY_BACKUP_SOURCE_MAX_LAG_S", "-1", ["greater than 0", "'-1'"]),
     ("LOYALTY_S3_BUCKET", "My_Bucket", ["lowercase", "'My_Bucket'", "LOYALTY_S3_BUCKET=loyalty-offsite"]),
     ("LOYALTY_S3_SSE", "kms", ["AES256, aws:kms", "'kms'"]),
     ("LOYALTY_S3_STORAGE_CLASS", "COLD", ["STANDARD_IA", "'COLD'"]),
@@ -84,7 +92,8 @@ FREE_TEXT = {
     "AWS_SESSION_TOKEN", "LOYALTY_PAGERDUTY_ROUTING_KEY", "LOYALTY_PAGERDUTY_CA_BUNDLE", "LOYALTY_SLACK_TOKEN",
     "LOYALTY_SLACK_CHANNEL", "LOYALTY_ALERT_WEBHOOK_URL", "LOYALTY_LOG_DIR", "LOYALTY_RESTORE_WORK_DIR",
     "LOYALTY_RESTORE_TMP_DIR", "LOYALTY_DRILL_HOST", "LOYALTY_DRILL_USER", "LOYALTY_DRILL_PASSWORD", "LOYALTY_DRILL_SCRATCH_DIR",
-    "LOYALTY_COMPOSE_PROJECT", "LOYALTY_CONTAINERS",
+    "LOYALTY_COMPOSE_PROJECT", "LOYALTY_CONTAINERS", "LOYALTY_BACKUP_SOURCE_HOST", "LOYALTY_BACKUP_SOURCE_USER",
+    "LOYALTY_BACKUP_SOURCE_PASSWORD",
 }
 SECRET_VALUES = ("url-secret-1", "url-secret-2", "redis-secret-1")
 
@@ -133,6 +142,9 @@ def test_secrets_are_never_shown_even_when_refused():
 def test_rules_across_variables_are_refused_too():
     assert "LOYALTY_PG_RUNNER is 'docker' but LOYALTY_DB_CONTAINER is not set" in refusal({"LOYALTY_PG_RUNNER": "docker"})
     assert "LOYALTY_COMPRESSION_LEVEL must be 1-9 for gzip" in refusal({"LOYALTY_COMPRESSION_LEVEL": "19"})
+    stray = refusal({"LOYALTY_BACKUP_SOURCE_PORT": "5433", "LOYALTY_BACKUP_SOURCE_PASSWORD": "src-secret-1"})
+    assert "LOYALTY_BACKUP_SOURCE_PORT, LOYALTY_BACKUP_SOURCE_PASSWORD set but LOYALTY_BACKUP_SOURCE_HOST is not" in stray
+    assert "src-secret-1" not in stray
     assert load_settings({"LOYALTY_COMPRESSION": "zstd", "LOYALTY_COMPRESSION_LEVEL": "19"}).backups.compression_level == 19
     assert load_settings({"LOYALTY_PG_RUNNER": "docker", "LOYALTY_DB_CONTAINER": "db"}).postgres.runner == "docker"
     assert "LOYALTY_DRILL_PLACEMENT is 'server' but LOYALTY_DRILL_HOST is not set" in refusal({"LOYALTY_DRILL_PLACEMENT": "server"})

@@ -1,13 +1,14 @@
 """The nightly backup (``database_backup``): dump, compress, hash, write atomically, manifest."""
 
 
+import dataclasses
 from datetime import timedelta
 from typing import Optional
 
 import dagster as dg
 from pydantic import Field
 
-from loyalty_ops.defs.settings import current_settings
+from loyalty_ops.defs.settings import current_settings, tool_base_environment
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY, last_verified_backup
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
 from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, take_backup
@@ -16,7 +17,8 @@ from loyalty_ops.lib.backup.naming import COMPRESSION_SUFFIXES
 from loyalty_ops.defs.backups.offsite_copy import start_streaming_upload
 from loyalty_ops.lib.backup.offsite import StreamingUpload
 from loyalty_ops.lib.concurrency import DATABASE_POOL
-from loyalty_ops.lib.pg.tools import ToolError
+from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.pg.tools import HostToolRunner, PgToolRunner, ToolError
 from loyalty_ops.lib.formatting import human_bytes, markdown_code, markdown_table
 
 OWNERS = ["team:platform"]
@@ -48,6 +50,28 @@ class BackupConfig(dg.Config):
         "even when this backup is under half the previous verified one. Recorded in the run's metadata; later "
         "runs compare against this backup.",
     )
+
+
+def backup_source(postgres: PostgresTarget, backup_storage: BackupStorage) -> tuple[ConnectionSpec, PgToolRunner]:
+    """The server to dump: the target, or ``LOYALTY_BACKUP_SOURCE_HOST`` (a hot standby of it), with the
+    target's settings for whatever ``LOYALTY_BACKUP_SOURCE_*`` leaves unset."""
+    if not backup_storage.source_host:
+        return postgres.spec(), postgres.tools()
+    if postgres.runner != "host":
+        raise dg.Failure(
+            "LOYALTY_BACKUP_SOURCE_HOST is set but the tools run in the database container (LOYALTY_PG_RUNNER="
+            f"{postgres.runner}): dumping from a standby needs the host runner; unset LOYALTY_DB_CONTAINER or "
+            "LOYALTY_BACKUP_SOURCE_HOST"
+        )
+    target = postgres.spec()
+    spec = dataclasses.replace(
+        target,
+        host=backup_storage.source_host,
+        port=backup_storage.source_port or target.port,
+        user=backup_storage.source_user or target.user,
+        password=backup_storage.source_password or target.password,
+    )
+    return spec, HostToolRunner(spec, postgres.pg_bin_dir, base_env=tool_base_environment())
 
 
 def _row_count_table(row_counts: dict[str, int]) -> str:
@@ -85,8 +109,7 @@ def database_backup(
             f"compression must be 'gzip' or 'zstd', got {compression!r}: fix the run config 'compression' "
             "or LOYALTY_COMPRESSION"
         )
-    spec = postgres.spec()
-    runner = postgres.tools()
+    spec, runner = backup_source(postgres, backup_storage)
     location = backup_storage.location(offsite)
     previous = last_verified_backup(context.instance, exclude_run_id=context.run_id)
     request = BackupRequest(
@@ -94,6 +117,9 @@ def database_backup(
         compression=compression,
         compression_level=backup_storage.compression_level,
         progress_interval_s=config.progress_interval_seconds,
+        row_counts=backup_storage.row_counts,
+        max_rate_mbps=backup_storage.max_rate_mbps,
+        nice=backup_storage.nice,
     )
     streaming: list[StreamingUpload] = []
 
@@ -154,6 +180,14 @@ def database_backup(
             "total_rows": sum(result.row_counts.values()),
             "row_counts": dg.MetadataValue.json(result.row_counts),
             "row_counts_table": dg.MetadataValue.md(_row_count_table(result.row_counts)),
+            "row_counts_source": result.row_counts_source,
+            "row_counts_note": result.row_counts_note,
+            "max_rate_mbps": float(backup_storage.max_rate_mbps or 0.0),
+            "throttled_s": round(result.file.throttled_s, 3),
+            "nice": int(backup_storage.nice),
+            "source_standby": bool(result.source.get("standby")),
+            "source_max_lag_s": float(backup_storage.source_max_lag_s),
+            **({"source_lag_s": round(result.source["lag_s"], 3)} if result.source.get("lag_s") is not None else {}),
             "catalog_counts": dg.MetadataValue.json(result.catalog_counts),
             "previous_backup_bytes": previous.bytes if previous and previous.bytes else 0,
             "taken_at": result.name.taken_at.isoformat(),

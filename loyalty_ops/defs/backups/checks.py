@@ -195,4 +195,55 @@ def _size_result(size: int, meta: dict) -> dg.AssetCheckResult:
     return _result("backup_size_plausible", False, f"{verdict.message}. {ACCEPT_SIZE_HINT}", **size_meta)
 
 
-BACKUP_CHECKS = [backup_integrity_checks]
+@dg.asset_check(
+    asset=BACKUP_ASSET_KEY,
+    name="backup_source_lag_within_limit",
+    blocking=True,
+    description="When the backup was dumped from a standby (LOYALTY_BACKUP_SOURCE_HOST), the standby was no further "
+    "behind its primary at dump time than LOYALTY_BACKUP_SOURCE_MAX_LAG_S: a backup of a lagging standby misses the "
+    "primary's latest transactions. Dumped from the primary, it passes. A failure blocks (and aborts) the offsite copy.",
+)
+def backup_source_lag_within_limit(
+    context: dg.AssetCheckExecutionContext, backup_storage: BackupStorage, offsite: OffsiteStorage
+) -> dg.AssetCheckResult:
+    entry = backup_of_run(context.instance, context.run.run_id) or context.instance.get_latest_materialization_event(
+        BACKUP_ASSET_KEY
+    )
+    if entry is None:
+        raise dg.Failure("database_backup has never been materialized; there is nothing to check")
+    meta = metadata_values(entry)
+    limit = float(meta.get("source_max_lag_s") or backup_storage.source_max_lag_s)
+    lag = meta.get("source_lag_s")
+    if not meta.get("source_standby"):
+        passed, text = True, "dumped from the primary (not a standby): no replication lag"
+    elif lag is None:
+        passed, text = False, (
+            "dumped from a standby that could not tell how far behind its primary it was (it had replayed nothing "
+            "yet): check replication on LOYALTY_BACKUP_SOURCE_HOST"
+        )
+    elif float(lag) > limit:
+        passed, text = False, (
+            f"dumped from a standby {float(lag):.1f} s behind its primary, over the {limit:g} s limit "
+            "(LOYALTY_BACKUP_SOURCE_MAX_LAG_S): the backup misses the primary's latest transactions. Check the "
+            "standby's replication, or dump the primary (unset LOYALTY_BACKUP_SOURCE_HOST) and relaunch"
+        )
+    else:
+        passed, text = True, f"dumped from a standby {float(lag):.1f} s behind its primary (limit {limit:g} s)"
+    location = backup_storage.location(offsite)
+    if not passed and meta.get("pending_upload_id") and location.offsite_configured:
+        abort_pending_upload(offsite.client(), location.bucket, meta["pending_upload_key"], meta["pending_upload_id"])
+        context.log.error("the backup source lagged too far: aborted the pending offsite upload; nothing was copied offsite")
+    numbers = {"source_standby": bool(meta.get("source_standby")), "source_max_lag_s": limit}
+    if lag is not None:
+        numbers["source_lag_s"] = float(lag)
+    return dg.AssetCheckResult(
+        check_name="backup_source_lag_within_limit",
+        asset_key=BACKUP_ASSET_KEY,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=text,
+        metadata=numbers,
+    )
+
+
+BACKUP_CHECKS = [backup_integrity_checks, backup_source_lag_within_limit]

@@ -129,6 +129,41 @@ class BackupVariables(DomainVariables):
     max_age_hours: float = variable(
         "LOYALTY_BACKUP_MAX_AGE_HOURS", "Freshness window of the backup asset, and when page_on_stale_backup pages "
         "(default 26); more than 1 hour.", "26", default=26.0, gt=1, allow_inf_nan=False)
+    row_counts: Optional[Literal["stream", "count"]] = variable(
+        "LOYALTY_BACKUP_ROW_COUNTS", "Where the manifest's exact row counts come from: stream (counted in the dump "
+        "stream as it passes, each table read once; default) or count (count(*) in the dump's snapshot, a second "
+        "read of every table).", "stream")
+    max_rate_mbps: Optional[float] = positive_number(
+        "LOYALTY_BACKUP_MAX_RATE_MBPS", "Cap on the dump stream in MB/s, by back-pressure on pg_dump's pipe (the "
+        "server's COPY waits); default no cap.", "40")
+    nice: Optional[int] = variable(
+        "LOYALTY_BACKUP_NICE", "Lower CPU priority (0-19) for pg_dump (host runner) and the backup's compressor "
+        "thread; default 0 (unchanged).", "10", ge=0, le=19)
+    source_host: Optional[str] = variable(
+        "LOYALTY_BACKUP_SOURCE_HOST", "Dump from this server (a hot standby) instead of the target; the other "
+        "LOYALTY_BACKUP_SOURCE_* default to the target's.", "db-standby.example.com")
+    source_port: Optional[int] = variable(
+        "LOYALTY_BACKUP_SOURCE_PORT", "Port of the backup source (default: the target's).", "5432", **PORT)
+    source_user: Optional[str] = variable(
+        "LOYALTY_BACKUP_SOURCE_USER", "Role on the backup source (default: the target's).", "loyalty_backup")
+    source_password: Optional[SecretStr] = variable(
+        "LOYALTY_BACKUP_SOURCE_PASSWORD", "Password on the backup source (default: the target's). Secret.", "...",
+        secret=True)
+    source_max_lag_s: Optional[float] = positive_number(
+        "LOYALTY_BACKUP_SOURCE_MAX_LAG_S", "The blocking check backup_source_lag_within_limit fails when the standby "
+        "was further behind its primary than this at dump time (default 300).", "300")
+
+    @model_validator(mode="after")
+    def check_source_has_a_host(self) -> "BackupVariables":
+        stray = [alias for name, alias in (
+            ("source_port", "LOYALTY_BACKUP_SOURCE_PORT"), ("source_user", "LOYALTY_BACKUP_SOURCE_USER"),
+            ("source_password", "LOYALTY_BACKUP_SOURCE_PASSWORD"), ("source_max_lag_s", "LOYALTY_BACKUP_SOURCE_MAX_LAG_S"),
+        ) if getattr(self, name) is not None]
+        if stray and not self.source_host:
+            raise ValueError(
+                f"{', '.join(stray)} set but LOYALTY_BACKUP_SOURCE_HOST is not: without it the backup dumps the target; "
+                "example: LOYALTY_BACKUP_SOURCE_HOST=db-standby.example.com")
+        return self
 
     @model_validator(mode="after")
     def check_gzip_level(self) -> "BackupVariables":

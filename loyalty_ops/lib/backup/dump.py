@@ -67,6 +67,7 @@ class BackupResult:
     catalog_details: dict = field(default_factory=dict)  # catalog.snapshot_details: materialized views, locale
     row_counts_source: str = "count"  # "dump_stream", "dump_stream+count" or "count" (row_counts.py)
     row_counts_note: str = ""
+    source: dict = field(default_factory=dict)  # replication_state: {"standby": bool, "lag_s": float | None}
     globals_dump: Optional["GlobalsDump"] = None  # the cluster globals written beside the backup (globals.py)
     globals_path: Optional[Path] = None
     database_properties: dict = field(default_factory=dict)  # globals.database_properties: owner, grants, settings
@@ -176,6 +177,18 @@ def take_backup(
         claim.release()
 
 
+def replication_state(conn) -> dict:
+    """Whether the server being dumped is a standby and, if so, how far behind its primary it was when the
+    dump's snapshot was taken: 0 when it had replayed all the WAL it received, else the age of the last
+    transaction it replayed; None when it cannot tell (nothing replayed yet)."""
+    standby, lag = conn.execute(
+        "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() THEN NULL "
+        "WHEN pg_last_wal_receive_lsn() IS NOT NULL AND pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+        "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
+    ).fetchone()
+    return {"standby": bool(standby), "lag_s": None if lag is None else max(float(lag), 0.0)}
+
+
 def _lower_process_priority(pid: int, nice: int, log: Callable[[str], None]) -> None:
     """Lower pg_dump's CPU priority (the host runner's process; a container's is not ours to change)."""
     try:
@@ -215,6 +228,7 @@ def _dump_to_claimed_name(
         counts_of_catalog = catalog.catalog_counts(conn)
         catalog_details = catalog.snapshot_details(conn)
         expected = catalog.estimated_dump_bytes(conn)
+        source_state = replication_state(conn)
         properties = database_properties(conn, spec.dbname)
         try:
             roles = dump_globals(runner, conn, spec.dbname, log=log)
@@ -287,6 +301,7 @@ def _dump_to_claimed_name(
                     row_counts=row_counts,
                     row_counts_source=counts_from["source"],
                     row_counts_note=counts_from["note"],
+                    source=source_state,
                     catalog_counts=counts_of_catalog,
                     catalog_details=catalog_details,
                     expected_raw_bytes=expected,

@@ -36,6 +36,8 @@ class BackupManifest:
     # (count(*) in the dump's snapshot); manifests that do not say were written with count(*)
     row_counts_source: str = "count"
     row_counts_note: str = ""
+    # the server dumped: {"standby": bool, "lag_s": seconds behind its primary or None}; empty in older manifests
+    source: dict = field(default_factory=dict)
     catalog_counts: dict[str, int] = field(default_factory=dict)
     # {"schema.name": {"populated": bool, "rows": int | None}}; empty in manifests written before they were recorded
     materialized_views: dict[str, dict] = field(default_factory=dict)
@@ -82,6 +84,7 @@ def manifest_for(result: BackupResult) -> BackupManifest:
         row_counts=result.row_counts,
         row_counts_source=getattr(result, "row_counts_source", "count"),
         row_counts_note=getattr(result, "row_counts_note", ""),
+        source=dict(getattr(result, "source", None) or {}),
         catalog_counts=result.catalog_counts,
         materialized_views=dict(details.get("materialized_views") or {}),
         database_locale=dict(details.get("database_locale") or {}),
