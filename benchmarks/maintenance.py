@@ -335,6 +335,7 @@ class Round:
     writer_longest_guide: float
     smart_lock_wait: float
     statements: tuple[int, int, int]
+    latencies: tuple[list[float], list[float]] = ([], [])  # alone, during smart: pooled over rounds at the end
 
 
 def one_round(cluster: LocalPostgres, args, settings: ExecutionSettings, round_no: int) -> Round:
@@ -354,7 +355,7 @@ def one_round(cluster: LocalPostgres, args, settings: ExecutionSettings, round_n
         errors += writer.errors
     cluster.drop_database(g_db)
     r = Round(p99(alone), p99(busy), p99(guide_w), smart.seconds, guide.seconds, max(busy), max(guide_w),
-              smart.longest_lock_wait_s, (len(alone), len(busy), len(guide_w)))
+              smart.longest_lock_wait_s, (len(alone), len(busy), len(guide_w)), (alone, busy))
     print(f"  writer alone  {len(alone):5d} statements in {args.alone_s:g} s: p50 {1000 * statistics.median(alone):.2f} ms, "
           f"p99 {1000 * r.alone_p99:.2f} ms, max {1000 * max(alone):.1f} ms")
     print(f"  smart  {smart.seconds:6.1f} s, {human_bytes(smart.reclaimed)} reclaimed: {smart.did}")
@@ -381,6 +382,10 @@ def summary(rounds: list[Round], lock_timeout_s: float) -> None:
     print(f"writer p99 alone:          {spread([1000 * r.alone_p99 for r in rounds], ms)}  ({n[0]} statements)")
     print(f"writer p99 during smart:   {spread([1000 * r.smart_p99 for r in rounds], ms)}  ({n[1]} statements)")
     print(f"writer p99 during guide:   {spread([1000 * r.guide_p99 for r in rounds], ms)}  ({n[2]} statements)")
+    pooled_alone = [x for r in rounds for x in r.latencies[0]]
+    pooled_smart = [x for r in rounds for x in r.latencies[1]]
+    print(f"writer p99 pooled over rounds: alone {1000 * p99(pooled_alone):.2f} ms, during smart "
+          f"{1000 * p99(pooled_smart):.2f} ms ({p99(pooled_smart) / p99(pooled_alone):.2f}x)")
     median_time, median_p99 = statistics.median(time_ratios), statistics.median(p99_ratios)
     longest = max(r.writer_longest_smart for r in rounds)
     lock_wait = max(r.smart_lock_wait for r in rounds)
@@ -405,7 +410,7 @@ def main() -> None:
     parser.add_argument("--cluster-dir", type=Path, help="keep the cluster (and its template) here between runs")
     default = ExecutionSettings()
     parser.add_argument("--parallel-workers", type=int, default=default.parallel_workers,
-                        help="max_parallel_maintenance_workers of the maintenance session")
+                        help="max_parallel_maintenance_workers of the maintenance session (default: the server's)")
     parser.add_argument("--cost-delay-ms", type=float, default=default.vacuum_cost_delay_ms,
                         help="vacuum_cost_delay of the maintenance session (ms)")
     parser.add_argument("--cost-limit", type=int, default=default.vacuum_cost_limit, help="vacuum_cost_limit")

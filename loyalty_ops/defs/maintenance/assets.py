@@ -3,7 +3,7 @@ blocking the loyalty API; or, in full mode, what the guide's ``scripts/db-mainte
 
 
 import time
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import dagster as dg
 import psycopg
@@ -93,11 +93,11 @@ class MaintenanceConfig(dg.Config):
     progress_interval_seconds: float = Field(
         default=10.0, description="How often the run log reports on a long VACUUM/REINDEX."
     )
-    parallel_workers: int = Field(
+    parallel_workers: Optional[int] = Field(
         default=GENTLE.parallel_workers,
-        description="max_parallel_maintenance_workers for the run's session. 0 keeps each VACUUM and REINDEX on "
-        "one core (PostgreSQL would otherwise add up to 2 workers to index builds and index vacuuming, taking "
-        "CPU from the API); raise it on a large server with cores to spare.",
+        description="max_parallel_maintenance_workers for the run's session; unset: the server's (PostgreSQL's "
+        "default 2 adds up to 2 workers to index builds and to VACUUM's index passes). 0 keeps each VACUUM and "
+        "REINDEX on one core, leaving the other cores to the API, at the price of a longer run.",
     )
     vacuum_cost_delay_ms: float = Field(
         default=GENTLE.vacuum_cost_delay_ms,

@@ -34,7 +34,7 @@ from loyalty_ops.lib.maintenance import stats as pgstats
 from loyalty_ops.lib.maintenance.blockers import Blocker, BlockerWatch, older_transactions, wait_reason
 from loyalty_ops.lib.maintenance.heartbeat import Heartbeat
 from loyalty_ops.lib.formatting import first_line, human_bytes
-from loyalty_ops.lib.maintenance.plan import IndexStats, MaintenancePlan, PlanItem, Reason
+from loyalty_ops.lib.maintenance.plan import IndexStats, MaintenancePlan, PlanItem, Reason, rebuilds_after_vacuum
 from loyalty_ops.lib.maintenance.report import ItemResult, MaintenanceReport
 from loyalty_ops.lib.maintenance.session import (
     FULL_REINDEX_CHOICES,
@@ -376,12 +376,26 @@ class MaintenanceExecutor:
         started = time.monotonic()
         report = MaintenanceReport(mode=plan.mode, database=self.database)
         try:
-            self.run_items(plan.drops + plan.tables + plan.reindexes, report)
+            self.run_items(plan.drops + plan.tables, report)
+            plan.items += self._rebuilds_after_vacuum(plan, report)
+            self.run_items(plan.reindexes, report)
             self.sweep_leftovers(report)
         finally:
             self.close()
         report.duration_s = time.monotonic() - started
         return report
+
+    def _rebuilds_after_vacuum(self, plan: MaintenancePlan, report: MaintenanceReport) -> list[PlanItem]:
+        """Smart mode: indexes of the tables just vacuumed whose refreshed size now passes the bloat rule."""
+        vacuumed = {(i.schema, i.name) for i in report.items if i.action == "vacuum" and i.status == "done"}
+        if plan.mode != "smart" or plan.thresholds is None or not vacuumed:
+            return []
+        planned = {(i.schema, i.name) for i in plan.reindexes}
+        extra = rebuilds_after_vacuum(pgstats.read_index_stats(self.conn), vacuumed, planned, plan.thresholds)
+        if extra:
+            self.log.info(f"after VACUUM, {len(extra)} more index(es) pass the bloat rule: "
+                          + ", ".join(i.qualified for i in extra))
+        return extra
 
     def _database_statement(self, statement: sql.Composable, label: str) -> list:
         """A database-wide statement in full mode: retried on lock timeouts like everything else."""

@@ -287,6 +287,27 @@ def plan_maintenance(
     return plan
 
 
+def rebuilds_after_vacuum(
+    indexes: Sequence[IndexStats], vacuumed_tables: set[tuple[str, str]], planned: set[tuple[str, str]],
+    thresholds: Thresholds,
+) -> list[PlanItem]:
+    """Indexes of the tables this run just vacuumed that the bloat rule picks now. ``relpages`` of an index
+    is only refreshed by VACUUM/ANALYZE, so before the run an index that grew since then (updates of an
+    indexed column) looked as small as it was; VACUUM refreshes it. ``planned``: (schema, name) of the
+    indexes already in the plan."""
+    items = []
+    for index in sorted(indexes, key=lambda x: (x.schema, x.table, x.name)):
+        if (index.schema, index.table) not in vacuumed_tables or (index.schema, index.name) in planned:
+            continue
+        if not index.valid:
+            continue
+        reasons, estimate = index_reasons(index, thresholds)
+        if reasons and estimate is not None:
+            after = Reason("index_bloat_after_vacuum", f"{reasons[0].detail}, seen once VACUUM refreshed its size")
+            items.append(index_item(index, [after], estimate))
+    return items
+
+
 def table_item(table: TableStats, reasons: Iterable[Reason]) -> PlanItem:
     return PlanItem(
         kind="table",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 import psycopg
 from psycopg import sql
@@ -36,7 +36,7 @@ class ExecutionSettings:
     full_reindex: str = "database"  # full mode: "database" (REINDEX DATABASE) or "concurrently"
     full_statement_timeout_s: float = 4 * 3600.0
     # How gently the run shares the server with the API (session settings, see ``session_settings``).
-    parallel_workers: int = 0  # max_parallel_maintenance_workers: 0 keeps VACUUM and REINDEX on one core
+    parallel_workers: Optional[int] = None  # max_parallel_maintenance_workers (0: one core); None: the server's
     vacuum_cost_delay_ms: float = 0.0  # 0: VACUUM/ANALYZE unthrottled (PostgreSQL's default for a manual VACUUM)
     vacuum_cost_limit: int = 200
     maintenance_work_mem_mb: int = 0  # 0: the server's maintenance_work_mem
@@ -51,10 +51,11 @@ class ExecutionSettings:
     def session_settings(self) -> dict[str, str]:
         """The server settings the maintenance session runs with (``SET`` for this session only)."""
         settings = {
-            "max_parallel_maintenance_workers": str(self.parallel_workers),
             "vacuum_cost_delay": f"{self.vacuum_cost_delay_ms:g}ms",
             "vacuum_cost_limit": str(self.vacuum_cost_limit),
         }
+        if self.parallel_workers is not None:
+            settings["max_parallel_maintenance_workers"] = str(self.parallel_workers)
         if self.maintenance_work_mem_mb:
             settings["maintenance_work_mem"] = f"{self.maintenance_work_mem_mb}MB"
         return settings
@@ -68,7 +69,7 @@ class ExecutionSettings:
             raise ValueError(f"max_attempts must be >= 1 (got {self.max_attempts}); e.g. 3")
         if self.retry_delay_s < 0:
             raise ValueError(f"retry_delay_s must be >= 0 (got {self.retry_delay_s})")
-        if not 0 <= self.parallel_workers <= 64:
+        if self.parallel_workers is not None and not 0 <= self.parallel_workers <= 64:
             raise ValueError(f"parallel_workers must be between 0 and 64 (got {self.parallel_workers}); e.g. 0 for one core")
         if not 0 <= self.vacuum_cost_delay_ms <= 100:
             raise ValueError(
