@@ -1,4 +1,4 @@
-"""Carrying out a maintenance plan without ever making production wait on us. (About 400 lines: the one
+"""Carrying out a maintenance plan without ever making production wait on us. (About 420 lines: the one
 loop over the plan's objects and its retries; the session, the report, the heartbeat, the blocker watch and
 the full mode are separate modules.)
 
@@ -10,6 +10,8 @@ before it, one object at a time:
   ``lock_timeout`` is the real bound. Exact sizes are measured before and after with
   ``pg_table_size()``, which takes ACCESS SHARE: under ``lock_timeout`` that probe doubles as the test
   "is someone holding ACCESS EXCLUSIVE?", and the answer names who (pid, state, transaction age);
+- after the tables, the indexes of the tables just vacuumed are looked at again (VACUUM refreshed their
+  ``relpages``; an index that grew since the last VACUUM/ANALYZE looked small to the plan);
 - indexes: ``REINDEX INDEX CONCURRENTLY`` (never a plain REINDEX outside full mode). When one fails
   (lock or statement timeout) it leaves an invalid ``_ccnew`` copy: that is dropped at once with
   ``DROP INDEX CONCURRENTLY`` and the rebuild is retried later;
