@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import psycopg
 
@@ -50,6 +50,9 @@ class LocalPostgres:
     base_dir: Optional[Path] = None
     bin_dir: str = field(default_factory=find_server_bin_dir)
     user: str = "postgres"
+    # Variables the server process gets besides ours (e.g. the AWS settings its archive_command needs):
+    # given through the environment, never on a command line or in postgresql.conf.
+    environment: Mapping[str, str] = field(default_factory=dict)
     _owned_dir: bool = False
 
     @property
@@ -117,7 +120,8 @@ class LocalPostgres:
         ]
         self._run(
             [f"{self.bin_dir}/pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file),
-             "-o", " ".join(options), "-w", "-t", "60", "start"]
+             "-o", " ".join(options), "-w", "-t", "60", "start"],
+            env={**os.environ, **self.environment} if self.environment else None,
         )
         return self
 
@@ -170,3 +174,24 @@ def _ensure_postgres_user() -> None:
         pwd.getpwnam("postgres")
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"], check=True)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def server_engine_dir() -> str:
+    """barman-cloud-* as the ``postgres`` OS user can run them: the engine venv ``scripts/bootstrap`` makes
+    (``.venv/pitr-engine``), else this Python's own console scripts."""
+    engine = REPO_ROOT / ".venv" / "pitr-engine" / "bin"
+    if (engine / "barman-cloud-wal-archive").exists():
+        return str(engine)
+    import sys
+
+    return str(Path(sys.executable).parent)
+
+
+def archiving_settings(archive_command: str, archive_timeout_s: int = 60) -> tuple[str, ...]:
+    """Server settings (``-c``) for continuous archiving with ``archive_command``."""
+    quoted = archive_command.replace("'", "''")
+    return ("wal_level=replica", "archive_mode=on", f"archive_command='{quoted}'", f"archive_timeout={int(archive_timeout_s)}",
+            "full_page_writes=on")

@@ -82,6 +82,14 @@ REFUSED = [
     ("LOYALTY_REDIS_URL", "http://:redis-secret-1@cache:6379", ["redis://", "not shown"]),
     ("LOYALTY_HEALTH_TIMEOUT_S", "five", ["must be a number", "'five'", "LOYALTY_HEALTH_TIMEOUT_S=5"]),
     ("DOCKER_HOST", "/var/run/docker.sock", ["unix://", "'/var/run/docker.sock'"]),
+    ("LOYALTY_PITR_ENABLED", "maybe", ["true or false", "'maybe'", "LOYALTY_PITR_ENABLED=true"]),
+    ("LOYALTY_PITR_PREFIX", "s3://bucket/pitr", ["key prefix", "'s3://bucket/pitr'", "LOYALTY_PITR_PREFIX=pitr/"]),
+    ("LOYALTY_PITR_SERVER_NAME", "loyalty db", ["1-63 letters", "'loyalty db'", "LOYALTY_PITR_SERVER_NAME=loyalty"]),
+    ("LOYALTY_PITR_MAX_LAG_SECONDS", "five minutes", ["must be a number", "'five minutes'", "LOYALTY_PITR_MAX_LAG_SECONDS=300"]),
+    ("LOYALTY_PITR_MAX_LAG_SECONDS", "0", ["greater than 0", "'0'"]),
+    ("LOYALTY_PITR_ARCHIVE_TIMEOUT_SECONDS", "0", ["at least 1", "'0'", "LOYALTY_PITR_ARCHIVE_TIMEOUT_SECONDS=60"]),
+    ("LOYALTY_PITR_RECOVERY_WINDOW_DAYS", "a month", ["whole number", "'a month'", "LOYALTY_PITR_RECOVERY_WINDOW_DAYS=30"]),
+    ("LOYALTY_PITR_BASE_BACKUP_CRON", "weekly", ["five cron fields", "'weekly'", "0 1 * * 0"]),
 ]
 
 # Taken as given (names, paths, ids, secrets used as they are): nothing to refuse.
@@ -93,7 +101,7 @@ FREE_TEXT = {
     "LOYALTY_SLACK_CHANNEL", "LOYALTY_ALERT_WEBHOOK_URL", "LOYALTY_LOG_DIR", "LOYALTY_RESTORE_WORK_DIR",
     "LOYALTY_RESTORE_TMP_DIR", "LOYALTY_DRILL_HOST", "LOYALTY_DRILL_USER", "LOYALTY_DRILL_PASSWORD", "LOYALTY_DRILL_SCRATCH_DIR",
     "LOYALTY_COMPOSE_PROJECT", "LOYALTY_CONTAINERS", "LOYALTY_BACKUP_SOURCE_HOST", "LOYALTY_BACKUP_SOURCE_USER",
-    "LOYALTY_BACKUP_SOURCE_PASSWORD",
+    "LOYALTY_BACKUP_SOURCE_PASSWORD", "LOYALTY_PITR_BARMAN_BIN_DIR", "LOYALTY_PITR_WORK_DIR",
 }
 SECRET_VALUES = ("url-secret-1", "url-secret-2", "redis-secret-1")
 
@@ -152,6 +160,8 @@ def test_rules_across_variables_are_refused_too():
         {"LOYALTY_DRILL_PLACEMENT": "scratch", "LOYALTY_DRILL_HOST": "staging-db"})
     assert load_settings({"LOYALTY_DRILL_HOST": "staging-db"}).restore.placement == "server"
     assert load_settings({}).restore.placement == "production"
+    assert "LOYALTY_PITR_ENABLED is true but LOYALTY_S3_BUCKET is not set" in refusal({"LOYALTY_PITR_ENABLED": "true"})
+    assert load_settings({"LOYALTY_PITR_ENABLED": "true", "LOYALTY_S3_BUCKET": "loyalty-offsite"}).pitr.enabled is True
 
 
 def test_several_bad_values_are_reported_together():

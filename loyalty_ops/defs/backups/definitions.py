@@ -17,9 +17,9 @@ from loyalty_ops.lib.concurrency import DATABASE_LOCK_TAG, job_tags  # noqa: F40
 
 nightly_backup_job = dg.define_asset_job(
     name="nightly_backup_job",
-    selection=dg.AssetSelection.assets(database_backup, offsite_backup_copy, "restore_drill"),
+    selection=dg.AssetSelection.assets(database_backup, offsite_backup_copy, "restore_drill", "pitr_drill"),
     description="Dump the loyalty database, verify the file (blocking checks), copy it to S3 and prove it "
-    "restores (restore drill into a scratch database). Scheduled nightly at 02:00 Africa/Harare; launch by "
+    "restores (restore drill into a scratch database), then the point-in-time recovery drill (when PITR is on). Scheduled nightly at 02:00 Africa/Harare; launch by "
     "hand for an ad-hoc backup.",
     tags=job_tags(current_settings().postgres.database_name, "critical"),
 )

@@ -35,6 +35,7 @@ from loyalty_ops.defs.settings.variables import (
     DomainVariables,
     MaintenanceVariables,
     OffsiteVariables,
+    PitrVariables,
     PostgresVariables,
     ReportsVariables,
     RestoreVariables,
@@ -66,6 +67,7 @@ class LoyaltySettings(BaseModel):
     maintenance: MaintenanceVariables
     reports: ReportsVariables
     containers: ContainerVariables
+    pitr: PitrVariables
 
 
 def every_variable() -> dict[str, tuple[type[DomainVariables], str]]:

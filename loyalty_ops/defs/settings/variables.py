@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from loyalty_ops.lib.alerting.notifiers import split_pagerduty_events_url
 from loyalty_ops.lib.backup.location import upload_settings_problems
 from loyalty_ops.lib.pg.connection import ConnectionConfigError, ConnectionSpec
+from loyalty_ops.lib.pitr.location import PitrConfigError, check_cron, check_server_name, normalise_prefix
 from loyalty_ops.lib.restore.plan import DRILL_EVERY_ENV, RestoreConfigError, parse_drill_every
 
 
@@ -400,6 +401,66 @@ class ContainerVariables(DomainVariables):
         return bool(self.compose_project or self.containers)
 
 
+class PitrVariables(DomainVariables):
+    """Point-in-time recovery: WAL archiving and base backups through barman-cloud (see docs/pitr.md)."""
+
+    enabled: bool = variable(
+        "LOYALTY_PITR_ENABLED", "Archive health, base backups and the PITR drill run (default false); needs "
+        "LOYALTY_S3_BUCKET.", "true", default=False)
+    prefix: Optional[str] = variable("LOYALTY_PITR_PREFIX", "Key prefix of WAL and base backups (default pitr/).", "pitr/")
+    server_name: Optional[str] = variable(
+        "LOYALTY_PITR_SERVER_NAME", "The engine's server name under the prefix (default: the database name).", "loyalty")
+    max_lag_seconds: Optional[float] = positive_number(
+        "LOYALTY_PITR_MAX_LAG_SECONDS", "Page when the oldest WAL not in the bucket is older (default 300).", "300")
+    archive_timeout_seconds: Optional[int] = variable(
+        "LOYALTY_PITR_ARCHIVE_TIMEOUT_SECONDS", "archive_timeout of the generated server settings (default 60).", "60",
+        ge=1, le=3600)
+    recovery_window_days: Optional[int] = variable(
+        "LOYALTY_PITR_RECOVERY_WINDOW_DAYS", "Keep what recovers any point this many days back (default 30).", "30", ge=1)
+    base_backup_cron: Optional[str] = variable(
+        "LOYALTY_PITR_BASE_BACKUP_CRON", "When weekly_base_backup_schedule runs, Africa/Harare (default '0 1 * * 0').",
+        "0 1 * * *")
+    barman_bin_dir: Optional[str] = variable(
+        "LOYALTY_PITR_BARMAN_BIN_DIR", "Directory of barman-cloud-* as the PostgreSQL OS user runs them (archive_command, "
+        "restore_command); default: this installation's.", "/usr/local/bin")
+    work_dir: Optional[str] = variable(
+        "LOYALTY_PITR_WORK_DIR", "Where the drill's scratch instance lives (default: the system temp dir).", "/var/tmp/loyalty-pitr")
+
+    @model_validator(mode="before")
+    @classmethod
+    def check_bucket_when_enabled(cls, values: Any) -> Any:
+        enabled = isinstance(values, dict) and str(values.get("LOYALTY_PITR_ENABLED", "")).strip().lower() in (
+            "1", "true", "yes", "on")
+        if enabled and not values.get("LOYALTY_S3_BUCKET"):
+            raise ValueError("LOYALTY_PITR_ENABLED is true but LOYALTY_S3_BUCKET is not set: WAL and base backups go to "
+                             "that bucket; example: LOYALTY_S3_BUCKET=loyalty-offsite")
+        return values
+
+    @field_validator("prefix")
+    @classmethod
+    def check_prefix(cls, value: Optional[str]) -> Optional[str]:
+        return _pitr_rule(normalise_prefix, value)
+
+    @field_validator("server_name")
+    @classmethod
+    def check_server(cls, value: Optional[str]) -> Optional[str]:
+        return _pitr_rule(check_server_name, value)
+
+    @field_validator("base_backup_cron")
+    @classmethod
+    def check_base_backup_cron(cls, value: Optional[str]) -> Optional[str]:
+        return _pitr_rule(check_cron, value)
+
+
+def _pitr_rule(rule: Any, value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        try:
+            rule(value)  # the PITR library's own rule; its message names the variable
+        except PitrConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 DOMAINS: dict[str, type[DomainVariables]] = {
     "postgres": PostgresVariables,
     "backups": BackupVariables,
@@ -410,6 +471,7 @@ DOMAINS: dict[str, type[DomainVariables]] = {
     "maintenance": MaintenanceVariables,
     "reports": ReportsVariables,
     "containers": ContainerVariables,
+    "pitr": PitrVariables,
 }
 
 # Read by the Dagster instance (dagster.yaml), not by the code location: listed here so the table is whole.

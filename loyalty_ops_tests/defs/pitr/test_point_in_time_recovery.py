@@ -1,0 +1,223 @@
+"""Point-in-time recovery, as the runbook reads: the server archives every WAL segment to S3 through
+barman-cloud, a weekly base backup is taken and checked, and the cluster can be recovered to any second
+since, into a new instance on a new port, never over the live one. One archiving cluster for the module."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import shutil
+import time
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import psycopg
+import pytest
+
+from loyalty_ops.defs.alerting.resources import AlertingResource
+from loyalty_ops.defs.alerting.sensors import page_on_failed_checks
+from loyalty_ops.defs.pitr.drill import pitr_drill
+from loyalty_ops.defs.pitr.health import wal_archive_health, wal_archive_settings
+from loyalty_ops.lib.pitr.archive import segment_in_bucket
+from loyalty_ops_tests.defs.pitr.conftest import pitr_test_resource, scratch_dir
+from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
+from loyalty_ops_tests.lib.alerting.fixtures import webhook_server  # noqa: F401
+
+HARARE = ZoneInfo("Africa/Harare")
+
+
+def run_restore(pitr_resources, instance, **config):
+    from loyalty_ops.definitions import defs
+
+    return defs.resolve_job_def("pitr_restore_job").execute_in_process(
+        resources=pitr_resources, instance=instance, raise_on_error=False,
+        run_config={"ops": {"pitr_restore": {"config": config}}})
+
+
+def op_metadata(result) -> dict:
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    return {k: getattr(v, "value", v) for k, v in event.event_specific_data.metadata.items()}
+
+
+def failure_message(result) -> str:
+    return "\n".join(str(e.event_specific_data.error.message) for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+
+
+def test_the_weekly_base_backup_is_listed_complete_with_its_wal_in_the_bucket(base_backup_run, pitr_location, s3_server):
+    assert base_backup_run.success, failure_message(base_backup_run)
+    meta = materialization_metadata(base_backup_run, "base_backup")
+    assert meta["status"] == "DONE" and meta["backup_id"] and meta["begin_lsn"] and meta["end_lsn"]
+    assert meta["begin_wal"] <= meta["end_wal"] and meta["cluster_bytes"] > 1_000_000 and meta["bytes_in_bucket"] > 1_000_000
+    assert check_evaluations(base_backup_run) == {"base_backup_complete": True, "base_backup_wal_present": True}
+    client = s3_server.client()
+    assert client.head_object(Bucket=pitr_location.bucket, Key=f"{pitr_location.base_prefix}{meta['backup_id']}/backup.info")
+    for segment in (meta["begin_wal"], meta["end_wal"]):
+        assert segment_in_bucket(client, pitr_location, segment) is not None, segment
+    retention = materialization_metadata(base_backup_run, "pitr_retention")
+    assert retention["base_backups"] == 1 and retention["to_delete"] == 0 and retention["blocked"] is False
+
+
+def test_the_generated_server_settings_are_what_the_live_server_runs(pitr_resources, pitr_instance):
+    result = dg.materialize([wal_archive_settings], resources=pitr_resources, instance=pitr_instance)
+    meta = materialization_metadata(result, "wal_archive_settings")
+    assert meta["server_matches"] is True, meta["settings"]
+    assert "barman-cloud-wal-archive" in meta["postgresql_conf"] and "archive_mode = 'on'" in meta["postgresql_conf"]
+    assert "AWS_SECRET_ACCESS_KEY: ${AWS_SECRET_ACCESS_KEY}" in meta["docker_compose"]
+    assert "local-secret-key" not in str(meta)
+
+
+def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(base_backup_run, archiving_cluster, pitr_resources, pitr_instance):
+    assert base_backup_run.success
+    written = {}
+    with archiving_cluster.connect("loyalty") as conn:
+        for mark in ("t1", "t2", "t3"):
+            (written[mark],) = conn.execute(
+                "INSERT INTO points_ledger (id, member, points) VALUES (%s, %s, 1) RETURNING written_at",
+                (10_000 + len(written), mark)).fetchone()
+            time.sleep(1.5)
+        conn.execute("SELECT pg_switch_wal()")
+    # to the second, in Harare time without a zone, as an operator types it
+    target = datetime.fromtimestamp(math.ceil(written["t2"].timestamp()), HARARE)
+    assert written["t2"] < target < written["t3"]
+    time.sleep(2.5)  # archive_timeout 1 s: the segment holding t3 is on its way
+    target_dir = scratch_dir()
+    port = __import__("loyalty_ops.lib.pitr.instance", fromlist=["free_port"]).free_port()
+    try:
+        result = run_restore(pitr_resources, pitr_instance, target_time=target.replace(tzinfo=None).isoformat(),
+                             target_dir=str(target_dir / "new"), port=port, progress_interval_seconds=2)
+        assert result.success, failure_message(result)
+        meta = op_metadata(result)
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=archiving_cluster.password,
+                             dbname="loyalty", autocommit=True) as conn:
+            members = {row[0] for row in conn.execute("SELECT member FROM points_ledger WHERE id >= 10000")}
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False  # promoted: a usable server
+            assert conn.execute("SELECT count(*) FROM points_ledger WHERE id <= 1000").fetchone()[0] == 1000
+        assert members == {"t1", "t2"}
+        recovered = datetime.fromisoformat(meta["recovered_to"])
+        assert written["t2"] <= recovered <= target and meta["rto_s"] > 0 and meta["restored_bytes"] > 1_000_000
+        assert meta["segments_restored"] >= 1 and meta["running"] is True and meta["port"] == port
+    finally:
+        stop = __import__("loyalty_ops.lib.pitr.instance", fromlist=["ScratchInstance"]).ScratchInstance(
+            target_dir / "new", port, archiving_cluster.bin_dir)
+        stop.remove()
+        shutil.rmtree(target_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case", ["future", "before_oldest", "not_empty", "port_in_use", "two_targets"])
+def test_refusals_name_the_problem_and_change_nothing(case, base_backup_run, archiving_cluster, pitr_resources, pitr_instance):
+    target_dir = scratch_dir()
+    (target_dir / "keep.txt").write_text("operator's file")
+    config = {"target_dir": str(target_dir / "new"), "port": 1, "latest": True}
+    config["port"] = __import__("loyalty_ops.lib.pitr.instance", fromlist=["free_port"]).free_port()
+    expected = {
+        "future": ({"latest": False, "target_time": (datetime.now(HARARE) + timedelta(hours=1)).replace(tzinfo=None).isoformat()},
+                   "is in the future"),
+        "before_oldest": ({"latest": False, "target_time": "2020-01-01T00:00:00Z"}, "is before the oldest base backup"),
+        "not_empty": ({"target_dir": str(target_dir)}, "is not empty"),
+        "port_in_use": ({"port": archiving_cluster.port}, f"port {archiving_cluster.port} is in use"),
+        "two_targets": ({"target_name": "x"}, "give exactly one of target_time, target_name or latest"),
+    }[case]
+    config.update(expected[0])
+    try:
+        result = run_restore(pitr_resources, pitr_instance, **config)
+        assert not result.success
+        message = failure_message(result)
+        assert "refused, nothing was changed" in message and expected[1] in message, message
+        assert sorted(p.name for p in target_dir.iterdir()) == ["keep.txt"]
+    finally:
+        shutil.rmtree(target_dir, ignore_errors=True)
+
+
+def test_the_nightly_pitr_drill_recovers_exactly_to_its_restore_point(base_backup_run, pitr_resources, pitr_instance):
+    from loyalty_ops.definitions import defs
+
+    nightly = defs.resolve_job_def("nightly_backup_job")
+    assert "pitr_drill" in {n.name for n in nightly.graph.nodes}
+    assert nightly.tags["loyalty_ops/database_lock"] and pitr_drill.op.pool == "loyalty_db"
+    result = dg.materialize([pitr_drill], resources=pitr_resources, instance=pitr_instance, raise_on_error=False)
+    meta = materialization_metadata(result, "pitr_drill")
+    assert result.success and meta["passed"] is True, meta.get("message")
+    assert meta["marker_present"] is True and meta["after_target_absent"] is True and meta["scratch_removed"] is True
+    assert 0 < meta["rpo_s"] < 30 and meta["rto_s"] > 0 and meta["base_backup_id"]
+    assert check_evaluations(result) == {"pitr_drill_recovered_to_the_mark": True}
+
+
+def test_s3_down_archiving_fails_pages_wal_waits_in_pg_wal_then_catches_up_and_resolves(
+    base_backup_run, archiving_cluster, pitr_resources, pitr_instance, s3_proxy, webhook_server  # noqa: F811
+):
+    alerting = AlertingResource(webserver_base_url="http://dagster.test", webhook_url=f"{webhook_server.url}/hook",
+                                retry_backoff_seconds=0.01)
+    sensor_resources = {"alerting": alerting, "postgres": pitr_resources["postgres"]}
+    resources = {**pitr_resources, "pitr": pitr_test_resource(max_lag_seconds=2.0)}
+    definitions = dg.Definitions(assets=[wal_archive_health], resources=resources)
+
+    def health():
+        return dg.materialize([wal_archive_health], resources=resources, instance=pitr_instance, raise_on_error=False,
+                              tags={"loyalty_ops/severity": "critical"})
+
+    def tick(cursor=None):
+        with dg.build_sensor_context(instance=pitr_instance, cursor=cursor, resources=sensor_resources,
+                                     definitions=definitions) as context:
+            return page_on_failed_checks.evaluate_tick(context)
+
+    cursor = tick().cursor
+    rule = s3_proxy.fail(lambda r: r.method == "PUT" and "/wals/" in r.path)
+    try:
+        with archiving_cluster.connect("loyalty") as conn:
+            for _ in range(2):
+                conn.execute("INSERT INTO points_ledger (id, member, points) SELECT g, 'down', 1 FROM generate_series(20000, 20100) g "
+                             "ON CONFLICT DO NOTHING")
+                conn.execute("SELECT pg_switch_wal()")
+            deadline = time.monotonic() + 30
+            while conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(2.5)  # the waiting segment gets older than the 2 s limit
+            ready = conn.execute("SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'").fetchone()[0]
+        assert ready >= 1  # the WAL waits on the server, nothing is lost
+        down = health()
+        checks = check_evaluations(down)
+        meta = materialization_metadata(down, "wal_archive_health")
+        assert checks["wal_archiving_succeeds"] is False and checks["wal_archive_lag_within_limit"] is False, meta
+        assert meta["ready_segments"] >= 1 and meta["failed_count"] >= 1 and meta["lag_s"] > 2
+        cursor = tick(cursor).cursor
+        triggered = {b["dedup_key"] for b in webhook_server.bodies() if b.get("event_action") == "trigger"}
+        assert any("wal_archiving_succeeds" in k for k in triggered) and any("wal_archive_lag_within_limit" in k for k in triggered)
+    finally:
+        s3_proxy.rules.remove(rule)
+    with archiving_cluster.connect("loyalty") as conn:
+        # a new segment wakes the archiver at once (after three failures in a row it otherwise waits up to 60 s)
+        conn.execute("UPDATE points_ledger SET points = points + 1 WHERE id = 1")
+        conn.execute("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready = conn.execute("SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'").fetchone()[0]
+            if ready == 0:
+                break
+            time.sleep(0.3)
+        conn.execute("SELECT pg_switch_wal()")  # a success after the failures
+        time.sleep(2)
+    assert ready == 0, "archiving did not catch up once S3 was back"
+    back = health()
+    assert all(check_evaluations(back).values()), materialization_metadata(back, "wal_archive_health")["problems"]
+    assert materialization_metadata(back, "wal_archive_health")["missing_segments"] == []
+    tick(cursor)
+    resolved = {b["dedup_key"] for b in webhook_server.bodies() if b.get("event_action") == "resolve"}
+    assert triggered <= resolved
+
+
+def test_a_damaged_wal_segment_in_the_bucket_fails_the_drill_loudly(base_backup_run, pitr_resources, pitr_instance, pitr_location, s3_server):
+    meta = materialization_metadata(base_backup_run, "base_backup")
+    client = s3_server.client()
+    damaged = segment_in_bucket(client, pitr_location, meta["end_wal"])
+    original = client.get_object(Bucket=pitr_location.bucket, Key=damaged.key)["Body"].read()
+    client.put_object(Bucket=pitr_location.bucket, Key=damaged.key, Body=gzip.compress(b"\0" * 16 * 1024 * 1024))
+    try:
+        result = dg.materialize([pitr_drill], resources=pitr_resources, instance=pitr_instance, raise_on_error=False)
+    finally:
+        client.put_object(Bucket=pitr_location.bucket, Key=damaged.key, Body=original)
+    assert not result.success  # the blocking check fails the run: it pages
+    drill = materialization_metadata(result, "pitr_drill")
+    assert drill["passed"] is False and drill["failed_step"] == "recovery" and drill["scratch_removed"] is True
+    assert "stopped before reaching its target" in drill["message"]
+    assert check_evaluations(result) == {"pitr_drill_recovered_to_the_mark": False}
