@@ -33,6 +33,7 @@ Run (never in CI; other benchmarks measure on the same machine, hence the lock):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import statistics
@@ -42,6 +43,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import psycopg
 from psycopg import sql
@@ -336,10 +338,27 @@ class Round:
     smart_lock_wait: float
     statements: tuple[int, int, int]
     latencies: tuple[list[float], list[float]] = ([], [])  # alone, during smart: pooled over rounds at the end
+    variant: Optional[tuple[float, float, float]] = None  # --variant: p99, seconds, longest writer statement
 
 
-def one_round(cluster: LocalPostgres, args, settings: ExecutionSettings, round_no: int) -> Round:
+def variant_run(cluster: LocalPostgres, args, settings: ExecutionSettings) -> tuple[float, float, float]:
+    """Smart maintenance with the --variant settings on its own copy, under the same writer."""
+    v_db = fresh_copy(cluster, args.scale)
+    with ApiWriter(cluster, v_db, args.pace_ms / 1000) as writer:
+        busy, run = writer.measure(lambda: smart_maintenance(cluster, v_db, settings))
+    cluster.drop_database(v_db)
+    print(f"  variant {run.seconds:5.1f} s: {run.did}")
+    print(f"  writer during variant {len(busy):5d} statements: p50 {1000 * statistics.median(busy):.2f} ms, "
+          f"p99 {1000 * p99(busy):.2f} ms, max {1000 * max(busy):.1f} ms", flush=True)
+    return p99(busy), run.seconds, max(busy)
+
+
+def one_round(cluster: LocalPostgres, args, settings: ExecutionSettings, round_no: int,
+              variant: Optional[ExecutionSettings] = None) -> Round:
     pace = args.pace_ms / 1000
+    variant_result = None
+    if variant is not None and round_no % 2 == 0:  # alternate the order, so a drift in load favours neither
+        variant_result = variant_run(cluster, args, variant)
     s_db = fresh_copy(cluster, args.scale)
     print(f"round {round_no} ({load()}); copy {s_db}: {human_bytes(database_size(cluster, s_db))}", flush=True)
     with ApiWriter(cluster, s_db, pace) as writer:
@@ -349,13 +368,15 @@ def one_round(cluster: LocalPostgres, args, settings: ExecutionSettings, round_n
     cluster.drop_database(s_db)
     if round_no == 1:
         print("  smart plan: " + ", ".join(smart.extra["planned"]))
+    if variant is not None and variant_result is None:
+        variant_result = variant_run(cluster, args, variant)
     g_db = fresh_copy(cluster, args.scale)
     with ApiWriter(cluster, g_db, pace) as writer:
         guide_w, guide = writer.measure(lambda: guide_maintenance(cluster, g_db))
         errors += writer.errors
     cluster.drop_database(g_db)
     r = Round(p99(alone), p99(busy), p99(guide_w), smart.seconds, guide.seconds, max(busy), max(guide_w),
-              smart.longest_lock_wait_s, (len(alone), len(busy), len(guide_w)), (alone, busy))
+              smart.longest_lock_wait_s, (len(alone), len(busy), len(guide_w)), (alone, busy), variant_result)
     print(f"  writer alone  {len(alone):5d} statements in {args.alone_s:g} s: p50 {1000 * statistics.median(alone):.2f} ms, "
           f"p99 {1000 * r.alone_p99:.2f} ms, max {1000 * max(alone):.1f} ms")
     print(f"  smart  {smart.seconds:6.1f} s, {human_bytes(smart.reclaimed)} reclaimed: {smart.did}")
@@ -397,6 +418,12 @@ def summary(rounds: list[Round], lock_timeout_s: float) -> None:
     print(f"longest writer statement during smart: {longest:.3f} s; longest maintenance lock wait {lock_wait:.3f} s; "
           f"lock_timeout {lock_timeout_s:g} s  {'OK' if max(longest, lock_wait) <= lock_timeout_s else 'MISSED'}")
     print(f"contrast: longest writer statement during the guide: {guide_longest:.2f} s")
+    if all(r.variant for r in rounds):
+        v_time = [r.variant[1] / r.guide_s for r in rounds]
+        v_p99 = [r.variant[0] / r.alone_p99 for r in rounds]
+        print(f"VARIANT time/guide:              median {statistics.median(v_time):.3f} ({spread(v_time, '{:.3f}')})")
+        print(f"VARIANT writer p99/alone:        median {statistics.median(v_p99):.2f} ({spread(v_p99)}); "
+              f"longest writer statement {max(r.variant[2] for r in rounds):.3f} s")
 
 
 def main() -> None:
@@ -418,6 +445,9 @@ def main() -> None:
                         help="maintenance_work_mem of the session (MB; 0: the server's)")
     parser.add_argument("--pause-s", type=float, default=default.pause_between_objects_s,
                         help="pause between objects (s)")
+    parser.add_argument("--variant", default="",
+                        help="also run smart maintenance with these settings on a copy of its own each round, "
+                        "e.g. 'parallel_workers=0,vacuum_cost_delay_ms=2'")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     settings = ExecutionSettings(
@@ -426,13 +456,22 @@ def main() -> None:
         maintenance_work_mem_mb=args.work_mem_mb, pause_between_objects_s=args.pause_s,
     )
 
+    variant = None
+    if args.variant:
+        pairs = dict(item.split("=", 1) for item in args.variant.split(","))
+        types = {f.name: f.type for f in dataclasses.fields(ExecutionSettings)}
+        variant = dataclasses.replace(settings, **{
+            k: (int(v) if "int" in str(types[k]) else float(v)) for k, v in pairs.items()})
+        variant.validate()
     print(f"maintenance benchmark: {os.cpu_count()} cores, {load()}, {settings}", flush=True)
+    if variant is not None:
+        print(f"variant: {variant}", flush=True)
     cluster = LocalPostgres(password="bench-maintenance", base_dir=args.cluster_dir,
                             settings=("autovacuum=off", "max_connections=40", "shared_buffers=512MB"))
     cluster.start()
     try:
         build_template(cluster, args.scale, args.tables)
-        rounds = [one_round(cluster, args, settings, n) for n in range(1, args.rounds + 1)]
+        rounds = [one_round(cluster, args, settings, n, variant) for n in range(1, args.rounds + 1)]
         summary(rounds, args.lock_timeout)
     finally:
         cluster.stop() if args.cluster_dir else cluster.destroy()
