@@ -5,7 +5,7 @@ Schedules run only when LOYALTY_PITR_ENABLED is true (they show as stopped other
 import dagster as dg
 
 from loyalty_ops.defs.pitr.base_backup import base_backup
-from loyalty_ops.defs.pitr.drill import pitr_drill
+from loyalty_ops.defs.pitr.drill import pitr_drill, pitr_drill_recovered_to_the_mark
 from loyalty_ops.defs.pitr.health import wal_archive_health, wal_archive_settings
 from loyalty_ops.defs.pitr.resources import pitr_resource
 from loyalty_ops.defs.pitr.restore import build_pitr_restore_job
@@ -49,6 +49,7 @@ weekly_base_backup_schedule = dg.ScheduleDefinition(
 
 defs = dg.Definitions(
     assets=[wal_archive_settings, wal_archive_health, base_backup, pitr_retention, pitr_drill],
+    asset_checks=[pitr_drill_recovered_to_the_mark],
     jobs=[wal_archive_health_job, weekly_base_backup_job, build_pitr_restore_job(_database)],
     schedules=[wal_archive_health_schedule, weekly_base_backup_schedule],
     resources={"pitr": pitr_resource(_settings)},

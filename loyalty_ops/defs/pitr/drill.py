@@ -14,6 +14,7 @@ import dagster as dg
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY
 from loyalty_ops.defs.pitr.resources import PitrResource
 from loyalty_ops.defs.resources import OffsiteStorage, PostgresTarget
+from loyalty_ops.defs.settings import tool_base_environment
 from loyalty_ops.lib.concurrency import DATABASE_POOL
 from loyalty_ops.lib.pg.session import connect
 from loyalty_ops.lib.pitr.drill import new_drill_id, read_marks, wait_in_bucket, write_marks
@@ -30,9 +31,6 @@ DRILL_CHECK = "pitr_drill_recovered_to_the_mark"
     key=DRILL_KEY, deps=[BACKUP_ASSET_KEY], group_name="pitr", kinds={"postgres", "s3"}, owners=["team:platform"],
     pool=DATABASE_POOL, output_required=False, tags={"loyalty_ops/criticality": "critical"},
     op_tags={"dagster/priority": "-1"},  # after the logical backup's own drill in the nightly run
-    check_specs=[dg.AssetCheckSpec(DRILL_CHECK, asset=DRILL_KEY, blocking=True, description=(
-        "The scratch instance recovered to the drill's restore point holds the marker and not the row written after "
-        "it; the scratch instance was removed. A failure names the step."))],
 )
 def pitr_drill(context: dg.AssetExecutionContext, pitr: PitrResource, postgres: PostgresTarget, offsite: OffsiteStorage):
     """A point-in-time recovery drill to a restore point written just before, in a scratch instance on a free port:
@@ -70,7 +68,7 @@ def pitr_drill(context: dg.AssetExecutionContext, pitr: PitrResource, postgres: 
         if work:
             work.mkdir(parents=True, exist_ok=True)
         base = Path(tempfile.mkdtemp(prefix="loyalty_pitr_drill_", dir=work))
-        instance = ScratchInstance(base, free_port(), pitr.server_bin_dir(postgres), environment=engine.access.env())
+        instance = ScratchInstance(base, free_port(), pitr.server_bin_dir(postgres), environment={**tool_base_environment(), **engine.access.env()})
         meta["scratch_port"] = instance.port
         result = recover(engine, instance, backup, target, restore_command(pitr.server_engine_dir(), engine.location, engine.access,
                                                  str(instance.spool_dir)),
@@ -99,7 +97,23 @@ def pitr_drill(context: dg.AssetExecutionContext, pitr: PitrResource, postgres: 
     meta.update({"passed": passed, "failed_step": "" if passed else step, "message": message,
                  "duration_s": round(time.monotonic() - started, 3)})
     (context.log.info if passed else context.log.error)(message)
-    yield dg.MaterializeResult(metadata=meta, check_results=[dg.AssetCheckResult(
-        check_name=DRILL_CHECK, passed=passed and meta.get("scratch_removed", True), severity=dg.AssetCheckSeverity.ERROR,
-        description=message, metadata={"database": postgres.database_name, "failed_step": meta["failed_step"],
-                                       "rpo_s": float(meta.get("rpo_s", 0.0)), "rto_s": float(meta["rto_s"])})])
+    yield dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset_check(asset=DRILL_KEY, name=DRILL_CHECK, blocking=True, description=(
+    "The scratch instance recovered to the drill's restore point holds the marker and not the row written after it, "
+    "and was removed. A failure names the step and fails the run, so it pages."))
+def pitr_drill_recovered_to_the_mark(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """Judges the PITR drill materialized just before it (runs only when the drill ran)."""
+    entry = context.instance.get_latest_materialization_event(DRILL_KEY)
+    meta = {}
+    if entry is not None and entry.asset_materialization is not None:
+        meta = {k: getattr(v, "value", v) for k, v in entry.asset_materialization.metadata.items()}
+    passed = bool(meta.get("passed")) and meta.get("scratch_removed", True) is not False
+    return dg.AssetCheckResult(
+        passed=passed, severity=dg.AssetCheckSeverity.ERROR,
+        description=str(meta.get("message") or "pitr_drill has never run"),
+        metadata={"database": str(meta.get("database") or ""), "failed_step": str(meta.get("failed_step") or ""),
+                  "rpo_s": float(meta.get("rpo_s") or 0.0), "rto_s": float(meta.get("rto_s") or 0.0),
+                  "drill_run_id": entry.run_id if entry else ""},
+    )

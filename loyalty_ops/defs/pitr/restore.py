@@ -12,6 +12,7 @@ from pydantic import Field
 from loyalty_ops.defs.pitr.health import require_enabled
 from loyalty_ops.defs.pitr.resources import PitrResource
 from loyalty_ops.defs.resources import OffsiteStorage, PostgresTarget
+from loyalty_ops.defs.settings import tool_base_environment
 from loyalty_ops.lib.concurrency import job_tags
 from loyalty_ops.lib.pitr.engine import EngineError, restore_command
 from loyalty_ops.lib.pitr.instance import RecoveryFailed, ScratchInstance, check_destination
@@ -50,7 +51,7 @@ def pitr_restore(context: dg.OpExecutionContext, config: PitrRestoreConfig, pitr
         backup = choose_base_backup(engine.list_backups(), target, datetime.now(timezone.utc), config.backup_id)
     except (RecoveryRefused, EngineError) as exc:
         raise dg.Failure(f"pitr_restore refused, nothing was changed: {exc}") from None
-    instance = ScratchInstance(base, config.port, pitr.server_bin_dir(postgres), environment=engine.access.env())
+    instance = ScratchInstance(base, config.port, pitr.server_bin_dir(postgres), environment={**tool_base_environment(), **engine.access.env()})
     context.log.info(f"recovering to {target.describe()} from base backup {backup.backup_id} into {instance.data_dir} "
                      f"on port {config.port}")
     interval = min(max(config.progress_interval_seconds, 0.5), 10.0)

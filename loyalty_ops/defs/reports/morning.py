@@ -24,6 +24,7 @@ from loyalty_ops.defs.reports.assets import (
     SIZE_REPORT_KEY,
     latest_metadata,
 )
+from loyalty_ops.defs.pitr.report import pitr_markdown, pitr_summary
 from loyalty_ops.defs.resources import BackupStorage, PostgresTarget
 from loyalty_ops.lib.reports import health as health_lib
 from loyalty_ops.lib.retention.classify import classify_local
@@ -152,13 +153,15 @@ def gather_morning_inputs(instance: dg.DagsterInstance, database: str, backup_pa
 def morning_report(context: dg.AssetExecutionContext, postgres: PostgresTarget, backup_storage: BackupStorage) -> dg.MaterializeResult:
     """The guide's morning checks in one page: last backup (age, size, verified, offsite), last restore
     drill, last maintenance, health status (every check of `database_health`, `application_health`), the
-    five most bloated tables, disk of the backup volume and database size, and `container_health` when
-    that asset exists. Read from the assets' history; it does not query the database."""
+    five most bloated tables, disk of the backup volume and database size, `container_health` when
+    that asset exists, and point-in-time recovery (archive lag now and its 24 h max, last base backup,
+    last PITR drill with RPO and RTO). Read from the assets' history; it does not query the database."""
     inputs = gather_morning_inputs(context.instance, postgres.database_name, backup_storage.path)
     failing = [c for c in inputs.checks if not c.passed]
+    pitr = pitr_summary(context.instance)
     metadata = {
         "status": inputs.status,
-        "report": dg.MetadataValue.md(render.morning_markdown(inputs)),
+        "report": dg.MetadataValue.md(render.morning_markdown(inputs) + pitr_markdown(pitr)),
         "backup_verified": bool(inputs.backup and inputs.backup.get("verified")),
         "backup_offsite_verified": bool(inputs.backup and inputs.backup.get("offsite") and inputs.backup["offsite"]["verified"]),
         "maintenance_ran": inputs.maintenance is not None,
@@ -169,5 +172,10 @@ def morning_report(context: dg.AssetExecutionContext, postgres: PostgresTarget, 
     }
     if inputs.backup_age_h is not None:
         metadata["backup_age_h"] = float(inputs.backup_age_h)
+    if pitr["lag_now_s"] is not None:
+        metadata["pitr_lag_now_s"] = pitr["lag_now_s"]
+        metadata["pitr_lag_max_24h_s"] = float(pitr["lag_max_24h_s"] or 0.0)
+    if pitr["drill"] is not None:
+        metadata["pitr_drill_passed"] = bool(pitr["drill"][1].get("passed"))
     context.log.info(f"morning report: {inputs.status.upper()}, {len(failing)} failing check(s)")
     return dg.MaterializeResult(metadata=metadata)

@@ -79,7 +79,8 @@ class ScratchInstance:
     port: int
     server_bin_dir: str
     os_user: Optional[str] = field(default_factory=default_os_user)
-    environment: Mapping[str, str] = field(default_factory=dict, repr=False)  # restore_command's (AWS keys)
+    # The server's whole environment (PATH, HOME, locale and restore_command's AWS settings): given, never inherited.
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False)
     started_at: Optional[float] = None
 
     @property
@@ -128,7 +129,7 @@ class ScratchInstance:
         self.started_at = time.monotonic()
         subprocess.run(
             self._as_user() + [f"{self.server_bin_dir}/pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-W", "start"],
-            env={**os.environ, **self.environment} if self.environment else None, check=True, capture_output=True, text=True,
+            env=dict(self.environment), check=True, capture_output=True, text=True,
         )
 
     def running(self) -> bool:

@@ -17,7 +17,7 @@ import pytest
 
 from loyalty_ops.defs.alerting.resources import AlertingResource
 from loyalty_ops.defs.alerting.sensors import page_on_failed_checks
-from loyalty_ops.defs.pitr.drill import pitr_drill
+from loyalty_ops.defs.pitr.drill import pitr_drill, pitr_drill_recovered_to_the_mark
 from loyalty_ops.defs.pitr.health import wal_archive_health, wal_archive_settings
 from loyalty_ops.lib.pitr.archive import segment_in_bucket
 from loyalty_ops_tests.defs.pitr.conftest import pitr_test_resource, scratch_dir
@@ -99,7 +99,7 @@ def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(base_bac
         assert meta["segments_restored"] >= 1 and meta["running"] is True and meta["port"] == port
     finally:
         stop = __import__("loyalty_ops.lib.pitr.instance", fromlist=["ScratchInstance"]).ScratchInstance(
-            target_dir / "new", port, archiving_cluster.bin_dir)
+            target_dir / "new", port, archiving_cluster.bin_dir, environment={"PATH": "/usr/bin:/bin"})
         stop.remove()
         shutil.rmtree(target_dir, ignore_errors=True)
 
@@ -135,7 +135,7 @@ def test_the_nightly_pitr_drill_recovers_exactly_to_its_restore_point(base_backu
     nightly = defs.resolve_job_def("nightly_backup_job")
     assert "pitr_drill" in {n.name for n in nightly.graph.nodes}
     assert nightly.tags["loyalty_ops/database_lock"] and pitr_drill.op.pool == "loyalty_db"
-    result = dg.materialize([pitr_drill], resources=pitr_resources, instance=pitr_instance, raise_on_error=False)
+    result = dg.materialize([pitr_drill, pitr_drill_recovered_to_the_mark], resources=pitr_resources, instance=pitr_instance, raise_on_error=False)
     meta = materialization_metadata(result, "pitr_drill")
     assert result.success and meta["passed"] is True, meta.get("message")
     assert meta["marker_present"] is True and meta["after_target_absent"] is True and meta["scratch_removed"] is True
@@ -213,7 +213,7 @@ def test_a_damaged_wal_segment_in_the_bucket_fails_the_drill_loudly(base_backup_
     original = client.get_object(Bucket=pitr_location.bucket, Key=damaged.key)["Body"].read()
     client.put_object(Bucket=pitr_location.bucket, Key=damaged.key, Body=gzip.compress(b"\0" * 16 * 1024 * 1024))
     try:
-        result = dg.materialize([pitr_drill], resources=pitr_resources, instance=pitr_instance, raise_on_error=False)
+        result = dg.materialize([pitr_drill, pitr_drill_recovered_to_the_mark], resources=pitr_resources, instance=pitr_instance, raise_on_error=False)
     finally:
         client.put_object(Bucket=pitr_location.bucket, Key=damaged.key, Body=original)
     assert not result.success  # the blocking check fails the run: it pages
@@ -221,3 +221,15 @@ def test_a_damaged_wal_segment_in_the_bucket_fails_the_drill_loudly(base_backup_
     assert drill["passed"] is False and drill["failed_step"] == "recovery" and drill["scratch_removed"] is True
     assert "stopped before reaching its target" in drill["message"]
     assert check_evaluations(result) == {"pitr_drill_recovered_to_the_mark": False}
+
+
+def test_the_morning_report_reads_lag_base_backup_and_the_last_drill(base_backup_run, pitr_instance):
+    from loyalty_ops.defs.pitr.report import pitr_markdown, pitr_summary
+
+    summary = pitr_summary(pitr_instance)
+    text = pitr_markdown(summary)
+    backup_id = materialization_metadata(base_backup_run, "base_backup")["backup_id"]
+    assert summary["lag_now_s"] is not None and summary["lag_max_24h_s"] >= summary["lag_now_s"]
+    assert summary["lag_max_24h_s"] > 2  # the S3 outage earlier in this module
+    assert "Archive lag now:" in text and f"Last base backup: `{backup_id}`" in text
+    assert "Last PITR drill: **FAILED** at recovery" in text  # the damaged segment, the module's last drill
