@@ -1,0 +1,121 @@
+"""The PITR library's pure rules: segment arithmetic and gaps, the archive's verdict, recovery targets and which
+base backup serves them, the engine's dry-run read, the generated server settings. No server, no bucket."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from loyalty_ops.lib.pitr.archive import ServerArchiver, WalObject, bucket_wal, judge, segment_name, segment_parts
+from loyalty_ops.lib.pitr.config import compose_change, server_settings
+from loyalty_ops.lib.pitr.engine import BaseBackup, S3Access, archive_command, restore_command
+from loyalty_ops.lib.pitr.location import PitrConfigError, PitrLocation, check_cron, normalise_prefix
+from loyalty_ops.lib.pitr.retention import backups_in_dry_run, plan_retention
+from loyalty_ops.lib.pitr.target import RecoveryRefused, choose_base_backup, make_target, parse_target_time
+
+NOW = datetime(2026, 12, 2, 6, 0, tzinfo=timezone.utc)
+LOCATION = PitrLocation.of("loyalty-offsite", "/pitr/", "loyalty")
+ACCESS = S3Access(endpoint_url="http://127.0.0.1:9000", sse="AES256", credentials={"AWS_SECRET_ACCESS_KEY": "s3cr3t"})
+
+
+def wal(name: str) -> WalObject:
+    return WalObject(name, f"pitr/loyalty/wals/{name[:16]}/{name}.gz", 100, NOW)
+
+
+def backup(backup_id: str, end: datetime, status: str = "DONE") -> BaseBackup:
+    return BaseBackup(backup_id, status, end - timedelta(minutes=5), end, "000000010000000000000002",
+                      "000000010000000000000003", "0/2000028", "0/3000050", 1, 30_000_000, None)
+
+
+def test_segment_numbers_cross_log_ids_and_segment_sizes():
+    assert segment_parts("0000000100000001000000FF") == (1, 0x1FF)
+    assert segment_name(1, 0x200) == "000000010000000200000000"
+    assert segment_parts("000000020000000000000FFF", 1024 * 1024) == (2, 0xFFF)  # 1 MiB segments: 4096 per log id
+    assert segment_parts("00000001.history") is None
+
+
+def test_a_gap_since_the_base_backup_is_named_and_earlier_timelines_are_ignored():
+    names = ["000000010000000000000001", "000000010000000000000002", "000000010000000000000004",
+             "0000000100000000000000FF", "000000010000000100000000"]
+    found = bucket_wal([wal(n) for n in names], "000000010000000000000002")
+    assert found.missing[:2] == ("000000010000000000000003", "000000010000000000000005")
+    assert found.newest.name == "000000010000000100000000" and not found.complete
+    whole = bucket_wal([wal(n) for n in ("000000010000000000000002", "000000010000000000000003")], "000000010000000000000002")
+    assert whole.complete and whole.segments == 2
+    assert bucket_wal([], "000000010000000000000002").missing == ("000000010000000000000002",)
+
+
+def server(**overrides) -> ServerArchiver:
+    values = dict(archive_mode="on", wal_level="replica", archive_timeout_s=60, archived_count=10,
+                  last_archived_wal="000000010000000000000003", last_archived_time=NOW - timedelta(seconds=30),
+                  failed_count=0, last_failed_wal=None, last_failed_time=None, current_wal="000000010000000000000004",
+                  segment_bytes=16 * 1024 * 1024, ready_segments=0, oldest_ready_time=None, now=NOW)
+    return ServerArchiver(**{**values, **overrides})
+
+
+def test_the_verdict_lag_failures_and_the_bucket_behind_the_server():
+    bucket = bucket_wal([wal("000000010000000000000002"), wal("000000010000000000000003")], "000000010000000000000002")
+    assert judge(server(), bucket, 300).healthy
+    stuck = judge(server(ready_segments=3, oldest_ready_time=NOW - timedelta(seconds=400), failed_count=5,
+                         last_failed_wal="000000010000000000000004", last_failed_time=NOW - timedelta(seconds=5)), bucket, 300)
+    assert not stuck.lag_ok and not stuck.archiving_ok and stuck.lag_s == 400
+    assert any("archive_command is failing" in p for p in stuck.problems)
+    recovered = judge(server(failed_count=5, last_failed_time=NOW - timedelta(minutes=10)), bucket, 300)
+    assert recovered.archiving_ok  # an old failure followed by successes is not failing
+    behind = judge(server(last_archived_wal="000000010000000000000005"), bucket, 300)
+    assert not behind.bucket_ok and "newest segment in the bucket is 000000010000000000000003" in " ".join(behind.problems)
+    assert not judge(server(archive_mode="off"), bucket, 300).archiving_ok
+
+
+def test_targets_times_without_a_zone_are_harare_and_the_right_base_backup_is_chosen():
+    assert parse_target_time("2026-12-01T14:30:00").utcoffset() == timedelta(hours=2)
+    assert parse_target_time("2026-12-01T12:30:00Z") == datetime(2026, 12, 1, 12, 30, tzinfo=timezone.utc)
+    backups = [backup("20261122T010000", NOW - timedelta(days=10)), backup("20261129T010000", NOW - timedelta(days=3)),
+               backup("20261201T010000", NOW - timedelta(days=1), status="FAILED")]
+    four_days = make_target((NOW - timedelta(days=4)).isoformat(), None, False)
+    assert choose_base_backup(backups, four_days, NOW).backup_id == "20261122T010000"
+    assert choose_base_backup(backups, make_target(None, None, True), NOW).backup_id == "20261129T010000"
+    with pytest.raises(RecoveryRefused, match="in the future"):
+        choose_base_backup(backups, make_target((NOW + timedelta(minutes=1)).isoformat(), None, False), NOW)
+    with pytest.raises(RecoveryRefused, match="before the oldest base backup"):
+        choose_base_backup(backups, make_target((NOW - timedelta(days=20)).isoformat(), None, False), NOW)
+    with pytest.raises(RecoveryRefused, match="ends after target_time"):
+        choose_base_backup(backups, four_days, NOW, backup_id="20261129T010000")
+    with pytest.raises(RecoveryRefused, match="ISO 8601"):
+        make_target("yesterday at noon", None, False)
+    assert make_target(None, "before_migration", False).settings()["recovery_target_name"] == "before_migration"
+
+
+def test_the_generated_commands_carry_no_secret_and_quote_their_arguments():
+    command = archive_command("/opt/barman/bin", LOCATION, ACCESS)
+    assert command == ("/opt/barman/bin/barman-cloud-wal-archive --endpoint-url http://127.0.0.1:9000 -e AES256 --gzip "
+                       "s3://loyalty-offsite/pitr loyalty %p")
+    assert "--parallel 4 --spool-dir /tmp/x/walspool" in restore_command("/opt/barman/bin", LOCATION, ACCESS, "/tmp/x/walspool")
+    settings = server_settings("/opt/barman/bin", LOCATION, ACCESS, 60)
+    assert settings["archive_timeout"] == "60s" and settings["archive_mode"] == "on"
+    assert "s3cr3t" not in str(settings) + compose_change(settings) and "${AWS_SECRET_ACCESS_KEY}" in compose_change(settings)
+    assert ACCESS.env() == {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+
+
+def test_location_rules():
+    assert LOCATION.url == "s3://loyalty-offsite/pitr" and LOCATION.wal_prefix == "pitr/loyalty/wals/"
+    assert normalise_prefix("a/b/") == "a/b"
+    for bad in ("s3://x/pitr", "", "a//b", "a b"):
+        with pytest.raises(PitrConfigError, match="LOYALTY_PITR_PREFIX"):
+            normalise_prefix(bad)
+    assert check_cron("0  1 * * 0") == "0 1 * * 0"
+    with pytest.raises(PitrConfigError, match="five cron fields"):
+        check_cron("0 1 * *")
+
+
+def test_retention_reads_the_engine_dry_run_and_blocks_on_the_floor():
+    output = ("Skipping deletion of objects ['pitr/loyalty/base/20261101T010000/data.tar', "
+              "'pitr/loyalty/base/20261101T010000/backup.info'] due to --dry-run option\n")
+    assert backups_in_dry_run(output) == ["20261101T010000"]
+    backups = [backup("20261101T010000", NOW - timedelta(days=31)), backup("20261129T010000", NOW - timedelta(days=3))]
+    assert not plan_retention(30, backups, ["20261101T010000"], "20261129T010000", []).blocked
+    assert plan_retention(30, backups, ["20261101T010000"], "20261101T010000", []).blocked
+    assert plan_retention(30, backups, [], None, ["archive_command failing"]).blocked
+    rows = plan_retention(30, backups, ["20261101T010000"], "20261129T010000", []).rows()
+    assert [r[3] for r in rows] == ["delete", "keep"]
