@@ -104,6 +104,30 @@ class BackupStorage(dg.ConfigurableResource):
     compression_level: Optional[int] = Field(
         default=None, description="Compression level; default 1 for gzip, 3 for zstd (LOYALTY_COMPRESSION_LEVEL)."
     )
+    encryption: str = Field(default="none", description="'none' or 'age' (LOYALTY_BACKUP_ENCRYPTION).")
+    age_recipients: Optional[str] = Field(
+        default=None, description="age public keys backups are encrypted to (LOYALTY_BACKUP_AGE_RECIPIENTS)."
+    )
+    age_identity_file: Optional[str] = Field(
+        default=None,
+        description="The age private key file, to restore, drill and check encrypted backups "
+        "(LOYALTY_BACKUP_AGE_IDENTITY_FILE); read through EnvVar, never shown.",
+    )
+
+    @property
+    def encrypts(self) -> bool:
+        return self.encryption == "age"
+
+    def identities(self, purpose: str) -> list:
+        """The age identities, to decrypt for ``purpose`` (a restore, a drill); a clear refusal without them."""
+        from loyalty_ops.lib.backup.encryption import EncryptionConfigError, load_identities
+
+        if not self.age_identity_file:
+            raise EncryptionConfigError(
+                f"this backup is encrypted (age) and {purpose} needs the private key: set "
+                "LOYALTY_BACKUP_AGE_IDENTITY_FILE to the file age-keygen wrote (e.g. /etc/loyalty/backup-age-key.txt)"
+            )
+        return load_identities(self.age_identity_file)
     row_counts: str = Field(
         default="stream", description="'stream' (rows counted in the dump stream) or 'count' (count(*) in the "
         "dump's snapshot) (LOYALTY_BACKUP_ROW_COUNTS)."

@@ -44,6 +44,12 @@ REFUSED = [
     ("LOYALTY_BACKUP_SOURCE_MAX_LAG_S", "a minute", ["must be a number", "'a minute'", "LOYALTY_BACKUP_SOURCE_MAX_LAG_S=300"]),
     ("LOYALTY_BACKUP_SOURCE_MAX_LAG_S", "-1", ["greater than 0", "'-1'"]),
     ("LOYALTY_S3_BUCKET", "My_Bucket", ["lowercase", "'My_Bucket'", "LOYALTY_S3_BUCKET=loyalty-offsite"]),
+    ("LOYALTY_S3_OBJECT_LOCK_DAYS", "a month", ["whole number", "'a month'", "LOYALTY_S3_OBJECT_LOCK_DAYS=35"]),
+    ("LOYALTY_S3_OBJECT_LOCK_DAYS", "0", ["greater than 0", "'0'"]),
+    ("LOYALTY_S3_OBJECT_LOCK_MODE", "legal-hold", ["'GOVERNANCE' or 'COMPLIANCE'", "'legal-hold'"]),
+    ("LOYALTY_BACKUP_ENCRYPTION", "gpg", ["'none' or 'age'", "'gpg'", "LOYALTY_BACKUP_ENCRYPTION=age"]),
+    ("LOYALTY_BACKUP_AGE_RECIPIENTS", "age1notakey", ["malformed recipient", "'age1notakey'", "age-keygen -y"]),
+    ("LOYALTY_BACKUP_AGE_IDENTITY_FILE", "/nonexistent/age-key.txt", ["does not exist", "age-keygen -o", "not shown"]),
     ("LOYALTY_S3_SSE", "kms", ["AES256, aws:kms", "'kms'"]),
     ("LOYALTY_S3_STORAGE_CLASS", "COLD", ["STANDARD_IA", "'COLD'"]),
     ("LOYALTY_S3_KMS_KEY_ID", "alias/loyalty", ["LOYALTY_S3_SSE is AES256", "LOYALTY_S3_SSE=aws:kms"]),
@@ -162,6 +168,20 @@ def test_rules_across_variables_are_refused_too():
     assert load_settings({}).restore.placement == "production"
     assert "LOYALTY_PITR_ENABLED is true but LOYALTY_S3_BUCKET is not set" in refusal({"LOYALTY_PITR_ENABLED": "true"})
     assert load_settings({"LOYALTY_PITR_ENABLED": "true", "LOYALTY_S3_BUCKET": "loyalty-offsite"}).pitr.enabled is True
+
+
+def test_encryption_and_object_lock_rules_across_variables(tmp_path):
+    assert "LOYALTY_BACKUP_AGE_RECIPIENTS is not set" in refusal({"LOYALTY_BACKUP_ENCRYPTION": "age"})
+    recipient = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    assert "would be written unencrypted" in refusal({"LOYALTY_BACKUP_AGE_RECIPIENTS": recipient})
+    key = tmp_path / "key.txt"
+    key.write_text("AGE-SECRET-KEY-1 not a key\n")
+    message = refusal({"LOYALTY_BACKUP_AGE_IDENTITY_FILE": str(key)})
+    assert "not an age identity" in message and str(key) not in message and "AGE-SECRET" not in message.split("(")[0]
+    settings = load_settings({"LOYALTY_BACKUP_ENCRYPTION": "age", "LOYALTY_BACKUP_AGE_RECIPIENTS": recipient})
+    assert settings.backups.encryption == "age"
+    assert "LOYALTY_S3_OBJECT_LOCK_DAYS is not" in refusal({"LOYALTY_S3_OBJECT_LOCK_MODE": "COMPLIANCE", "LOYALTY_S3_BUCKET": "b-1"})
+    assert "nothing to lock" in refusal({"LOYALTY_S3_OBJECT_LOCK_DAYS": "7"})
 
 
 def test_several_bad_values_are_reported_together():

@@ -120,6 +120,7 @@ def database_backup(
         row_counts=backup_storage.row_counts,
         max_rate_mbps=backup_storage.max_rate_mbps,
         nice=backup_storage.nice,
+        age_recipients=backup_storage.age_recipients if backup_storage.encrypts else None,
     )
     streaming: list[StreamingUpload] = []
 
@@ -192,6 +193,7 @@ def database_backup(
             "previous_backup_bytes": previous.bytes if previous and previous.bytes else 0,
             "taken_at": result.name.taken_at.isoformat(),
             "accept_size_change": bool(config.accept_size_change),
+            **({"in_pass_checks": dg.MetadataValue.json(result.in_pass_checks)} if result.in_pass_checks else {}),
             **(
                 {
                     "globals_filename": result.globals_path.name,
@@ -200,6 +202,7 @@ def database_backup(
                     "globals_roles": roles.roles,
                     "role_passwords": roles.role_passwords,
                     "database_owner": result.database_properties.get("owner") or "",
+                    "encrypted": result.name.encrypted,
                 }
                 if roles is not None and result.globals_path is not None
                 else {}

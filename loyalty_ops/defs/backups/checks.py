@@ -70,12 +70,23 @@ def backup_integrity_checks(
 
     toc_process = None
     toc_start_error = None
+    if path.exists() and path.name.endswith(".age") and not backup_storage.age_identity_file:
+        # Encrypted and no key on this box: the plaintext was checked in the backup pass (sealed_checks).
+        results = list(sealed_results(path, meta, manifest))
+        _abort_pending_upload_on_failure(context, results, meta, path, backup_storage, offsite)
+        yield from results
+        return
     if path.exists():
         try:
             toc_process = postgres.tools().start("pg_restore", ["--list"], stdin=True, stdout=True)
         except ToolError as exc:
             toc_start_error = f"pg_restore could not start: {exc}"
-        inspection = integrity.inspect_archive(path, toc_process)
+        unseal = None
+        if path.name.endswith(".age"):
+            from loyalty_ops.lib.backup.encryption import AgeStream
+
+            unseal = AgeStream(identities=backup_storage.identities("checking the backup's plaintext"))
+        inspection = integrity.inspect_archive(path, toc_process, unseal=unseal)
     else:
         inspection = None
 
@@ -127,6 +138,11 @@ def backup_integrity_checks(
                                        toc_entries=entries, tables=len(manifest.tables)))
 
         results.append(_size_result(inspection.file_bytes, meta))
+    _abort_pending_upload_on_failure(context, results, meta, path, backup_storage, offsite)
+    yield from results
+
+
+def _abort_pending_upload_on_failure(context, results, meta: dict, path: Path, backup_storage, offsite) -> None:
     failed = [r.check_name for r in results if not r.passed]
     location = backup_storage.location(offsite)
     if failed and meta.get("pending_upload_id") and location.offsite_configured:
@@ -135,7 +151,47 @@ def backup_integrity_checks(
             f"integrity checks failed ({', '.join(failed)}): aborted the pending offsite upload of {path.name}; "
             "nothing was copied offsite"
         )
-    yield from results
+
+
+def sealed_results(path: Path, meta: dict, manifest) -> Iterator[dg.AssetCheckResult]:
+    """The five checks of an encrypted backup when the private key is not on this machine: the file on disk
+    is hashed and its age header read; stream, archive and table of contents are the verdicts of the backup
+    pass, taken on the compressed stream just before it was encrypted (``in_pass_checks``)."""
+    from loyalty_ops.lib.backup.encryption import AGE_MAGIC
+
+    record = meta.get("in_pass_checks") or {}
+    with open(path, "rb") as handle:
+        is_age = handle.read(len(AGE_MAGIC)) == AGE_MAGIC
+    sha = integrity.file_sha256(path)
+    note = "checked in the backup pass before encryption (no LOYALTY_BACKUP_AGE_IDENTITY_FILE here to read the file)"
+    if not record:
+        for name in INTEGRITY_CHECK_NAMES:
+            if name not in ("backup_checksum_matches", "backup_size_plausible"):
+                yield _result(name, False, f"{path.name} is encrypted and its backup pass recorded no plaintext checks")
+    else:
+        yield _result(
+            "backup_archive_decompresses", bool(record["stream_ok"]) and is_age,
+            (record["stream_message"] if is_age else f"{path.name} does not start with an age header") + f"; {note}",
+            encrypted=True,
+        )
+        yield _result("backup_archive_complete", bool(record["archive_complete"]), f"{record['archive_message']}; {note}",
+                      data_blocks=int(record.get("data_blocks") or 0), encrypted=True)
+        missing = list(record.get("missing_tables") or [])
+        toc_ok = not missing and not record.get("toc_error") and manifest is not None
+        yield _result(
+            "backup_toc_lists_all_tables", toc_ok,
+            record.get("toc_error") or (f"{len(missing)} source tables are missing from the archive: " + ", ".join(missing[:20])
+                                        if missing else f"all {len(manifest.tables) if manifest else 0} tables and their data are in the archive; {note}"),
+            toc_entries=int(record.get("toc_entries") or 0), encrypted=True,
+        )
+    sidecar = integrity.read_sidecar(path)
+    problems = [p for p in (
+        f"the file on disk hashes to {sha}, but {meta['sha256']} was computed while writing" if sha != meta["sha256"] else "",
+        f"the sidecar {path.name}.sha256 says {sidecar or 'nothing'}" if sidecar != meta["sha256"] else "",
+    ) if p]
+    yield _result("backup_checksum_matches", not problems, "; ".join(problems) or f"sha256 {sha} (of the encrypted file) "
+                  "matches what was written and the sidecar", sha256_on_disk=sha, sha256_written=meta["sha256"])
+    yield _size_result(path.stat().st_size, meta)
 
 
 def backup_of_run(instance: dg.DagsterInstance, run_id: str) -> Optional[dg.EventLogEntry]:

@@ -4,7 +4,10 @@ from pathlib import Path
 from typing import Optional
 
 
+import dagster as dg
+
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
+from loyalty_ops.lib.backup.encryption import EncryptionConfigError, load_identities
 from loyalty_ops.lib.restore.run import RestoreEnvironment
 
 
@@ -33,4 +36,16 @@ def restore_environment(
         on_progress=lambda snap: context.log.info(snap.message()),
         progress_interval_s=progress_interval_s,
         compression=backup_storage.compression,
+        identities=decryption_keys(backup_storage),
     )
+
+
+def decryption_keys(backup_storage: BackupStorage) -> Optional[list]:
+    """The age identities from LOYALTY_BACKUP_AGE_IDENTITY_FILE (None when it is not set: an encrypted backup is
+    then refused with a message naming the variable). The file's path and content are never logged."""
+    if not backup_storage.age_identity_file:
+        return None
+    try:
+        return load_identities(backup_storage.age_identity_file)
+    except EncryptionConfigError as exc:
+        raise dg.Failure(str(exc)) from None

@@ -11,10 +11,10 @@ from loyalty_ops.lib.restore.new_server import restore_onto_new_server
 from loyalty_ops.lib.restore.plan import RestoreRequest
 
 
-def new_server_restore(context, request: RestoreRequest, env: RestoreEnvironment, now: datetime, unseal=None) -> dict:
+def new_server_restore(context, request: RestoreRequest, env: RestoreEnvironment, now: datetime) -> dict:
     """Run the restore and record what on-call asks first: which backup, which roles were created and which
     were already there, whether passwords came with them, the measured RTO and each step's time."""
-    outcome = restore_onto_new_server(request, env, unseal=unseal, now=now)
+    outcome = restore_onto_new_server(request, env, now=now)
     roles = outcome.roles
     summary = {
         "target_database": outcome.target_database,

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from loyalty_ops.lib.alerting.notifiers import split_pagerduty_events_url
+from loyalty_ops.lib.backup.encryption import EncryptionConfigError, load_identities, parse_recipients
 from loyalty_ops.lib.backup.location import upload_settings_problems
 from loyalty_ops.lib.pg.connection import ConnectionConfigError, ConnectionSpec
 from loyalty_ops.lib.pitr.location import PitrConfigError, check_cron, check_server_name, normalise_prefix
@@ -154,6 +155,47 @@ class BackupVariables(DomainVariables):
         "LOYALTY_BACKUP_SOURCE_MAX_LAG_S", "The blocking check backup_source_lag_within_limit fails when the standby "
         "was further behind its primary than this at dump time (default 300).", "300")
 
+    encryption: Optional[Literal["none", "age"]] = variable(
+        "LOYALTY_BACKUP_ENCRYPTION", "Client-side encryption of every backup and its globals file: none (default) or "
+        "age (.dump.gz.age; `age -d -i key.txt FILE | gunzip | pg_restore` reads it).", "age")
+    age_recipients: Optional[str] = variable(
+        "LOYALTY_BACKUP_AGE_RECIPIENTS", "age public keys the backups are encrypted to, comma separated (age1..., "
+        "or ssh-ed25519 ...); required with LOYALTY_BACKUP_ENCRYPTION=age.",
+        "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p")
+    age_identity_file: Optional[SecretStr] = variable(
+        "LOYALTY_BACKUP_AGE_IDENTITY_FILE", "File holding the age private key (age-keygen -o FILE): needed only to "
+        "restore, drill and check encrypted backups. Secret.", "/etc/loyalty/backup-age-key.txt", secret=True)
+
+    @field_validator("age_recipients")
+    @classmethod
+    def check_recipients(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                parse_recipients(value)  # the backup's own rule
+            except EncryptionConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("age_identity_file")
+    @classmethod
+    def check_identity_file(cls, value: Optional[SecretStr]) -> Optional[SecretStr]:
+        if value is not None:
+            try:
+                load_identities(value.get_secret_value())  # its message names neither the path nor the key
+            except EncryptionConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def check_encryption_has_recipients(self) -> "BackupVariables":
+        if self.encryption == "age" and not self.age_recipients:
+            raise ValueError("LOYALTY_BACKUP_ENCRYPTION is 'age' but LOYALTY_BACKUP_AGE_RECIPIENTS is not set; example: "
+                             "LOYALTY_BACKUP_AGE_RECIPIENTS=age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p")
+        if self.age_recipients and self.encryption != "age":
+            raise ValueError("LOYALTY_BACKUP_AGE_RECIPIENTS is set but LOYALTY_BACKUP_ENCRYPTION is not 'age', so backups "
+                             "would be written unencrypted; example: LOYALTY_BACKUP_ENCRYPTION=age")
+        return self
+
     @model_validator(mode="after")
     def check_source_has_a_host(self) -> "BackupVariables":
         stray = [alias for name, alias in (
@@ -195,6 +237,24 @@ class OffsiteVariables(DomainVariables):
     secret_access_key: Optional[SecretStr] = variable(
         "AWS_SECRET_ACCESS_KEY", "Secret access key. Secret.", "...", secret=True)
     session_token: Optional[SecretStr] = variable("AWS_SESSION_TOKEN", "Session token. Secret.", "...", secret=True)
+
+    object_lock_days: Optional[int] = variable(
+        "LOYALTY_S3_OBJECT_LOCK_DAYS", "Upload every object with S3 Object Lock retention for this many days (nobody "
+        "with ordinary credentials can delete or overwrite it meanwhile); the bucket must have Object Lock enabled. "
+        "Unset: no lock.", "35", gt=0, le=36500)
+    object_lock_mode: Optional[Literal["GOVERNANCE", "COMPLIANCE"]] = variable(
+        "LOYALTY_S3_OBJECT_LOCK_MODE", "GOVERNANCE (default: a role with s3:BypassGovernanceRetention can still "
+        "delete) or COMPLIANCE (nobody can, not even the root account, until the date).", "COMPLIANCE")
+
+    @model_validator(mode="after")
+    def check_object_lock(self) -> "OffsiteVariables":
+        if self.object_lock_mode and not self.object_lock_days:
+            raise ValueError("LOYALTY_S3_OBJECT_LOCK_MODE is set but LOYALTY_S3_OBJECT_LOCK_DAYS is not; example: "
+                             "LOYALTY_S3_OBJECT_LOCK_DAYS=35")
+        if self.object_lock_days and not self.bucket:
+            raise ValueError("LOYALTY_S3_OBJECT_LOCK_DAYS is set but LOYALTY_S3_BUCKET is not: there is nothing to "
+                             "lock; example: LOYALTY_S3_BUCKET=loyalty-offsite")
+        return self
 
     @field_validator("sse")
     @classmethod

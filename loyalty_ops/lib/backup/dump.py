@@ -23,7 +23,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
+from loyalty_ops.lib.backup.encryption import SealedCompressor, parse_recipients, seal_bytes
 from loyalty_ops.lib.backup.globals import GlobalsDump, database_properties, dump_globals, globals_filename
+from loyalty_ops.lib.backup.integrity import missing_from_toc
+from loyalty_ops.lib.backup.sealed_checks import InPassInspection, in_pass_record
 from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, SIDECAR_SUFFIX, BackupName, backup_name
 from loyalty_ops.lib.backup.row_counts import StreamRowCounter
 from loyalty_ops.lib.backup.stream import BackupWriteError, WrittenFile, remove_stale_partials, sidecar_text, stream_to_file
@@ -50,6 +53,7 @@ class BackupRequest:
     row_counts: str = "stream"  # "stream": from the dump stream; "count": count(*) in the snapshot
     max_rate_mbps: Optional[float] = None  # cap on the dump stream (MB/s), enforced by back-pressure
     nice: int = 0  # lower CPU priority (1-19) for pg_dump (host runner) and our compressor
+    age_recipients: Optional[str] = None  # encrypt to these age public keys (encryption.py): ``.dump.gz.age``
 
 
 @dataclass
@@ -71,6 +75,7 @@ class BackupResult:
     globals_dump: Optional["GlobalsDump"] = None  # the cluster globals written beside the backup (globals.py)
     globals_path: Optional[Path] = None
     database_properties: dict = field(default_factory=dict)  # globals.database_properties: owner, grants, settings
+    in_pass_checks: Optional[dict] = None  # an encrypted backup's plaintext checks (sealed_checks.in_pass_record)
 
     @property
     def path(self) -> Path:
@@ -106,7 +111,8 @@ def check_tool_versions(pg_dump_version: str, server: tuple[int, int]) -> None:
 
 
 def claim_backup_name(
-    backup_dir: Path, database: str, taken_at: datetime, compression: str, *, max_seconds: int = 3600
+    backup_dir: Path, database: str, taken_at: datetime, compression: str, *, max_seconds: int = 3600,
+    encrypted: bool = False,
 ) -> tuple[BackupName, Claim]:
     """Claim the first free backup name at or after ``taken_at`` for this run.
 
@@ -116,7 +122,7 @@ def claim_backup_name(
     another's backup.
     """
     for offset in range(max_seconds):
-        name = backup_name(database, taken_at + timedelta(seconds=offset), compression)
+        name = backup_name(database, taken_at + timedelta(seconds=offset), compression, encrypted=encrypted)
         final = backup_dir / name.filename
         claim = claim_path(
             final,
@@ -152,9 +158,12 @@ def take_backup(
     check_backup_dir(backup_dir)
     for stale in remove_stale_partials(backup_dir):
         log(f"removed temporary file {stale.name} left by a killed earlier run")
-    wanted = backup_name(spec.dbname, taken_at or datetime.now(timezone.utc), request.compression)
+    recipients = parse_recipients(request.age_recipients) if request.age_recipients else None
+    wanted = backup_name(spec.dbname, taken_at or datetime.now(timezone.utc), request.compression, encrypted=bool(recipients))
     try:
-        name, claim = claim_backup_name(backup_dir, spec.dbname, wanted.taken_at, request.compression)
+        name, claim = claim_backup_name(
+            backup_dir, spec.dbname, wanted.taken_at, request.compression, encrypted=bool(recipients)
+        )
     except OSError as exc:
         raise BackupError(
             f"cannot claim a backup name in LOYALTY_BACKUP_DIR: {exc.strerror}; {_disk_hint(exc, backup_dir)}"
@@ -231,7 +240,9 @@ def _dump_to_claimed_name(
         source_state = replication_state(conn)
         properties = database_properties(conn, spec.dbname)
         try:
-            roles = dump_globals(runner, conn, spec.dbname, log=log)
+            recipients = parse_recipients(request.age_recipients) if request.age_recipients else None
+            seal_globals = (lambda data: seal_bytes(data, recipients)) if recipients else None
+            roles = dump_globals(runner, conn, spec.dbname, seal=seal_globals, log=log)
         except ToolError as exc:
             raise BackupError(f"dumping the cluster globals (roles) failed: {exc} (target {spec.redacted()})") from None
         timings["globals_s"] = roles.duration_s
@@ -279,6 +290,10 @@ def _dump_to_claimed_name(
 
         results: list[BackupResult] = []
         globals_path = final_path.with_name(globals_filename(name))
+        # Encrypted: the checks that need plaintext read the compressed stream here, before encryption.
+        in_pass = InPassInspection(request.compression, runner.start("pg_restore", ["--list"], stdin=True, stdout=True),
+                                   label=f"{name.filename} before encryption") if recipients else None
+        seal = (lambda compressor: SealedCompressor(compressor, recipients, tap=in_pass.feed)) if in_pass else None
 
         def _manifest(written: WrittenFile) -> dict[Path, str]:
             """The manifest, written before the backup gets its name: a backup never appears without it."""
@@ -291,6 +306,11 @@ def _dump_to_claimed_name(
             if count_errors:
                 raise BackupError(f"counting rows in the dump's snapshot failed: {count_errors[0]}")
             timings["dump_s"] = written.duration_s
+            in_pass_checks = None
+            if in_pass is not None:
+                inspection = in_pass.finish()
+                missing = missing_from_toc(inspection.toc_text or "", tables) if not inspection.toc_error else []
+                in_pass_checks = in_pass_record(inspection, missing)
             results.append(
                 BackupResult(
                     name=name,
@@ -310,6 +330,7 @@ def _dump_to_claimed_name(
                     globals_dump=roles,
                     globals_path=globals_path,
                     database_properties=properties,
+                    in_pass_checks=in_pass_checks,
                 )
             )
             # The globals file before the manifest and the backup's name; the sidecar gets its line too, so
@@ -338,11 +359,14 @@ def _dump_to_claimed_name(
                 on_raw=stream_rows.feed if stream_rows is not None else None,
                 max_rate_bps=request.max_rate_mbps * 1e6 if request.max_rate_mbps else None,
                 nice=request.nice,
+                seal=seal,
             )
         except ToolError as exc:
             raise BackupError(f"{exc} (target {spec.redacted()}; no backup file was written)") from None
         except BaseException:
             proc.kill()
+            if in_pass is not None:
+                in_pass.abort()
             raise
         finally:
             if stream_rows is not None:

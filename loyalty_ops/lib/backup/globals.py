@@ -33,9 +33,9 @@ GLOBALS_NAME_RE = re.compile(r"^(?P<base>[A-Za-z0-9_\-]+_\d{8}_\d{6})(?P<suffix>
 GLOBALS_LEVEL = 6  # a few kilobytes: the ratio matters more than the speed
 
 
-def globals_filename(name: BackupName, *, encrypted: bool = False) -> str:
+def globals_filename(name: BackupName) -> str:
     """``<database>_YYYYMMDD_HHMMSS.globals.sql.gz`` (``.age`` appended when the backup is encrypted)."""
-    return f"{name.database}_{name.taken_at:%Y%m%d_%H%M%S}{GLOBALS_SUFFIX}" + (".age" if encrypted else "")
+    return f"{name.database}_{name.taken_at:%Y%m%d_%H%M%S}{GLOBALS_SUFFIX}" + (".age" if name.encrypted else "")
 
 
 def globals_filename_for(backup_filename: str) -> Optional[str]:

@@ -39,6 +39,8 @@ class StreamVerdict:
 
 def compression_of(path: Path) -> str:
     name = Path(path).name
+    if name.endswith(".age"):  # encrypted after compression: the compression is the suffix before
+        name = name[: -len(".age")]
     if name.endswith(".gz"):
         return "gzip"
     if name.endswith(".zst"):
@@ -244,8 +246,12 @@ def lower_this_thread(nice: int) -> None:
         pass
 
 
-def inspect_archive(path: Path, toc_process=None, *, read_archive: bool = True) -> ArchiveInspection:
+def inspect_archive(path: Path, toc_process=None, *, read_archive: bool = True, unseal=None) -> ArchiveInspection:
     """Hash the file, decompress it to the end, read the whole archive and feed ``pg_restore --list``, in one read.
+
+    ``unseal`` (an encrypted ``.age`` file) is a decrypting stage of the compressor's shape
+    (``encryption.AgeStream``) put between the file and the decompressor; a file that does not decrypt to
+    its end fails the stream check.
 
     ``toc_process`` is a started tool process (``pg_restore --list`` reading stdin) or None.
     ``read_archive=False`` skips the archive walk (only for measuring what it costs: the benchmark).
@@ -279,7 +285,7 @@ def inspect_archive(path: Path, toc_process=None, *, read_archive: bool = True) 
                 if stream_error:
                     continue  # keep hashing to the end: the checksum verdict is separate
                 try:
-                    out = decomp.decompress(block)
+                    out = decomp.decompress(unseal.compress(block) if unseal is not None else block)
                 except ValueError as exc:
                     stream_error = str(exc)
                     continue
@@ -289,8 +295,21 @@ def inspect_archive(path: Path, toc_process=None, *, read_archive: bool = True) 
                 if out and read_archive:
                     walker.put(out)
                 sink = _feed(sink, out)
+        if unseal is not None and not stream_error:
+            try:
+                out = decomp.decompress(unseal.flush())
+                raw += len(out)
+                if len(head) < len(CUSTOM_FORMAT_MAGIC):
+                    head += out[: len(CUSTOM_FORMAT_MAGIC)]
+                if out and read_archive:
+                    walker.put(out)
+                sink = _feed(sink, out)
+            except ValueError as exc:
+                stream_error = str(exc)
         stream_error = stream_error or decomp.truncation_error()
     finally:
+        if unseal is not None:
+            unseal.abort()
         hasher.close()
         walker.close()
         _feed(sink, None)

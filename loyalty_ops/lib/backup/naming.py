@@ -18,7 +18,10 @@ COMPRESSION_SUFFIXES = {"gzip": ".dump.gz", "zstd": ".dump.zst"}
 SIDECAR_SUFFIX = ".sha256"
 MANIFEST_SUFFIX = ".manifest.json"
 PARTIAL_MARKER = ".partial-"
-BACKUP_NAME_RE = re.compile(r"^(?P<db>[A-Za-z0-9_\-]+)_(?P<stamp>\d{8}_\d{6})(?P<suffix>\.dump\.gz|\.dump\.zst)$")
+ENCRYPTED_SUFFIX = ".age"  # client-side encryption (lib/backup/encryption.py): loyalty_..._.dump.gz.age
+BACKUP_NAME_RE = re.compile(
+    r"^(?P<db>[A-Za-z0-9_\-]+)_(?P<stamp>\d{8}_\d{6})(?P<suffix>\.dump\.gz|\.dump\.zst)(?P<age>\.age)?$"
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -28,17 +31,19 @@ class BackupName:
     taken_at: datetime
     database: str
     compression: str
+    encrypted: bool = False  # age-encrypted after compression: ``.dump.gz.age``
 
     @property
     def filename(self) -> str:
-        return f"{self.database}_{self.taken_at:%Y%m%d_%H%M%S}{COMPRESSION_SUFFIXES[self.compression]}"
+        suffix = COMPRESSION_SUFFIXES[self.compression] + (ENCRYPTED_SUFFIX if self.encrypted else "")
+        return f"{self.database}_{self.taken_at:%Y%m%d_%H%M%S}{suffix}"
 
     def s3_key(self, prefix: str) -> str:
         """``PREFIX/YYYY/MM/DD/loyalty_YYYYMMDD_HHMMSS.dump.gz``."""
         return f"{normalize_prefix(prefix)}{self.taken_at:%Y/%m/%d}/{self.filename}"
 
 
-def backup_name(database: str, taken_at: datetime, compression: str = "gzip") -> BackupName:
+def backup_name(database: str, taken_at: datetime, compression: str = "gzip", *, encrypted: bool = False) -> BackupName:
     if compression not in COMPRESSION_SUFFIXES:
         raise ValueError(f"compression must be one of {sorted(COMPRESSION_SUFFIXES)}, got {compression!r}")
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", database):
@@ -46,7 +51,9 @@ def backup_name(database: str, taken_at: datetime, compression: str = "gzip") ->
             f"database name {database!r} cannot be used in a backup file name; "
             "use letters, digits, '_' or '-' only"
         )
-    return BackupName(taken_at.astimezone(timezone.utc).replace(microsecond=0, tzinfo=timezone.utc), database, compression)
+    return BackupName(
+        taken_at.astimezone(timezone.utc).replace(microsecond=0, tzinfo=timezone.utc), database, compression, encrypted
+    )
 
 
 @functools.lru_cache(maxsize=1 << 18)  # retention may parse 100,000 keys; a file and its sidecars share a name
@@ -71,7 +78,8 @@ def parse_backup_name(filename: str) -> Optional[BackupName]:
         return None
     if taken_at.year < 1000:  # %Y would not give the same four digits back
         return None
-    return BackupName(taken_at, match.group("db"), "gzip" if match.group("suffix") == ".dump.gz" else "zstd")
+    compression = "gzip" if match.group("suffix") == ".dump.gz" else "zstd"
+    return BackupName(taken_at, match.group("db"), compression, match.group("age") is not None)
 
 
 def parse_backup_key(key: str, prefix: str) -> Optional[BackupName]:

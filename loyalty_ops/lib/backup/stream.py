@@ -116,6 +116,7 @@ def stream_to_file(
     on_raw: Optional[Callable[[bytes], None]] = None,
     max_rate_bps: Optional[float] = None,
     nice: int = 0,
+    seal: Optional[Callable[[Compressor], Compressor]] = None,
 ) -> WrittenFile:
     """Compress ``source`` into ``final_path`` (mode 0600) with its ``.sha256`` sidecar.
 
@@ -130,12 +131,16 @@ def stream_to_file(
     ``on_raw`` sees every chunk of the source before compression (the row count). ``max_rate_bps`` caps
     the read rate of the source; the seconds spent waiting are in :attr:`WrittenFile.throttled_s`.
     ``nice`` (1-19) lowers the CPU priority of the thread that compresses, hashes and writes.
+    ``seal`` wraps the compressor in a layer of the same shape after it (age encryption, encryption.py):
+    what is hashed, written and uploaded is then the sealed stream.
     """
     started = time.monotonic()
     final_path = Path(final_path)
     if final_path.exists():
         raise FileExistsError(f"{final_path} already exists; refusing to overwrite a backup")
     compressor = make_compressor(compression, level, threads)
+    if seal is not None:
+        compressor = seal(compressor)
     digest = hashlib.sha256()
     label = f"dump (rate limited to {max_rate_bps / 1e6:g} MB/s)" if max_rate_bps else "dump"
     meter = ProgressMeter(label, on_progress, expected_bytes=expected_raw_bytes, interval_s=progress_interval_s)

@@ -3,7 +3,7 @@ and (for ``latest``) what the backup history says about each backup."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -39,6 +39,8 @@ class RestoreEnvironment:
     # The server the backups were taken from, asked for the source database's size (a restore's expected
     # size) when restores and drills go to another server; None: ``spec``'s server.
     source_spec: Optional[ConnectionSpec] = None
+    # age identities that decrypt encrypted (``.age``) backups (LOYALTY_BACKUP_AGE_IDENTITY_FILE); None: no key here
+    identities: Optional[list] = field(default=None, repr=False)
 
     @property
     def backup_dir(self) -> Path:

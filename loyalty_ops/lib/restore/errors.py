@@ -32,5 +32,10 @@ class ChecksumMismatch(RestoreRefused):
     pass
 
 
+class MissingKey(RestoreRefused):
+    """The backup is encrypted and no identity (private key) was given: refused, never passed over for an
+    older unencrypted backup."""
+
+
 class IncompleteBackup(RestoreRefused):
     """A backup without its manifest (or sidecar) where a complete one is required."""

@@ -18,9 +18,11 @@ from typing import Callable, Optional
 
 from loyalty_ops.lib.formatting import human_bytes
 from loyalty_ops.lib.restore.environment import RestoreEnvironment
-from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, IncompleteBackup, RestoreRefused
+from loyalty_ops.lib.backup.encryption import AGE_SUFFIX
+from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, IncompleteBackup, MissingKey, RestoreRefused
 from loyalty_ops.lib.restore.plan import BackupRef
 from loyalty_ops.lib.restore.source import (
+    MISSING_KEY_HINT,
     Candidate,
     LocatedBackup,
     PreparedArchive,
@@ -81,6 +83,8 @@ def _prepare(located: LocatedBackup, env: RestoreEnvironment, plan: Optional[Fet
         f"backup: {located.where} ({human_bytes(located.size or 0)}), expected SHA-256 {located.expected_sha256} "
         f"from {', '.join(located.checksum_sources)}"
     )
+    if located.filename.endswith(AGE_SUFFIX) and not env.identities:  # before anything is downloaded
+        raise MissingKey("decrypt", f"{located.filename} is encrypted: {MISSING_KEY_HINT}")
     if plan.before_fetch is not None:
         t0 = time.monotonic()
         plan.before_fetch(located)
@@ -101,6 +105,7 @@ def _prepare(located: LocatedBackup, env: RestoreEnvironment, plan: Optional[Fet
                 filename=located.filename,
                 on_progress=env.on_progress,
                 progress_interval_s=env.progress_interval_s,
+                identities=tuple(env.identities or ()),
             )
             timings["verify_s"] = time.monotonic() - t2
         else:
@@ -111,6 +116,7 @@ def _prepare(located: LocatedBackup, env: RestoreEnvironment, plan: Optional[Fet
                 filename=located.filename,
                 on_progress=env.on_progress,
                 progress_interval_s=env.progress_interval_s,
+                identities=tuple(env.identities or ()),
             )
             timings["verify_decompress_s"] = time.monotonic() - t2
     except BaseException:
@@ -164,7 +170,7 @@ def _fetch_candidate(
             if require_complete:
                 _require_complete(located)
             fetched = _prepare(located, env, plan)
-        except NotEnoughSpace:
+        except (NotEnoughSpace, MissingKey):
             raise
         except RestoreRefused as exc:
             if not failures:
@@ -224,8 +230,8 @@ def fetch_latest(env: RestoreEnvironment, plan: Optional[FetchPlan] = None) -> F
             chosen_because = verdict.reason
         try:
             fetched = _fetch_candidate(candidate, env, require_complete=not use_history, plan=plan)
-        except NotEnoughSpace:
-            raise  # an older backup would not fit either
+        except (NotEnoughSpace, MissingKey):
+            raise  # an older backup would not fit either; a missing key is a setting to fix, not a bad backup
         except RestoreRefused as exc:
             _skip(candidate.filename, exc.reason)
             continue

@@ -25,22 +25,22 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from loyalty_ops.lib.backup.encryption import AGE_SUFFIX, unseal_bytes
 from loyalty_ops.lib.backup.globals import database_property_statements, missing_roles
 from loyalty_ops.lib.backup.manifest import BackupManifest
 from loyalty_ops.lib.pg.tools import ToolError
 from loyalty_ops.lib.restore import database as db
 from loyalty_ops.lib.restore.counts import compare_restored
 from loyalty_ops.lib.restore.environment import RestoreEnvironment
-from loyalty_ops.lib.restore.errors import RestoreRefused, RestoreStepError
+from loyalty_ops.lib.restore.errors import MissingKey, RestoreRefused, RestoreStepError
 from loyalty_ops.lib.restore.fetch import FetchedArchive, fetch_and_verify
 from loyalty_ops.lib.restore.globals_script import GlobalsPlan, GlobalsScriptError, plan_globals
 from loyalty_ops.lib.restore.plan import RestoreRequest
 from loyalty_ops.lib.restore.pg_restore import run_pg_restore
-from loyalty_ops.lib.restore.source import LocatedBackup
+from loyalty_ops.lib.restore.source import MISSING_KEY_HINT, LocatedBackup
 
-Unseal = Optional[Callable[[bytes], bytes]]
 
 
 @dataclass
@@ -65,7 +65,7 @@ class NewServerOutcome:
     database_locale: str = ""
 
 
-def fetch_globals(located: LocatedBackup, manifest: BackupManifest, env: RestoreEnvironment, unseal: Unseal = None) -> str:
+def fetch_globals(located: LocatedBackup, manifest: BackupManifest, env: RestoreEnvironment) -> str:
     """The globals file beside the backup (on this machine, else on S3), verified against the manifest's
     SHA-256, unsealed (age) and decompressed. Raises :class:`RestoreRefused`."""
     recorded = manifest.globals or {}
@@ -95,10 +95,13 @@ def fetch_globals(located: LocatedBackup, manifest: BackupManifest, env: Restore
         raise RestoreRefused(
             "fetch globals", f"{where} hashes to {actual} but the manifest records {recorded.get('sha256')}: it is corrupt or was changed"
         )
-    if name.endswith(".age"):
-        if unseal is None:
-            raise RestoreRefused("fetch globals", f"{name} is encrypted and no identity was given")
-        content = unseal(content)
+    if name.endswith(AGE_SUFFIX):
+        if not env.identities:
+            raise MissingKey("fetch globals", f"{name} is encrypted: {MISSING_KEY_HINT}")
+        try:
+            content = unseal_bytes(content, env.identities)
+        except ValueError as exc:
+            raise RestoreRefused("fetch globals", f"{name}: {exc}") from None
     try:
         return gzip.decompress(content).decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError) as exc:
@@ -116,9 +119,7 @@ def _admin(env: RestoreEnvironment, step: str):
         raise RestoreRefused(step, str(exc)) from None
 
 
-def restore_onto_new_server(
-    request: RestoreRequest, env: RestoreEnvironment, *, unseal: Unseal = None, now: Optional[datetime] = None
-) -> NewServerOutcome:
+def restore_onto_new_server(request: RestoreRequest, env: RestoreEnvironment, *, now: Optional[datetime] = None) -> NewServerOutcome:
     """Run a validated ``new_server`` request. Raises :class:`RestoreRefused` (nothing changed) or
     :class:`RestoreStepError`."""
     started = time.monotonic()
@@ -151,7 +152,7 @@ def restore_onto_new_server(
         if manifest is None:
             raise RestoreRefused("fetch globals", f"{fetched.located.filename} has no manifest: its roles and properties are unknown")
         t = time.monotonic()
-        script = fetch_globals(fetched.located, manifest, env, unseal)
+        script = fetch_globals(fetched.located, manifest, env)
         with _admin(env, "restore globals") as conn:
             roles_here = _names(conn, "SELECT rolname FROM pg_roles")
             tablespaces_here = _names(conn, "SELECT spcname FROM pg_tablespace")

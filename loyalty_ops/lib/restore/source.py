@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from loyalty_ops.lib.backup.archive import ArchiveFormatError, ArchiveReader
+from loyalty_ops.lib.backup.encryption import AGE_SUFFIX, AgeStream
 from loyalty_ops.lib.backup.integrity import CUSTOM_FORMAT_MAGIC, StreamDecompressor, compression_of, read_sidecar
 from loyalty_ops.lib.backup.manifest import BackupManifest, read_manifest
 from loyalty_ops.lib.backup.inventory import list_objects
@@ -31,7 +32,12 @@ from loyalty_ops.lib.backup.naming import SIDECAR_SUFFIX, BackupName
 from loyalty_ops.lib.backup.stream import drain_queue, remove_stale_partials
 from loyalty_ops.lib.backup.tempfiles import create_locked, locked_partial_path
 from loyalty_ops.lib.progress import ProgressMeter, ProgressSnapshot
-from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, RestoreRefused, RestoreStepError
+from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, MissingKey, RestoreRefused, RestoreStepError
+
+MISSING_KEY_HINT = (
+    "restoring, drilling and checking it need the private key: set LOYALTY_BACKUP_AGE_IDENTITY_FILE to the file "
+    "age-keygen wrote (e.g. /etc/loyalty/backup-age-key.txt)"
+)
 from loyalty_ops.lib.restore.plan import BackupRef
 
 READ_BYTES = 4 * 1024 * 1024
@@ -269,6 +275,7 @@ class PreparedArchive:
     source: Optional[Path] = None  # the compressed file a streamed archive is read from (again)
     compression: str = ""
     data_blocks: int = 0  # data blocks the verification walked to their end markers (streamed archives)
+    identities: Optional[tuple] = field(default=None, repr=False)  # to decrypt an ``.age`` source again (streamed)
 
     @property
     def streamed(self) -> bool:
@@ -280,7 +287,8 @@ class ArchiveChanged(RestoreStepError):
 
 
 def _read_decompressed(
-    compressed: Path, name: str, compression: str, sink: Callable[[bytes], None], meter: ProgressMeter
+    compressed: Path, name: str, compression: str, sink: Callable[[bytes], None], meter: ProgressMeter,
+    identities: Optional[tuple] = None,
 ) -> tuple[int, str, Optional[str], bytes]:
     """Read ``compressed`` once: hash every byte on a reader thread, decompress on this one, give each
     decompressed block to ``sink``. Returns (decompressed bytes, SHA-256, the first stream or format error,
@@ -309,6 +317,10 @@ def _read_decompressed(
 
     reader = threading.Thread(target=_read, name="archive-reader", daemon=True)
     decomp = StreamDecompressor(compression)
+    # An encrypted (.age) file is decrypted before it is decompressed; the checksum is of the file as stored.
+    unseal = AgeStream(identities=list(identities)) if name.endswith(AGE_SUFFIX) and identities else None
+    if name.endswith(AGE_SUFFIX) and unseal is None:
+        raise MissingKey("decrypt", f"{name} is encrypted: {MISSING_KEY_HINT}")
     stream_error: Optional[str] = None
     raw = 0
     head = b""
@@ -324,7 +336,7 @@ def _read_decompressed(
             if stream_error:
                 continue
             try:
-                block = decomp.decompress(item)  # type: ignore[arg-type]
+                block = decomp.decompress(unseal.compress(item) if unseal is not None else item)  # type: ignore[arg-type]
                 if block:
                     if len(head) < len(CUSTOM_FORMAT_MAGIC):
                         head += block[: len(CUSTOM_FORMAT_MAGIC)]
@@ -334,10 +346,23 @@ def _read_decompressed(
                 stream_error = str(exc)
                 stop.set()  # the reader only hashes from now on; keep taking chunks until its EOF
         reader.join()
+        if unseal is not None and not stream_error:
+            try:
+                block = decomp.decompress(unseal.flush())
+                if block:
+                    if len(head) < len(CUSTOM_FORMAT_MAGIC):
+                        head += block[: len(CUSTOM_FORMAT_MAGIC)]
+                    sink(block)
+                    raw += len(block)
+            except ValueError as exc:
+                stream_error = str(exc)
     except BaseException:
         stop.set()
         drain_queue(chunks)
         raise
+    finally:
+        if unseal is not None:
+            unseal.abort()
     return raw, digest.hexdigest(), stream_error or decomp.truncation_error(), head
 
 
@@ -373,8 +398,10 @@ def prepare_archive(
     filename: Optional[str] = None,
     on_progress: ProgressFn = None,
     progress_interval_s: float = 10.0,
+    identities: Optional[tuple] = None,
 ) -> PreparedArchive:
     """Hash and decompress ``compressed`` in one pass into a 0600 temporary file; refuse on any mismatch.
+    An ``.age`` file is decrypted on the way with ``identities`` (refused without them).
 
     A reader thread reads and hashes while this thread decompresses and writes (zlib, zstd and hashlib
     release the GIL, so the two overlap). The checksum is judged first: a corrupted file is refused for
@@ -392,7 +419,7 @@ def prepare_archive(
     out_path, fd = open_work_file(work_dir, name, "archive")
     try:
         with os.fdopen(fd, "wb", buffering=0) as out:
-            raw, actual, stream_error, head = _read_decompressed(compressed, name, compression, out.write, meter)
+            raw, actual, stream_error, head = _read_decompressed(compressed, name, compression, out.write, meter, identities)
         _judge(name, expected_sha256, actual, stream_error, raw)
         if not head.startswith(CUSTOM_FORMAT_MAGIC):
             raise RestoreRefused("decompress", f"{name} is not a pg_dump custom-format archive")
@@ -410,6 +437,7 @@ def verify_archive(
     filename: Optional[str] = None,
     on_progress: ProgressFn = None,
     progress_interval_s: float = 10.0,
+    identities: Optional[tuple] = None,
 ) -> PreparedArchive:
     """The first pass of a streamed restore: hash ``compressed``, decompress it and read the whole archive
     (header, table of contents, every data block to its end marker) without writing anything. Refuses on a
@@ -432,7 +460,7 @@ def verify_archive(
             except ArchiveFormatError as exc:
                 archive_errors.append(str(exc))
 
-    raw, actual, stream_error, head = _read_decompressed(compressed, name, compression, _feed, meter)
+    raw, actual, stream_error, head = _read_decompressed(compressed, name, compression, _feed, meter, identities)
     _judge(name, expected_sha256, actual, stream_error, raw)
     if not head.startswith(CUSTOM_FORMAT_MAGIC):
         raise RestoreRefused("decompress", f"{name} is not a pg_dump custom-format archive")
@@ -449,7 +477,7 @@ def verify_archive(
     meter.finish()
     return PreparedArchive(
         None, raw, size, actual, time.monotonic() - started, source=compressed, compression=compression,
-        data_blocks=summary.data_blocks,
+        data_blocks=summary.data_blocks, identities=identities,
     )
 
 
@@ -460,7 +488,9 @@ def stream_archive(archive: PreparedArchive, write: Callable[[bytes], None], *, 
     assert archive.source is not None, "only a verified archive is streamed"
     name = filename or archive.source.name
     meter = ProgressMeter("stream into pg_restore", None, expected_bytes=archive.compressed_bytes)
-    raw, actual, stream_error, _ = _read_decompressed(archive.source, name, archive.compression, write, meter)
+    raw, actual, stream_error, _ = _read_decompressed(
+        archive.source, name, archive.compression, write, meter, archive.identities
+    )
     if actual != archive.sha256 or stream_error or raw != archive.raw_bytes:
         raise ArchiveChanged(
             "pg_restore",

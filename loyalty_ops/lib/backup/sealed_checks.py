@@ -1,0 +1,125 @@
+"""The plaintext checks of an encrypted backup, done in the backup pass itself.
+
+Once a backup is encrypted, its stream, archive and table of contents can only be read with the private key,
+which the backup box may not hold (it needs only the recipients). So the compressed stream is inspected
+*as it is written*, block by block before encryption: decompressed to its end, the whole archive walked
+(every data block to its end marker, :mod:`loyalty_ops.lib.backup.archive`) and fed to ``pg_restore --list``,
+and hashed. The verdict is recorded with the backup before it gets its name; the blocking checks report it
+and check the file on disk (its SHA-256, its age header). With the key at hand the checks decrypt the file
+on disk and read it whole instead (``integrity.inspect_archive(..., unseal=...)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any, Optional
+
+from loyalty_ops.lib.backup.archive import ArchiveReader
+from loyalty_ops.lib.backup.integrity import (
+    CUSTOM_FORMAT_MAGIC,
+    ArchiveInspection,
+    StreamDecompressor,
+    StreamVerdict,
+    _archive_verdict,
+    _feed,
+    _Worker,
+)
+
+
+class InPassInspection:
+    """Push each compressed block with :meth:`feed`; :meth:`finish` returns the same
+    :class:`ArchiveInspection` that reading the unencrypted file would have given."""
+
+    def __init__(self, compression: str, toc_process: Any = None, *, label: str = "the compressed stream"):
+        self._started = time.monotonic()
+        self._label = label
+        self._digest = hashlib.sha256()
+        self._reader = ArchiveReader()
+        self._walker = _Worker("in-pass-archive-walk", self._reader.feed)
+        self._decomp = StreamDecompressor(compression)
+        self._toc = toc_process
+        self._sink = toc_process.stdin if toc_process is not None else None
+        self._toc_chunks: list[bytes] = []
+        self._toc_reader: Optional[threading.Thread] = None
+        if toc_process is not None:
+            self._toc_reader = threading.Thread(
+                target=lambda: self._toc_chunks.extend(iter(lambda: toc_process.stdout.read(65536), b"")),
+                name="in-pass-toc-reader", daemon=True,
+            )
+            self._toc_reader.start()
+        self._size = 0
+        self._raw = 0
+        self._head = b""
+        self._error: Optional[str] = None
+
+    def feed(self, block: bytes) -> None:
+        self._size += len(block)
+        self._digest.update(block)
+        if self._error:
+            return
+        try:
+            out = self._decomp.decompress(block)
+        except ValueError as exc:
+            self._error = str(exc)
+            return
+        self._raw += len(out)
+        if len(self._head) < len(CUSTOM_FORMAT_MAGIC):
+            self._head += out[: len(CUSTOM_FORMAT_MAGIC)]
+        if out:
+            self._walker.put(out)
+            self._sink = _feed(self._sink, out)
+
+    def finish(self) -> ArchiveInspection:
+        self._walker.close()
+        _feed(self._sink, None)
+        error = self._error or self._decomp.truncation_error()
+        if self._size == 0:
+            verdict = StreamVerdict(False, 0, f"{self._label} is empty")
+        elif error:
+            verdict = StreamVerdict(False, self._raw, f"{self._label}: {error} after {self._raw} decompressed bytes")
+        elif not self._head.startswith(CUSTOM_FORMAT_MAGIC):
+            verdict = StreamVerdict(False, self._raw, f"{self._label} decompresses but is not a pg_dump custom-format archive")
+        else:
+            verdict = StreamVerdict(True, self._raw, f"{self._label} (checked before encryption): valid to the end, {self._raw} bytes of archive")
+        summary, archive_error = _archive_verdict(self._reader, self._walker.error, verdict)
+        toc_text = toc_error = None
+        if self._toc is not None:
+            assert self._toc_reader is not None
+            self._toc_reader.join()
+            code = self._toc.wait()
+            toc_text = b"".join(self._toc_chunks).decode("utf-8", errors="replace")
+            if code != 0:
+                toc_error = f"pg_restore --list failed with exit code {code}: {self._toc.stderr_text().strip()[-1500:]}"
+        return ArchiveInspection(
+            self._digest.hexdigest(), self._size, verdict, toc_text, toc_error, summary, archive_error,
+            time.monotonic() - self._started,
+        )
+
+    def abort(self) -> None:
+        self._walker.close()
+        _feed(self._sink, None)
+        if self._toc is not None:
+            self._toc.kill()
+
+
+def in_pass_record(inspection: ArchiveInspection, missing_tables: list[str]) -> dict[str, Any]:
+    """What the blocking checks need from an in-pass inspection, as plain JSON for the backup's metadata."""
+    summary = inspection.archive
+    return {
+        "stream_ok": inspection.stream.ok,
+        "stream_message": inspection.stream.message,
+        "archive_complete": summary is not None,
+        "archive_message": (
+            f"read to the end before encryption: {summary.data_blocks} of {summary.data_blocks} data blocks complete, "
+            f"{len(summary.entries)} TOC entries, {summary.archive_bytes} bytes of archive"
+            if summary is not None else str(inspection.archive_error)
+        ),
+        "data_blocks": summary.data_blocks if summary is not None else 0,
+        "toc_error": inspection.toc_error or "",
+        "toc_entries": sum(1 for line in (inspection.toc_text or "").splitlines() if line and not line.startswith(";")),
+        "missing_tables": missing_tables,
+        "compressed_sha256": inspection.sha256,
+        "seconds": round(inspection.seconds, 3),
+    }

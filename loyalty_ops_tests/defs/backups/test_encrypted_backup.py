@@ -1,0 +1,96 @@
+"""Client-side encryption (age): the backup and its globals leave the dump already encrypted to the
+recipients; the stored object holds no plaintext; the stock `age -d | gunzip | pg_restore` restores it; the
+checks that need plaintext are done in the backup pass when the key is not on the machine (and on the file
+itself when it is); the drill passes with the key and refuses, naming the setting, without it."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from loyalty_ops.defs.backups.assets import database_backup
+from loyalty_ops.defs.backups.checks import BACKUP_CHECKS
+from loyalty_ops.defs.backups.offsite_copy import offsite_backup_copy
+from loyalty_ops.defs.resources import BackupStorage
+from loyalty_ops.defs.restore.drill import restore_drill, restore_drill_matches_source
+from loyalty_ops.defs.restore.resources import RestoreSettings
+from loyalty_ops.lib.backup.encryption import AGE_MAGIC
+from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata, table_fingerprints
+
+KNOWN_ROW = b"member17@example.co.zw"  # a members row of the sample database
+NIGHTLY = [database_backup, *BACKUP_CHECKS, offsite_backup_copy, restore_drill, restore_drill_matches_source]
+
+
+@pytest.fixture(scope="module")
+def age_key(tmp_path_factory) -> tuple[Path, str]:
+    """A key made by the stock CLI: the private key file and its public key (the recipient)."""
+    key = tmp_path_factory.mktemp("age") / "backup-key.txt"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    public = subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
+    return key, public
+
+
+def _nightly(ops_resources, instance, **storage):
+    resources = {
+        **ops_resources,
+        "backup_storage": BackupStorage(backup_dir=ops_resources["backup_storage"].backup_dir, encryption="age", **storage),
+        "restore_settings": RestoreSettings(),
+    }
+    return dg.materialize(NIGHTLY, resources=resources, instance=instance, raise_on_error=False)
+
+
+def test_an_encrypted_backup_is_unreadable_without_the_key_and_restores_with_stock_tools(
+    ops_resources, age_key, dagster_instance, s3_client, s3_bucket, pg_cluster, loyalty_db, make_database, tmp_path
+):
+    key, public = age_key
+    # The backup box holds only the public key: the plaintext checks run in the backup pass.
+    result = _nightly(ops_resources, dagster_instance, age_recipients=public)
+    backup = materialization_metadata(result, "database_backup")
+    assert backup["filename"].endswith(".dump.gz.age") and backup["encrypted"] is True
+    assert backup["globals_filename"].endswith(".globals.sql.gz.age")
+    checks = check_evaluations(result)
+    assert all(checks[name] for name in (
+        "backup_archive_decompresses", "backup_archive_complete", "backup_checksum_matches",
+        "backup_toc_lists_all_tables", "backup_size_plausible")), checks
+    assert backup["in_pass_checks"]["archive_complete"] is True and backup["in_pass_checks"]["data_blocks"] > 0
+    assert materialization_metadata(result, "offsite_backup_copy")["verified"] is True
+    # Without the key the drill refuses and says which setting is missing.
+    drill = materialization_metadata(result, "restore_drill")
+    assert drill["passed"] is False and drill["failed_step"] == "decrypt"
+    assert "LOYALTY_BACKUP_AGE_IDENTITY_FILE" in drill["message"] and checks["restore_drill_matches_source"] is False
+    assert str(key) not in str(drill)
+
+    # What S3 holds: an age file with no plaintext of a known row, not even a gzip stream.
+    key_prefix = materialization_metadata(result, "offsite_backup_copy")["key"]
+    stored = s3_client.get_object(Bucket=s3_bucket, Key=key_prefix)["Body"].read()
+    assert stored.startswith(AGE_MAGIC) and KNOWN_ROW not in stored
+    with pytest.raises(OSError):
+        gzip.decompress(stored)
+    globals_key = key_prefix.rsplit("/", 1)[0] + "/" + backup["globals_filename"]
+    sealed_globals = s3_client.get_object(Bucket=s3_bucket, Key=globals_key)["Body"].read()
+    assert sealed_globals.startswith(AGE_MAGIC) and b"CREATE ROLE" not in sealed_globals
+
+    # The stock tools read it: age -d | gunzip | pg_restore, into a new database that equals the source.
+    path = Path(backup["path"])
+    restored = make_database("stock", sample_scale=None)
+    env = {"PATH": "/usr/bin:/bin", **pg_cluster.env(restored)}
+    pipeline = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f'age -d -i "$KEY" "$FILE" | gunzip | {pg_cluster.bin_dir}/pg_restore --no-owner -d "$PGDATABASE"'],
+        env={**env, "KEY": str(key), "FILE": str(path)}, capture_output=True, text=True,
+    )
+    assert pipeline.returncode == 0, pipeline.stderr
+    assert table_fingerprints(pg_cluster, restored) == table_fingerprints(pg_cluster, loyalty_db)
+    plain_globals = subprocess.run(["age", "-d", "-i", str(key), str(path.with_name(backup["globals_filename"]))],
+                                   check=True, capture_output=True).stdout
+    assert b"CREATE ROLE" in gzip.decompress(plain_globals)
+
+    # With the key: the checks decrypt the file on disk and read it whole; the drill passes.
+    with_key = _nightly(ops_resources, dagster_instance, age_recipients=public, age_identity_file=str(key))
+    assert with_key.success, check_evaluations(with_key)
+    assert all(check_evaluations(with_key).values())
+    drill = materialization_metadata(with_key, "restore_drill")
+    assert drill["passed"] is True and drill["backup_filename"].endswith(".dump.gz.age")
