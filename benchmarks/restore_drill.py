@@ -114,7 +114,7 @@ def run_child(spec: ConnectionSpec, work: Path, backup: str, target: str, jobs: 
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
 
-def part_cost(cluster: LocalPostgres, work: Path, backup: Path, db_bytes: int) -> None:
+def part_cost(cluster: LocalPostgres, work: Path, backup: Path, db_bytes: int, drill_jobs=(2, 1), restore_jobs=(2, 1)) -> None:
     env = environment(cluster.spec("loyalty"), work)
     gb = db_bytes / GB
     raw = work / "bare.dump"
@@ -130,7 +130,7 @@ def part_cost(cluster: LocalPostgres, work: Path, backup: Path, db_bytes: int) -
     print(f"bare pg_restore -j2 from a decompressed file: {bare:.1f} s (decompress first: {decompress_s:.1f} s)  [{uptime()}]", flush=True)
 
     drills = {}
-    for jobs in (2, 1):
+    for jobs in drill_jobs:
         started = time.monotonic()
         result = run_drill(env, BackupRef("file", str(backup)), jobs=jobs)
         drills[jobs] = time.monotonic() - started
@@ -139,7 +139,7 @@ def part_cost(cluster: LocalPostgres, work: Path, backup: Path, db_bytes: int) -
 
     baseline = run_child(cluster.spec("loyalty"), work, "", "", 0)
     restores = {}
-    for jobs in (2, 1):
+    for jobs in restore_jobs:
         target = f"bench_restore_j{jobs}"
         restores[jobs] = run_child(cluster.spec("loyalty"), work, str(backup), target, jobs)
         cluster.drop_database(target)
@@ -155,15 +155,13 @@ def part_cost(cluster: LocalPostgres, work: Path, backup: Path, db_bytes: int) -
     rows = [
         ("bare pg_restore -j2 (decompressed file)", bare),
         ("bare incl. decompress to a file", bare + decompress_s),
-        ("drill -j2 (temp file)", drills[2]),
-        ("drill -j1 (streamed)", drills[1]),
-        ("restore -j2 (temp file)", restores[2]["seconds"]),
-        ("restore -j1 (streamed)", restores[1]["seconds"]),
+        *[(f"drill -j{j} ({'streamed' if j == 1 else 'temp file'})", drills[j]) for j in drill_jobs],
+        *[(f"restore -j{j} ({'streamed' if j == 1 else 'temp file'})", restores[j]["seconds"]) for j in restore_jobs],
     ]
     for label, seconds in rows:
         print(f"{label:40} {seconds:8.1f} {seconds / gb:9.1f} {seconds / bare:14.2f}")
     print(f"interpreter with the restore code imported: {baseline['rss_before_mb']:.0f} MB RSS")
-    for jobs in (2, 1):
+    for jobs in restore_jobs:
         r = restores[jobs]
         own = r["restore_peak_rss_mb"] - r["rss_before_mb"]
         print(
@@ -276,6 +274,8 @@ def main() -> None:
     parser.add_argument("--placements", default="production,scratch,server", help="for --part impact")
     parser.add_argument("--idle-seconds", type=float, default=15.0)
     parser.add_argument("--work-dir", default=None, help="where archives and temp files go (default: a temp dir)")
+    parser.add_argument("--drill-jobs", default="2,1", help="drills measured by --part cost (default 2,1)")
+    parser.add_argument("--restore-jobs", default="2,1", help="restores measured by --part cost (default 2,1)")
     args = parser.parse_args()
 
     print(f"restore/drill benchmark, {args.size_gb} GB, part {args.part}; {os.cpu_count()} CPUs; {uptime()}", flush=True)
@@ -289,7 +289,10 @@ def main() -> None:
         backup = take_safety_backup(env, "loyalty")
         print(f"database {human_bytes(db_bytes)}; backup {backup.name} {human_bytes(backup.stat().st_size)} in {time.monotonic() - started:.1f} s", flush=True)
         if args.part in ("cost", "both"):
-            part_cost(cluster, work, backup, db_bytes)
+            part_cost(
+                cluster, work, backup, db_bytes,
+                tuple(int(j) for j in args.drill_jobs.split(",") if j), tuple(int(j) for j in args.restore_jobs.split(",") if j),
+            )
         if args.part in ("impact", "both"):
             part_impact(cluster, work, [p.strip() for p in args.placements.split(",") if p.strip()], args.idle_seconds)
         shutil.rmtree(work, ignore_errors=True)

@@ -13,6 +13,12 @@ import pytest
 
 from devstack.postgres_cluster import LocalPostgres
 from loyalty_ops.defs.restore.resources import RestoreSettings
+from loyalty_ops.lib.backup.location import BackupLocation
+from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.pg.tools import HostToolRunner
+from loyalty_ops.lib.restore.placement import DrillPlacement, run_placed_drill
+from loyalty_ops.lib.restore.plan import BackupRef
+from loyalty_ops.lib.restore.run import RestoreEnvironment
 from loyalty_ops.lib.restore.plan import DRILL_PREFIX
 from loyalty_ops_tests.defs.restore.conftest import databases, everything_under, materialize_drill
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
@@ -104,23 +110,25 @@ def test_the_drill_on_a_scratch_server_started_for_it_streams_and_leaves_nothing
     assert drill_databases(pg_cluster) == set()
 
 
-def test_a_drill_server_that_cannot_be_reached_fails_the_drill_naming_it(restore_resources, dagster_instance, local_backup):
-    settings = RestoreSettings(drill_placement="server", drill_host="127.0.0.1", drill_port=1, drill_user="postgres")
-    result = materialize_drill({**restore_resources, "restore_settings": settings}, dagster_instance)
-    assert not result.success
-    meta = materialization_metadata(result, "restore_drill")
-    assert meta["failed_step"] == "check drill server" and "127.0.0.1:1" in meta["message"], meta["message"]
+def _lib_environment(pg_cluster, loyalty_db, backup_dir):
+    spec = pg_cluster.spec(loyalty_db)
+    return RestoreEnvironment(spec=spec, runner=HostToolRunner(spec), location=BackupLocation(backup_dir))
 
 
-def test_a_scratch_directory_the_server_cannot_use_fails_the_drill_saying_why(
-    restore_resources, dagster_instance, local_backup, tmp_path
-):
+def test_a_drill_server_that_cannot_be_reached_fails_the_drill_naming_it(pg_cluster, loyalty_db, local_backup):
+    env = _lib_environment(pg_cluster, loyalty_db, local_backup.parent)
+    unreachable = DrillPlacement("server", server=ConnectionSpec(host="127.0.0.1", port=1, user="postgres", connect_timeout=2))
+    result = run_placed_drill(env, BackupRef("latest"), unreachable)
+    assert not result.passed and result.failed_step == "check drill server"
+    assert "127.0.0.1:1" in result.message and "not reachable" in result.message, result.message
+
+
+def test_a_scratch_directory_the_server_cannot_use_fails_the_drill_saying_why(pg_cluster, loyalty_db, local_backup, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("the scratch server runs as the postgres OS user only when the drill runs as root")
     os.chmod(tmp_path, 0o700)
-    settings = RestoreSettings(drill_placement="scratch", drill_scratch_dir=str(tmp_path / "closed"))
-    result = materialize_drill({**restore_resources, "restore_settings": settings}, dagster_instance)
-    meta = materialization_metadata(result, "restore_drill")
-    assert not result.success and meta["failed_step"] == "start scratch server"
-    assert "postgres OS user cannot reach" in meta["message"] and "chmod o+x" in meta["message"], meta["message"]
+    env = _lib_environment(pg_cluster, loyalty_db, local_backup.parent)
+    result = run_placed_drill(env, BackupRef("latest"), DrillPlacement("scratch", scratch_dir=tmp_path / "closed"))
+    assert not result.passed and result.failed_step == "start scratch server"
+    assert "postgres OS user cannot reach" in result.message and "chmod o+x" in result.message, result.message
     assert everything_under(tmp_path / "closed") == []
