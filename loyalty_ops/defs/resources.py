@@ -161,7 +161,8 @@ class BackupStorage(dg.ConfigurableResource):
             return BackupLocation(self.path, prefix=offsite.prefix)
         try:
             return BackupLocation(
-                self.path, offsite.bucket, offsite.prefix, offsite.sse, offsite.kms_key_id, offsite.storage_class
+                self.path, offsite.bucket, offsite.prefix, offsite.sse, offsite.kms_key_id, offsite.storage_class,
+                offsite.object_lock_days, offsite.object_lock_mode,
             )
         except LocationError as exc:
             raise dg.Failure(f"offsite settings are invalid: {exc}") from None
@@ -176,6 +177,12 @@ class OffsiteStorage(dg.ConfigurableResource):
     sse: str = Field(default="AES256", description="Server-side encryption: AES256 or aws:kms (LOYALTY_S3_SSE).")
     kms_key_id: Optional[str] = Field(default=None, description="KMS key id for aws:kms (LOYALTY_S3_KMS_KEY_ID).")
     storage_class: str = Field(default="STANDARD", description="S3 storage class (LOYALTY_S3_STORAGE_CLASS).")
+    object_lock_days: Optional[int] = Field(
+        default=None, description="S3 Object Lock retention of every object, in days (LOYALTY_S3_OBJECT_LOCK_DAYS)."
+    )
+    object_lock_mode: str = Field(
+        default="GOVERNANCE", description="GOVERNANCE or COMPLIANCE (LOYALTY_S3_OBJECT_LOCK_MODE)."
+    )
 
     @property
     def configured(self) -> bool:

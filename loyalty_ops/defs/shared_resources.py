@@ -93,6 +93,8 @@ def offsite_storage(settings: LoyaltySettings) -> OffsiteStorage:
                 "sse": offsite.sse,
                 "kms_key_id": offsite.kms_key_id,
                 "storage_class": offsite.storage_class,
+                "object_lock_days": offsite.object_lock_days,
+                "object_lock_mode": offsite.object_lock_mode,
             }
         ),
     )

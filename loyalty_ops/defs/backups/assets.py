@@ -14,6 +14,7 @@ from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTa
 from loyalty_ops.lib.backup.dump import BackupError, BackupRequest, take_backup
 from loyalty_ops.lib.backup.manifest import manifest_path
 from loyalty_ops.lib.backup.naming import COMPRESSION_SUFFIXES
+from loyalty_ops.lib.backup.object_lock import ObjectLockError, require_object_lock
 from loyalty_ops.defs.backups.offsite_copy import start_streaming_upload
 from loyalty_ops.lib.backup.offsite import StreamingUpload
 from loyalty_ops.lib.concurrency import DATABASE_POOL
@@ -123,9 +124,19 @@ def database_backup(
         age_recipients=backup_storage.age_recipients if backup_storage.encrypts else None,
     )
     streaming: list[StreamingUpload] = []
+    if location.offsite_configured and location.object_lock_days:
+        try:  # before anything is written: locking was asked for, the bucket must be able to do it
+            context.log.info(require_object_lock(offsite.client(), location.bucket, location.object_lock_days))
+        except ObjectLockError as exc:
+            raise dg.Failure(description=str(exc), metadata={"bucket": location.bucket}) from None
+        if config.stream_upload:
+            context.log.info(
+                "Object Lock: the offsite copy is uploaded after the checks, not streamed (a streamed upload is "
+                "stamped with its checksum by a copy, which would keep a second locked version of every backup)"
+            )
 
     def open_sink(name, expected_bytes):
-        if not (config.stream_upload and location.offsite_configured):
+        if not (config.stream_upload and location.offsite_configured) or location.object_lock_days:
             return None
         upload = start_streaming_upload(context, location, offsite.client(), name, expected_bytes)
         if upload is None:

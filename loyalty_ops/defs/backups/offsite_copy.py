@@ -25,6 +25,7 @@ from loyalty_ops.lib.backup.offsite import (
     upload_backup,
     upload_sidecars,
 )
+from loyalty_ops.lib.backup.object_lock import ObjectLockError, require_object_lock
 from loyalty_ops.lib.formatting import human_bytes
 
 OWNERS = ["team:platform"]
@@ -145,6 +146,11 @@ def offsite_backup_copy(
     if name is None or not path.exists():
         raise dg.Failure(f"backup file {path} is missing on this machine; it cannot be copied offsite")
     key = location.key_for(name)
+    if location.object_lock_days:
+        try:
+            context.log.info(require_object_lock(offsite.client(), location.bucket, location.object_lock_days))
+        except ObjectLockError as exc:
+            raise dg.Failure(description=str(exc), metadata={"bucket": location.bucket, "verified": False}) from None
     client = (
         offsite.client() if config.max_attempts is None
         else offsite.s3.model_copy(update={"max_attempts": config.max_attempts}).get_client()
@@ -183,6 +189,8 @@ def offsite_backup_copy(
             "duration_s": round(duration, 3),
             "throughput_mb_s": round(size / 1e6 / max(duration, 1e-6), 2),
             "sse": location.sse,
+            "object_lock_days": location.object_lock_days or 0,
+            **({"object_lock_mode": location.object_lock_mode} if location.object_lock_days else {}),
             "storage_class": location.storage_class,
             "sidecar_keys": dg.MetadataValue.json(list(status.sidecar_keys)),
             "source_run_id": backup.run_id,

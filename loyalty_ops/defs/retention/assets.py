@@ -3,6 +3,7 @@
 only what both that plan and a fresh plan delete, so an old plan can never remove something the present
 state would keep."""
 
+import dataclasses
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,6 +99,8 @@ def make_plan(
         raise dg.Failure(f"retention policy is invalid: {exc}") from None
     where = _where(settings, backup_storage, offsite, postgres)
     location, client, bucket, log_dir = where.location, where.client, where.bucket, where.log_dir
+    if location.offsite_configured and location.object_lock_days:  # locked copies are kept until their lock ends
+        policy = dataclasses.replace(policy, object_lock_days=location.object_lock_days)
     try:
         local = list_local_files(location)
     except FileNotFoundError as exc:

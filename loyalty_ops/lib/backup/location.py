@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from loyalty_ops.lib.backup.globals import globals_filename_for
+from loyalty_ops.lib.backup.object_lock import lock_args
 from loyalty_ops.lib.backup.naming import (
     MANIFEST_SUFFIX,
     SIDECAR_SUFFIX,
@@ -81,6 +82,8 @@ class BackupLocation:
     sse: str = "AES256"
     kms_key_id: Optional[str] = None
     storage_class: str = "STANDARD"
+    object_lock_days: Optional[int] = None  # S3 Object Lock retention of every object (object_lock.py)
+    object_lock_mode: str = "GOVERNANCE"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backup_dir", Path(self.backup_dir))
@@ -130,6 +133,8 @@ class BackupLocation:
         args = {"ServerSideEncryption": self.sse, "StorageClass": self.storage_class, "ChecksumAlgorithm": "SHA256"}
         if self.sse == "aws:kms" and self.kms_key_id:
             args["SSEKMSKeyId"] = self.kms_key_id
+        # Locked from now for N days (ObjectLockMode, ObjectLockRetainUntilDate), when a lock is configured.
+        args.update(lock_args(self.object_lock_days, self.object_lock_mode))
         return args
 
     # --- names --------------------------------------------------------------------------------------

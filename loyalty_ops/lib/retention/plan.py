@@ -211,6 +211,23 @@ def offsite_status(unit: Unit, evidence: Evidence) -> str:
     return "confirmed" + (", checksum verified at upload" if unit.filename in evidence.offsite_verified else "")
 
 
+def _lock_hold(unit: Unit, policy: RetentionPolicy, now: datetime, action: str, reason: str) -> tuple[str, str]:
+    """A copy under S3 Object Lock is not deleted before its lock ends (S3 would refuse the version, or keep it
+    behind a delete marker): kept, saying until when. Its lock ends ``object_lock_days`` after its upload."""
+    if action != DELETE or not policy.object_lock_days:
+        return action, reason
+    uploaded = [o.last_modified for o in (unit.remote_main, *unit.remote_sidecars) if o is not None and o.last_modified]
+    if not uploaded:
+        return action, reason
+    until = max(uploaded) + timedelta(days=policy.object_lock_days)
+    if until <= now:
+        return action, reason + f" (its S3 Object Lock ended {until:%Y-%m-%d %H:%M} UTC)"
+    return KEEP, (
+        f"locked by S3 Object Lock until {until:%Y-%m-%d %H:%M} UTC (LOYALTY_S3_OBJECT_LOCK_DAYS="
+        f"{policy.object_lock_days:g}): deleted after that; the policy alone would delete it now ({reason})"
+    )
+
+
 def _remote_request(unit: Unit, purpose: str, evidence: Evidence) -> ReverifyRequest:
     obj = unit.remote_main
     sidecar = unit.remote_sidecar()
@@ -315,10 +332,11 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
             side_action = local_action if unit.local_main is not None else action
             side_reason = local_reason if unit.local_main is not None else reason + " (sidecar without its backup file)"
             local_items.append(PlanItem(LOCAL, "sidecar", f.name, f.size, side_action, side_reason, fn))
+        s3_action, s3_reason = _lock_hold(unit, policy, now, action, reason)
         if unit.remote_main is not None:
-            s3_items.append(PlanItem(S3, "backup", unit.remote_main.key, unit.remote_main.size, action, reason, fn))
+            s3_items.append(PlanItem(S3, "backup", unit.remote_main.key, unit.remote_main.size, s3_action, s3_reason, fn))
         for obj in sorted(unit.remote_sidecars) if len(unit.remote_sidecars) > 1 else unit.remote_sidecars:
-            s3_items.append(PlanItem(S3, "sidecar", obj.key, obj.size, action, reason, fn))
+            s3_items.append(PlanItem(S3, "sidecar", obj.key, obj.size, s3_action, s3_reason, fn))
 
         decisions.append(
             BackupDecision(
@@ -331,7 +349,7 @@ def _plan(inventory: Inventory, evidence: Evidence, policy: RetentionPolicy, now
                 action=action,
                 reasons=tuple(reasons) if reasons and not blocked else (reason,),
                 local_action=local_action if (unit.local_main or unit.local_sidecars) else None,
-                s3_action=action if (unit.remote_main or unit.remote_sidecars) else None,
+                s3_action=s3_action if (unit.remote_main or unit.remote_sidecars) else None,
             )
         )
 

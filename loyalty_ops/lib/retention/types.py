@@ -45,6 +45,9 @@ class RetentionPolicy:
     # Once restore drills exist: True = the newest backup itself must have passed one (drills after every
     # backup); False = the most recent drill must have passed (drills every N backups).
     drill_required_for_newest: bool = True
+    # S3 Object Lock days of every uploaded object (LOYALTY_S3_OBJECT_LOCK_DAYS); 0: none. A locked S3 copy is
+    # never planned for deletion before its lock ends (last modified + these days).
+    object_lock_days: float = 0
 
     def validate(self) -> None:
         problems = []
@@ -75,6 +78,8 @@ class RetentionPolicy:
             parts.append("the most recent restore drill must have passed")
         if self.max_backup_age_hours:
             parts.append(f"newest backup at most {self.max_backup_age_hours:g} h old")
+        if self.object_lock_days:
+            parts.append(f"S3 copies locked (Object Lock) for {self.object_lock_days:g} days after upload")
         return "; ".join(parts)
 
 
