@@ -2,7 +2,8 @@
 
 With no database configured (neither ``LOYALTY_DATABASE_URL`` nor ``PGHOST``) it starts an embedded
 default: a throwaway PostgreSQL holding a sample loyalty database, and a local S3 endpoint (moto) with a
-bucket. Dagster's own history goes to a ``dagster`` database on a local cluster unless ``DAGSTER_PG_HOST``
+bucket; the embedded PostgreSQL archives its WAL to that bucket through barman-cloud (PITR on: a base
+backup is taken first, and the nightly job's PITR drill runs). Dagster's own history goes to a ``dagster`` database on a local cluster unless ``DAGSTER_PG_HOST``
 points elsewhere. Then the webserver and daemon start on 127.0.0.1:3000 and the backup job runs once.
 Ctrl-C stops everything this command started.
 """
@@ -20,11 +21,26 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from devstack.dagster_services import REPO_ROOT, DagsterServices
-from devstack.postgres_cluster import LocalPostgres
+from devstack.postgres_cluster import LocalPostgres, archiving_settings, server_engine_dir
 from devstack.s3_endpoint import LocalS3
 from devstack.sample_data import create_sample_schema
+from loyalty_ops.lib.pitr.engine import S3Access, archive_command
+from loyalty_ops.lib.pitr.location import PitrLocation
 
 LOCAL_BUCKET = "loyalty-local-backups"
+PITR_ARCHIVE_TIMEOUT_S = 10  # WAL visibly arriving in the bucket every few seconds while anything writes
+
+
+def pitr_archiving(env: dict[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The embedded cluster's archiving settings (barman-cloud to the bucket under pitr/) and the server's
+    environment (the S3 endpoint and keys the archive_command reads; never in the settings)."""
+    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION")
+    aws = {n: env.get(n) or os.environ.get(n) for n in names}
+    location = PitrLocation.of(env.get("LOYALTY_S3_BUCKET") or os.environ["LOYALTY_S3_BUCKET"], "pitr/", "loyalty")
+    access = S3Access(endpoint_url=aws["AWS_ENDPOINT_URL"], region=aws["AWS_REGION"],
+                      credentials={n: v for n, v in aws.items() if v and n.startswith("AWS_") and n not in ("AWS_ENDPOINT_URL", "AWS_REGION")})
+    command = archive_command(server_engine_dir(), location, access)
+    return archiving_settings(command, PITR_ARCHIVE_TIMEOUT_S), access.env()
 
 
 def _say(message: str) -> None:
@@ -34,13 +50,28 @@ def _say(message: str) -> None:
 def build_environment(stack: ExitStack, args: argparse.Namespace, workdir: Path) -> dict[str, str]:
     env: dict[str, str] = {}
     target_configured = bool(os.environ.get("LOYALTY_DATABASE_URL") or os.environ.get("PGHOST"))
+    if not os.environ.get("LOYALTY_S3_BUCKET"):
+        s3 = LocalS3(port=args.s3_port).start()
+        stack.callback(s3.stop)
+        s3.client().create_bucket(Bucket=LOCAL_BUCKET)
+        env.update(s3.env())
+        env["LOYALTY_S3_BUCKET"] = LOCAL_BUCKET
+        _say(f"local S3 endpoint on {s3.endpoint_url}, bucket {LOCAL_BUCKET}")
     cluster = None
     if not target_configured or not os.environ.get("DAGSTER_PG_HOST"):
         _say("starting a throwaway PostgreSQL 15 cluster")
-        cluster = LocalPostgres(base_dir=workdir / "postgres", password=os.urandom(12).hex(), port=args.pg_port)
+        settings: tuple[str, ...] = ()
+        server_env: dict[str, str] = {}
+        if not target_configured:  # the embedded target archives its WAL to the bucket: PITR works out of the box
+            settings, server_env = pitr_archiving(env)
+            env.update({"LOYALTY_PITR_ENABLED": "true", "LOYALTY_PITR_BARMAN_BIN_DIR": server_engine_dir(),
+                        "LOYALTY_PITR_ARCHIVE_TIMEOUT_SECONDS": str(PITR_ARCHIVE_TIMEOUT_S)})
+        cluster = LocalPostgres(base_dir=workdir / "postgres", password=os.urandom(12).hex(), port=args.pg_port,
+                                settings=settings, environment=server_env)
         cluster.start()
         stack.callback(cluster.destroy)
-        _say(f"PostgreSQL is listening on 127.0.0.1:{cluster.port}")
+        _say(f"PostgreSQL is listening on 127.0.0.1:{cluster.port}" + (
+            f", archiving WAL to s3://{env['LOYALTY_S3_BUCKET']}/pitr/loyalty" if settings else ""))
     if not target_configured:
         assert cluster is not None
         cluster.create_database("loyalty")
@@ -63,13 +94,6 @@ def build_environment(stack: ExitStack, args: argparse.Namespace, workdir: Path)
                 "DAGSTER_PG_DB": "dagster",
             }
         )
-    if not os.environ.get("LOYALTY_S3_BUCKET"):
-        s3 = LocalS3(port=args.s3_port).start()
-        stack.callback(s3.stop)
-        s3.client().create_bucket(Bucket=LOCAL_BUCKET)
-        env.update(s3.env())
-        env["LOYALTY_S3_BUCKET"] = LOCAL_BUCKET
-        _say(f"local S3 endpoint on {s3.endpoint_url}, bucket {LOCAL_BUCKET}")
     env.setdefault("LOYALTY_BACKUP_DIR", os.environ.get("LOYALTY_BACKUP_DIR", str(REPO_ROOT / "backups")))
     env.setdefault("LOYALTY_WEBSERVER_BASE_URL", f"http://127.0.0.1:{args.port}")
     return env
@@ -109,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(services.stop)
             stack.callback(_say, "stopping Dagster, S3 and PostgreSQL")
             client = services.graphql_client()
+            if env.get("LOYALTY_PITR_ENABLED") == "true":  # the PITR drill in the nightly job needs a base backup
+                base_run = client.submit_job_execution("weekly_base_backup_job")
+                _say(f"launched weekly_base_backup_job: {services.url}/runs/{base_run}")
+                _say(f"weekly_base_backup_job finished: {services.wait_for_run(base_run, timeout_s=1800)}")
             run_id = client.submit_job_execution("nightly_backup_job")
             _say(f"launched nightly_backup_job: {services.url}/runs/{run_id}")
             status = services.wait_for_run(run_id, timeout_s=1800)
