@@ -160,12 +160,19 @@ def validate_request(
 
 def plan_steps(request: RestoreRequest, *, local: Optional[bool] = None) -> list[str]:
     """The steps a request will take, for the run log (``local`` None: not known yet)."""
-    steps = [f"find {request.backup.describe()}"]
+    steps = [
+        f"find {request.backup.describe()}",
+        "check that its temporary files and the new database fit on their disks (refused with the numbers if not)",
+    ]
     if local is not True:
         steps.append("download it from S3 if it is not on this machine")
-    steps += [
-        "verify its SHA-256 against the .sha256 sidecar / manifest, decompressing it to a private temporary file",
-    ]
+    if request.jobs == 1:
+        steps.append(
+            "verify its SHA-256 against the .sha256 sidecar / manifest and read the whole archive without writing "
+            "it; it is streamed into pg_restore (jobs 1: no temporary copy)"
+        )
+    else:
+        steps.append("verify its SHA-256 against the .sha256 sidecar / manifest, decompressing it to a private temporary file")
     if request.replace:
         steps += [
             f"take a safety backup of {request.target_database}",

@@ -91,6 +91,9 @@ def test_plan_lists_safety_backup_and_swap_only_for_replace():
     assert any("safety backup" in s for s in replace) and not any("safety backup" in s for s in new)
     assert any("terminate" in s for s in replace) and not any("terminate" in s for s in new)
     assert replace.index(next(s for s in replace if "SHA-256" in s)) < replace.index(next(s for s in replace if "safety" in s))
+    assert "fit on their disks" in new[1] and "temporary file" in new[3]
+    streamed = plan_steps(validate_request(backup=NAME, target_database="copy", jobs=1))
+    assert any("streamed into pg_restore" in s for s in streamed) and not any("private temporary file" in s for s in streamed)
 
 
 def test_database_names():
