@@ -58,6 +58,12 @@ from loyalty_ops.lib.maintenance.execute import ExecutionSettings, MaintenanceEx
 from loyalty_ops.lib.maintenance.plan import Thresholds, plan_maintenance  # noqa: E402
 
 LOG = logging.getLogger("bench")
+LOG.setLevel(logging.INFO)  # the executor's progress lines feed ObjectTimeline; only warnings are printed
+LOG.propagate = False
+_WARNINGS = logging.StreamHandler()
+_WARNINGS.setLevel(logging.WARNING)
+LOG.addHandler(_WARNINGS)
+SLOW_S = 0.004  # a writer statement over 4 ms counts as slow in the per-object attribution
 TEMPLATE = "bench_template"
 READY_MARK = "bench_template_ready"  # a comment on the template database: built completely, with this shape
 
@@ -227,15 +233,46 @@ def guide_maintenance(cluster: LocalPostgres, db: str) -> ModeRun:
                    f"({seconds - vacuum_s:.1f} s)", reclaimed)
 
 
+class ObjectTimeline(logging.Handler):
+    """When each object of a smart run ended (from the executor's own "[n/N] action name: done" lines), so a
+    slow writer statement can be put down to the object being worked on at the time."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.ends: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("[") and ": " in msg:
+            self.ends.append((time.monotonic(), msg.split("] ", 1)[1].split(":", 1)[0]))
+
+    def blame(self, starts: list[float], began: float) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in starts:
+            what = "after the last object" if t >= (self.ends[-1][0] if self.ends else began) else "planning"
+            previous = began
+            for end, name in self.ends:
+                if previous <= t < end:
+                    what = name
+                    break
+                previous = end
+            counts[what] = counts.get(what, 0) + 1
+        return counts
+
+
 def smart_maintenance(cluster: LocalPostgres, db: str, settings: ExecutionSettings) -> ModeRun:
     before = database_size(cluster, db)
+    timeline = ObjectTimeline()
+    LOG.addHandler(timeline)
     started = time.monotonic()
     with connect(cluster.spec(db)) as conn:
         tables, indexes = pgstats.read_table_stats(conn), pgstats.read_index_stats(conn)
         plan = plan_maintenance(tables, indexes, Thresholds(), pgstats.server_now(conn))
         planned = time.monotonic() - started
+        acting = time.monotonic()
         report = MaintenanceExecutor(conn, settings, LOG, spec=cluster.spec(db)).execute_plan(plan)
     seconds = time.monotonic() - started
+    LOG.removeHandler(timeline)
     reclaimed = before - database_size(cluster, db)
     slowest = sorted(report.items, key=lambda i: -i.duration_s)[:3]
     did = (f"plan {planned:.2f} s; {report.tables_vacuumed} of {plan.tables_considered} tables vacuumed, "
@@ -243,7 +280,8 @@ def smart_maintenance(cluster: LocalPostgres, db: str, settings: ExecutionSettin
            f"{len(report.failed)} failed; slowest: "
            + ", ".join(f"{i.action} {i.name} {i.duration_s:.1f} s" for i in slowest))
     return ModeRun(seconds, did, reclaimed, report.longest_wait_s,
-                   {"planned": [f"{i.action} {i.name} ({'+'.join(i.rules)})" for i in plan.items]})
+                   {"planned": [f"{i.action} {i.name} ({'+'.join(i.rules)})" for i in plan.items],
+                    "timeline": timeline, "acting": acting})
 
 
 class ApiWriter:
@@ -258,6 +296,7 @@ class ApiWriter:
         self.sessions = self.conn.execute("SELECT max(id) FROM member_sessions").fetchone()[0]
         self.carts = self.conn.execute("SELECT max(id) FROM member_carts").fetchone()[0]
         self.latencies: list[float] = []
+        self.starts: list[float] = []  # when each timed statement started (monotonic)
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -295,13 +334,18 @@ class ApiWriter:
             except psycopg.Error as exc:
                 self.errors.append(str(exc).splitlines()[0])
             self.latencies.append(time.monotonic() - started)
+            self.starts.append(started)
             time.sleep(self.pace_s)
 
     def measure(self, work=None, seconds: float = 0.0):
         """Latencies while ``work()`` runs (or for ``seconds``), and what ``work`` returned."""
-        self.latencies = []
+        self.latencies, self.starts = [], []
         result = work() if work is not None else time.sleep(seconds)
         return list(self.latencies), result
+
+    def slow_statements(self, threshold_s: float) -> list[float]:
+        """Start times of the statements of the last measurement slower than ``threshold_s``."""
+        return [t for t, lat in zip(list(self.starts), list(self.latencies)) if lat > threshold_s]
 
     def __enter__(self) -> "ApiWriter":
         self._thread.start()
@@ -346,10 +390,12 @@ def variant_run(cluster: LocalPostgres, args, settings: ExecutionSettings) -> tu
     v_db = fresh_copy(cluster, args.scale)
     with ApiWriter(cluster, v_db, args.pace_ms / 1000) as writer:
         busy, run = writer.measure(lambda: smart_maintenance(cluster, v_db, settings))
+        blame = run.extra["timeline"].blame(writer.slow_statements(SLOW_S), run.extra["acting"])
     cluster.drop_database(v_db)
     print(f"  variant {run.seconds:5.1f} s: {run.did}")
     print(f"  writer during variant {len(busy):5d} statements: p50 {1000 * statistics.median(busy):.2f} ms, "
-          f"p99 {1000 * p99(busy):.2f} ms, max {1000 * max(busy):.1f} ms", flush=True)
+          f"p99 {1000 * p99(busy):.2f} ms, max {1000 * max(busy):.1f} ms; over {1000 * SLOW_S:g} ms during: {blame}",
+          flush=True)
     return p99(busy), run.seconds, max(busy)
 
 
@@ -364,6 +410,7 @@ def one_round(cluster: LocalPostgres, args, settings: ExecutionSettings, round_n
     with ApiWriter(cluster, s_db, pace) as writer:
         alone, _ = writer.measure(seconds=args.alone_s)
         busy, smart = writer.measure(lambda: smart_maintenance(cluster, s_db, settings))
+        blame = smart.extra["timeline"].blame(writer.slow_statements(SLOW_S), smart.extra["acting"])
         errors = list(writer.errors)
     cluster.drop_database(s_db)
     if round_no == 1:
@@ -381,7 +428,9 @@ def one_round(cluster: LocalPostgres, args, settings: ExecutionSettings, round_n
           f"p99 {1000 * r.alone_p99:.2f} ms, max {1000 * max(alone):.1f} ms")
     print(f"  smart  {smart.seconds:6.1f} s, {human_bytes(smart.reclaimed)} reclaimed: {smart.did}")
     print(f"  writer during smart {len(busy):5d} statements: p50 {1000 * statistics.median(busy):.2f} ms, "
-          f"p99 {1000 * r.smart_p99:.2f} ms ({r.smart_p99 / r.alone_p99:.2f}x alone), max {1000 * max(busy):.1f} ms")
+          f"p99 {1000 * r.smart_p99:.2f} ms ({r.smart_p99 / r.alone_p99:.2f}x alone), max {1000 * max(busy):.1f} ms; "
+          f"over {1000 * SLOW_S:g} ms: {len([x for x in busy if x > SLOW_S])} (alone "
+          f"{len([x for x in alone if x > SLOW_S])}), during: {blame}")
     print(f"  guide  {guide.seconds:6.1f} s, {human_bytes(guide.reclaimed)} reclaimed: {guide.did}")
     print(f"  writer during guide {len(guide_w):5d} statements: p50 {1000 * statistics.median(guide_w):.2f} ms, "
           f"p99 {1000 * r.guide_p99:.2f} ms, max {1000 * max(guide_w):.0f} ms")
