@@ -108,6 +108,20 @@ def fetch_globals(located: LocatedBackup, manifest: BackupManifest, env: Restore
         raise RestoreRefused("fetch globals", f"{name} does not decompress: {exc}") from None
 
 
+def apply_database_properties(env: RestoreEnvironment, database: str, properties: dict, *, touched: bool = True) -> tuple[int, list[str]]:
+    """Give ``database`` the recorded owner, grants and settings (those of roles this server has). Returns how
+    many statements ran and the roles the properties name that are missing here. Raises RestoreStepError."""
+    with _admin(env, "database properties") as conn:
+        roles = _names(conn, "SELECT rolname FROM pg_roles")
+        statements = database_property_statements(properties, database, roles)
+        for statement in statements:
+            try:
+                conn.execute(statement)
+            except Exception as exc:
+                raise RestoreStepError("database properties", f"{statement.as_string(conn)} failed: {exc}", touched=touched) from None
+    return len(statements), missing_roles(properties, roles)
+
+
 def _names(conn, query: str) -> set[str]:
     return {row[0] for row in conn.execute(query).fetchall()}
 
@@ -209,15 +223,9 @@ def restore_onto_new_server(request: RestoreRequest, env: RestoreEnvironment, *,
 
         # 6. The database's own properties.
         t = time.monotonic()
-        statements = database_property_statements(properties, target, roles_now)
-        with _admin(env, "database properties") as conn:
-            for statement in statements:
-                try:
-                    conn.execute(statement)
-                except Exception as exc:
-                    raise RestoreStepError("database properties", f"{statement.as_string(conn)} failed: {exc}", touched=True) from None
+        applied, _missing = apply_database_properties(env, target, properties)
         timings["properties_s"] = time.monotonic() - t
-        env.log(f"applied {len(statements)} database propert(ies): owner {owner or '(restoring role)'}, grants, settings")
+        env.log(f"applied {applied} database propert(ies): owner {owner or '(restoring role)'}, grants, settings")
 
         # 7. Compare with the manifest.
         t = time.monotonic()
@@ -246,7 +254,7 @@ def restore_onto_new_server(request: RestoreRequest, env: RestoreEnvironment, *,
             roles=plan,
             comparison=comparison,
             owner=owner or "",
-            properties_applied=len(statements),
+            properties_applied=applied,
             warnings=warnings,
             notes=list(fetched.notes),
             timings=timings,

@@ -203,6 +203,18 @@ def restore_backup(
                 raise RestoreStepError("compare with manifest", comparison.summary(), touched=not request.replace)
             env.log(comparison.summary())
 
+        # 6b. The database's own grants and settings (and owner, unless no_owner), as the manifest recorded them.
+        if manifest is not None and manifest.database_properties:
+            from loyalty_ops.lib.restore.new_server import apply_database_properties  # new_server imports this module's peers
+
+            properties = dict(manifest.database_properties)
+            if request.no_owner or request.replace:  # replace keeps the replaced database's owner
+                properties.pop("owner", None)
+            applied, missing = apply_database_properties(env, restore_into, properties, touched=not request.replace)
+            env.log(f"applied the database's recorded grants and settings ({applied} statement(s))")
+            if missing:
+                env.warn(f"grants or settings of roles this server does not have were left out: {', '.join(missing)}")
+
         # 7. Swap in (replace only).
         terminated = 0
         if request.replace:

@@ -141,3 +141,34 @@ def test_retention_keeps_and_deletes_the_globals_file_with_its_backup():
     assert orphan.local_main is None and [f.name for f in orphan.local_sidecars] == ["loyalty_20261130_020000.globals.sql.gz"]
     assert ignored_remote == ["backups/2026/11/01/loyalty_20261201_020000.globals.sql.gz (not at PREFIX/YYYY/MM/DD/<file> for its own date)"]
     assert parse_backup_name("loyalty_20261201_020000.globals.sql.gz") is None  # never mistaken for a backup
+
+
+def test_a_restore_on_the_same_server_brings_back_the_database_grants_and_settings(pg_cluster, owned_database, tmp_path):
+    """Not only onto a new server: a restore into a new database (and a replace) gets the recorded grants and
+    settings too, so a restored copy behaves like the source."""
+    from loyalty_ops.lib.backup.location import BackupLocation
+    from loyalty_ops.lib.restore.plan import validate_request
+    from loyalty_ops.lib.restore.run import RestoreEnvironment, restore_backup
+
+    db, ro = owned_database["db"], owned_database["ro"]
+    result = _backup(pg_cluster, db, tmp_path)
+    target = postgres_target(pg_cluster, db)
+    env = RestoreEnvironment(spec=target.spec(), runner=target.tools(), location=BackupLocation(tmp_path))
+    copy = f"{db}_copy"
+    restore_backup(validate_request(backup=result.path.name, target_database=copy), env)
+    try:
+        with pg_cluster.connect() as conn:
+            owner, = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (copy,)).fetchone()
+            assert owner == owned_database["app"]
+            assert conn.execute("SELECT has_database_privilege(%s, %s, 'CONNECT')", (ro, copy)).fetchone()[0] is True
+            conn.execute("CREATE ROLE stranger_copy")
+            try:
+                assert conn.execute("SELECT has_database_privilege('stranger_copy', %s, 'CONNECT')", (copy,)).fetchone()[0] is False
+            finally:
+                conn.execute("DROP ROLE stranger_copy")
+            settings = conn.execute(
+                "SELECT s.setrole <> 0, s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+                "WHERE d.datname = %s ORDER BY 1", (copy,)).fetchall()
+            assert settings == [(False, ["work_mem=8MB"]), (True, ["statement_timeout=5s"])]
+    finally:
+        pg_cluster.drop_database(copy)
