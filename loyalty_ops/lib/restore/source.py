@@ -419,10 +419,28 @@ def prepare_archive(
     out_path, fd = open_work_file(work_dir, name, "archive")
     try:
         with os.fdopen(fd, "wb", buffering=0) as out:
-            raw, actual, stream_error, head = _read_decompressed(compressed, name, compression, out.write, meter, identities)
+
+            def write_all(block: bytes) -> None:
+                # An unbuffered write may write only part of a block (a filesystem filling up); the next write
+                # then reports the error. Never drop the rest silently.
+                view = memoryview(block)
+                while view:
+                    view = view[out.write(view) or 0:]
+
+            raw, actual, stream_error, head = _read_decompressed(compressed, name, compression, write_all, meter, identities)
+            written = os.fstat(out.fileno()).st_size
+        if written != raw and not stream_error:
+            raise OSError(f"{written} of {raw} bytes reached the disk")
         _judge(name, expected_sha256, actual, stream_error, raw)
         if not head.startswith(CUSTOM_FORMAT_MAGIC):
             raise RestoreRefused("decompress", f"{name} is not a pg_dump custom-format archive")
+    except OSError as exc:  # the temporary archive could not be written (a full disk): nothing restored yet
+        release_work_file(out_path)
+        raise RestoreRefused(
+            "decompress",
+            f"writing the decompressed archive of {name} in {work_dir} failed: {exc.strerror or exc}; free space "
+            "there, point LOYALTY_RESTORE_TMP_DIR at a larger filesystem, or restore with jobs: 1 (no temporary copy)",
+        ) from None
     except BaseException:
         release_work_file(out_path)
         raise

@@ -93,3 +93,18 @@ def test_a_file_changed_after_its_verification_fails_the_streamed_restore(pg_clu
         run_pg_restore(
             HostToolRunner(spec), spec, None, database, jobs=1, feed=lambda write: stream_archive(archive, write)
         )
+
+
+def test_without_a_manifest_the_archive_size_is_unknown_and_a_full_disk_still_refuses_cleanly(
+    restore_resources, dagster_instance, pg_cluster, local_backup, small_disk
+):
+    (local_backup.parent / (local_backup.name + ".manifest.json")).unlink()  # an older backup: sidecar only
+    disk = small_disk(1 * MiB)
+    resources = {**restore_resources, "restore_settings": RestoreSettings(tmp_dir=str(disk))}
+    result = run_restore(resources, dagster_instance, backup=local_backup.name, target_database="no_room", jobs=2)
+    message = failure_message(result)
+    assert "refused at step 'decompress'" in message and "No space left on device" in message, message
+    assert "LOYALTY_RESTORE_TMP_DIR" in message and "Nothing was changed" in message
+    logs = " ".join(e.message for e in dagster_instance.all_logs(result.run_id) if e.message)
+    assert "not checked: decompressed archive" in logs and "no manifest" in logs
+    assert "no_room" not in databases(pg_cluster) and everything_under(disk) == []
