@@ -132,3 +132,20 @@ def test_a_scratch_directory_the_server_cannot_use_fails_the_drill_saying_why(pg
     assert not result.passed and result.failed_step == "start scratch server"
     assert "postgres OS user cannot reach" in result.message and "chmod o+x" in result.message, result.message
     assert everything_under(tmp_path / "closed") == []
+
+
+def test_the_drill_settings_reach_the_resource_with_the_password_as_an_env_var_reference():
+    from loyalty_ops.defs.resources import PostgresTarget
+    from loyalty_ops.defs.restore.resources import restore_settings
+    from loyalty_ops.defs.settings import load_settings
+
+    settings = restore_settings(load_settings({
+        "LOYALTY_DRILL_HOST": "staging-db", "LOYALTY_DRILL_PORT": "6543", "LOYALTY_DRILL_PASSWORD": "drill-secret-1",
+        "LOYALTY_RESTORE_TMP_DIR": "/mnt/scratch",
+    }))
+    assert (settings.drill_placement, settings.drill_host, settings.drill_port, settings.tmp_dir) == ("server", "staging-db", 6543, "/mnt/scratch")
+    assert settings.drill_password == "LOYALTY_DRILL_PASSWORD" and "drill-secret-1" not in repr(settings)
+    placement = settings.placement(PostgresTarget(host="prod-db", user="ops", sslmode="require"))
+    assert placement.kind == "server" and placement.server is not None
+    assert (placement.server.host, placement.server.port, placement.server.user, placement.server.sslmode) == ("staging-db", 6543, "ops", "require")
+    assert restore_settings(load_settings({})).placement(PostgresTarget()).kind == "production"
