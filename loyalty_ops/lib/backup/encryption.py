@@ -88,19 +88,23 @@ class _Reader:
 
     def __init__(self) -> None:
         self.chunks: "queue.Queue[Optional[bytes]]" = queue.Queue(maxsize=8)
-        self._buf = b""
+        self._buf = memoryview(b"")
+        self._pos = 0
         self.done = False
 
     def read(self, n: int = -1) -> bytes:
-        while not self._buf and not self.done:
+        # pyrage asks for a few KiB at a time: hand out slices of the current chunk by offset (slicing off the
+        # rest each time would copy a 4 MiB chunk hundreds of times).
+        while self._pos >= len(self._buf) and not self.done:
             chunk = self.chunks.get()
             if chunk is _EOF:
                 self.done = True
             else:
-                self._buf = chunk
+                self._buf, self._pos = memoryview(chunk), 0
         if n is None or n < 0:
-            n = len(self._buf)
-        out, self._buf = self._buf[:n], self._buf[n:]
+            n = len(self._buf) - self._pos
+        out = self._buf[self._pos : self._pos + n].tobytes()
+        self._pos += len(out)
         return out
 
 
