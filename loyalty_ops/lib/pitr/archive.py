@@ -14,6 +14,17 @@ from loyalty_ops.lib.pitr.location import PitrLocation
 
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
+# What the engine appends to an archived file's name when it compresses it.
+COMPRESSION_SUFFIXES = ("", ".gz", ".bz2", ".xz", ".snappy", ".zst", ".lz4")
+
+
+def wal_file_name(key: str) -> str:
+    """The archived file's own name: a segment's 24 hex digits without the compression suffix; anything else
+    (``.backup`` labels, ``.partial`` and ``.history`` files) keeps its full name and is never taken for a segment."""
+    base = key.rsplit("/", 1)[-1]
+    if SEGMENT_RE.match(base[:24]) and base[24:] in COMPRESSION_SUFFIXES:
+        return base[:24]
+    return base
 
 
 def segments_per_log(segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> int:
@@ -50,10 +61,7 @@ def wal_objects(s3_client, location: PitrLocation, since: Optional[str] = None) 
     extra = {"StartAfter": f"{location.wal_prefix}{since[:16]}/{since[:-1]}"} if since and SEGMENT_RE.match(since) else {}
     for page in paginator.paginate(Bucket=location.bucket, Prefix=location.wal_prefix, **extra):
         for item in page.get("Contents", []):
-            base = item["Key"].rsplit("/", 1)[-1]
-            name = base.split(".", 1)[0] if SEGMENT_RE.match(base.split(".", 1)[0]) and not base.endswith(".backup") \
-                and ".partial" not in base else base
-            out.append(WalObject(name, item["Key"], int(item["Size"]), item["LastModified"]))
+            out.append(WalObject(wal_file_name(item["Key"]), item["Key"], int(item["Size"]), item["LastModified"]))
     return out
 
 
@@ -62,8 +70,7 @@ def segment_in_bucket(s3_client, location: PitrLocation, segment: str) -> Option
     prefix = f"{location.wal_prefix}{segment[:16]}/{segment}"
     response = s3_client.list_objects_v2(Bucket=location.bucket, Prefix=prefix)
     for item in response.get("Contents", []):
-        rest = item["Key"][len(prefix):]
-        if rest == "" or (rest.startswith(".") and ".partial" not in rest and not rest.endswith(".backup")):
+        if item["Key"][len(prefix):] in COMPRESSION_SUFFIXES:
             return WalObject(segment, item["Key"], int(item["Size"]), item["LastModified"])
     return None
 

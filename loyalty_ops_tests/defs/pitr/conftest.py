@@ -1,6 +1,7 @@
 """One archiving PostgreSQL cluster per module: archive_mode on, archive_command = barman-cloud-wal-archive to
-moto's S3 through a fault proxy (so a test can take S3 away from the archiver), archive_timeout 1 s, a tiny
-loyalty database, and one base backup taken by weekly_base_backup_job."""
+moto's S3 through a fault proxy (so a test can take S3 away from the archiver), a tiny loyalty database, and one
+base backup taken by weekly_base_backup_job. archive_timeout stays at 60 s: the tests switch the WAL themselves
+where they need it, so recoveries replay a handful of segments (one engine process each), not one per second."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from loyalty_ops.lib.pitr.location import PitrLocation
 from loyalty_ops_tests.s3_fault_proxy import S3FaultProxy
 
 from dagster_aws.s3 import S3Resource
+
+ARCHIVE_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def s3_access(s3_proxy) -> S3Access:
 @pytest.fixture(scope="module")
 def archiving_cluster(pitr_location, s3_access) -> Iterator[LocalPostgres]:
     command = archive_command(server_engine_dir(), pitr_location, s3_access)
-    cluster = LocalPostgres(password=f"pw-{uuid.uuid4().hex}", settings=archiving_settings(command, 1),
+    cluster = LocalPostgres(password=f"pw-{uuid.uuid4().hex}", settings=archiving_settings(command, ARCHIVE_TIMEOUT_S),
                             environment=s3_access.env())
     cluster.start()
     try:
@@ -83,7 +86,7 @@ def pitr_resources(archiving_cluster, s3_proxy, pitr_bucket, tmp_path_factory) -
 def pitr_test_resource(**overrides) -> PitrResource:
     """PITR on, to the module's prefix; small and quick settings for a test cluster."""
     values = dict(enabled=True, prefix="pitr/", server_name="loyalty", barman_bin_dir=server_engine_dir(),
-                  base_backup_compression="none", base_backup_jobs=1, archive_wait_seconds=60, archive_timeout_seconds=1)
+                  base_backup_compression="none", base_backup_jobs=1, archive_wait_seconds=60, archive_timeout_seconds=ARCHIVE_TIMEOUT_S)
     return PitrResource(**{**values, **overrides})
 
 

@@ -20,6 +20,7 @@ from loyalty_ops.defs.alerting.sensors import page_on_failed_checks
 from loyalty_ops.defs.pitr.drill import pitr_drill, pitr_drill_recovered_to_the_mark
 from loyalty_ops.defs.pitr.health import wal_archive_health, wal_archive_settings
 from loyalty_ops.lib.pitr.archive import segment_in_bucket
+from loyalty_ops.lib.pitr.drill import wait_in_bucket
 from loyalty_ops_tests.defs.pitr.conftest import pitr_test_resource, scratch_dir
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
 from loyalty_ops_tests.lib.alerting.fixtures import webhook_server  # noqa: F401
@@ -67,7 +68,9 @@ def test_the_generated_server_settings_are_what_the_live_server_runs(pitr_resour
     assert "local-secret-key" not in str(meta)
 
 
-def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(base_backup_run, archiving_cluster, pitr_resources, pitr_instance):
+def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(
+    base_backup_run, archiving_cluster, pitr_resources, pitr_instance, pitr_location, s3_server
+):
     assert base_backup_run.success
     written = {}
     with archiving_cluster.connect("loyalty") as conn:
@@ -76,11 +79,12 @@ def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(base_bac
                 "INSERT INTO points_ledger (id, member, points) VALUES (%s, %s, 1) RETURNING written_at",
                 (10_000 + len(written), mark)).fetchone()
             time.sleep(1.5)
+        (segment,) = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
         conn.execute("SELECT pg_switch_wal()")
     # to the second, in Harare time without a zone, as an operator types it
     target = datetime.fromtimestamp(math.ceil(written["t2"].timestamp()), HARARE)
     assert written["t2"] < target < written["t3"]
-    time.sleep(2.5)  # archive_timeout 1 s: the segment holding t3 is on its way
+    wait_in_bucket(s3_server.client(), pitr_location, segment, timeout_s=60)  # t3's segment: recovery can pass the target
     target_dir = scratch_dir()
     port = __import__("loyalty_ops.lib.pitr.instance", fromlist=["free_port"]).free_port()
     try:
@@ -216,8 +220,8 @@ def test_a_damaged_wal_segment_in_the_bucket_fails_the_drill_loudly(base_backup_
         result = dg.materialize([pitr_drill, pitr_drill_recovered_to_the_mark], resources=pitr_resources, instance=pitr_instance, raise_on_error=False)
     finally:
         client.put_object(Bucket=pitr_location.bucket, Key=damaged.key, Body=original)
-    assert not result.success  # the blocking check fails the run: it pages
     drill = materialization_metadata(result, "pitr_drill")
+    assert not result.success, drill  # the blocking check fails the run: it pages
     assert drill["passed"] is False and drill["failed_step"] == "recovery" and drill["scratch_removed"] is True
     assert "stopped before reaching its target" in drill["message"]
     assert check_evaluations(result) == {"pitr_drill_recovered_to_the_mark": False}

@@ -119,3 +119,12 @@ def test_retention_reads_the_engine_dry_run_and_blocks_on_the_floor():
     assert plan_retention(30, backups, [], None, ["archive_command failing"]).blocked
     rows = plan_retention(30, backups, ["20261101T010000"], "20261129T010000", []).rows()
     assert [r[3] for r in rows] == ["delete", "keep"]
+
+
+def test_backup_labels_and_partial_files_are_never_taken_for_segments():
+    from loyalty_ops.lib.pitr.archive import wal_file_name
+
+    assert wal_file_name("p/s/wals/0000000100000000/000000010000000000000002.gz") == "000000010000000000000002"
+    assert wal_file_name("p/s/wals/0000000100000000/000000010000000000000002") == "000000010000000000000002"
+    for other in ("000000010000000000000002.00000028.backup.gz", "000000010000000000000003.partial", "00000002.history.gz"):
+        assert segment_parts(wal_file_name(f"p/s/wals/0000000100000000/{other}")) is None
