@@ -104,6 +104,7 @@ def test_a_standby_too_far_behind_fails_the_blocking_check(primary_and_standby, 
     wait_until(lambda: replayed(primary, standby))
     with standby.connect() as conn:
         conn.execute("SELECT pg_wal_replay_pause()")
+        wait_until(lambda: conn.execute("SELECT pg_get_wal_replay_pause_state() = 'paused'").fetchone()[0])
     try:
         time.sleep(1.5)
         with primary.connect("loyalty") as conn:
