@@ -36,6 +36,15 @@ CHECK_DESCRIPTIONS = {
 }
 
 
+SOURCE_LAG_CHECK = "backup_source_lag_within_limit"
+SOURCE_LAG_DESCRIPTION = (
+    "When the backup was dumped from a standby (LOYALTY_BACKUP_SOURCE_HOST), the standby was no further behind its "
+    "primary when the dump's snapshot was taken than LOYALTY_BACKUP_SOURCE_MAX_LAG_S: a backup of a lagging standby "
+    "misses the primary's latest transactions. Dumped from the primary, it passes. A failure blocks (and aborts) the "
+    "offsite copy."
+)
+
+
 def _result(name: str, passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=name,
@@ -51,7 +60,7 @@ def _result(name: str, passed: bool, description: str, **metadata) -> dg.AssetCh
     name="backup_integrity_checks",
     specs=[
         dg.AssetCheckSpec(name, asset=BACKUP_ASSET_KEY, blocking=True, description=description)
-        for name, description in CHECK_DESCRIPTIONS.items()
+        for name, description in {**CHECK_DESCRIPTIONS, SOURCE_LAG_CHECK: SOURCE_LAG_DESCRIPTION}.items()
     ],
     description="Verifies the newest backup file on disk in one read: stream validity, checksum, table of "
     "contents and size. Any failure blocks (and aborts) the offsite copy.",
@@ -73,6 +82,7 @@ def backup_integrity_checks(
     if path.exists() and path.name.endswith(".age") and not backup_storage.age_identity_file:
         # Encrypted and no key on this box: the plaintext was checked in the backup pass (sealed_checks).
         results = list(sealed_results(path, meta, manifest))
+        results.append(source_lag_result(meta, backup_storage))
         _abort_pending_upload_on_failure(context, results, meta, path, backup_storage, offsite)
         yield from results
         return
@@ -138,6 +148,7 @@ def backup_integrity_checks(
                                        toc_entries=entries, tables=len(manifest.tables)))
 
         results.append(_size_result(inspection.file_bytes, meta))
+    results.append(source_lag_result(meta, backup_storage))
     _abort_pending_upload_on_failure(context, results, meta, path, backup_storage, offsite)
     yield from results
 
@@ -251,23 +262,8 @@ def _size_result(size: int, meta: dict) -> dg.AssetCheckResult:
     return _result("backup_size_plausible", False, f"{verdict.message}. {ACCEPT_SIZE_HINT}", **size_meta)
 
 
-@dg.asset_check(
-    asset=BACKUP_ASSET_KEY,
-    name="backup_source_lag_within_limit",
-    blocking=True,
-    description="When the backup was dumped from a standby (LOYALTY_BACKUP_SOURCE_HOST), the standby was no further "
-    "behind its primary at dump time than LOYALTY_BACKUP_SOURCE_MAX_LAG_S: a backup of a lagging standby misses the "
-    "primary's latest transactions. Dumped from the primary, it passes. A failure blocks (and aborts) the offsite copy.",
-)
-def backup_source_lag_within_limit(
-    context: dg.AssetCheckExecutionContext, backup_storage: BackupStorage, offsite: OffsiteStorage
-) -> dg.AssetCheckResult:
-    entry = backup_of_run(context.instance, context.run.run_id) or context.instance.get_latest_materialization_event(
-        BACKUP_ASSET_KEY
-    )
-    if entry is None:
-        raise dg.Failure("database_backup has never been materialized; there is nothing to check")
-    meta = metadata_values(entry)
+def source_lag_result(meta: dict, backup_storage: BackupStorage) -> dg.AssetCheckResult:
+    """backup_source_lag_within_limit, from the lag the backup recorded in its snapshot (metadata)."""
     limit = float(meta.get("source_max_lag_s") or backup_storage.source_max_lag_s)
     lag = meta.get("source_lag_s")
     if not meta.get("source_standby"):
@@ -285,21 +281,10 @@ def backup_source_lag_within_limit(
         )
     else:
         passed, text = True, f"dumped from a standby {float(lag):.1f} s behind its primary (limit {limit:g} s)"
-    location = backup_storage.location(offsite)
-    if not passed and meta.get("pending_upload_id") and location.offsite_configured:
-        abort_pending_upload(offsite.client(), location.bucket, meta["pending_upload_key"], meta["pending_upload_id"])
-        context.log.error("the backup source lagged too far: aborted the pending offsite upload; nothing was copied offsite")
     numbers = {"source_standby": bool(meta.get("source_standby")), "source_max_lag_s": limit}
     if lag is not None:
         numbers["source_lag_s"] = float(lag)
-    return dg.AssetCheckResult(
-        check_name="backup_source_lag_within_limit",
-        asset_key=BACKUP_ASSET_KEY,
-        passed=passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=text,
-        metadata=numbers,
-    )
+    return _result(SOURCE_LAG_CHECK, passed, text, **numbers)
 
 
-BACKUP_CHECKS = [backup_integrity_checks, backup_source_lag_within_limit]
+BACKUP_CHECKS = [backup_integrity_checks]

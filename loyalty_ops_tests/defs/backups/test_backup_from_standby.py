@@ -64,7 +64,7 @@ def wait_until(condition, timeout_s: float = 20.0) -> None:
 
 def replayed(primary: LocalPostgres, standby: LocalPostgres) -> bool:
     with primary.connect() as p, standby.connect() as s:
-        lsn = p.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        lsn = p.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # with synchronous_commit off too
         return s.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (str(lsn),)).fetchone()[0]
 
 
