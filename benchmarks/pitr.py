@@ -31,6 +31,7 @@ from _common import REPO, machine_line, moto_process, s3_client  # noqa: F401  (
 from devstack.postgres_cluster import LocalPostgres, archiving_settings, server_engine_dir  # noqa: E402
 from devstack.s3_endpoint import LOCAL_CREDENTIALS  # noqa: E402
 from devstack.sample_data import create_sample_schema  # noqa: E402
+from loyalty_ops.lib.pitr.archive import wal_file_name  # noqa: E402
 from loyalty_ops.lib.pitr.engine import BarmanCloud, S3Access, archive_command, restore_command  # noqa: E402
 from loyalty_ops.lib.pitr.instance import ScratchInstance, free_port  # noqa: E402
 from loyalty_ops.lib.pitr.location import PitrLocation  # noqa: E402
@@ -82,8 +83,7 @@ class BucketWatcher:
             now = time.time()
             for page in paginator.paginate(Bucket=self.location.bucket, Prefix=self.location.wal_prefix):
                 for item in page.get("Contents", []):
-                    name = item["Key"].rsplit("/", 1)[-1].split(".", 1)[0]
-                    self.first_seen.setdefault(name, now)
+                    self.first_seen.setdefault(wal_file_name(item["Key"]), now)
             self.stop.wait(0.5)
 
 
