@@ -1,5 +1,5 @@
 """Benchmark: smart weekly maintenance against the guide's `VACUUM ANALYZE` + `REINDEX DATABASE`, on a
-database shaped like production and with an API-like writer running. (About 450 lines: the database's
+database shaped like production and with an API-like writer running. (About 530 lines: the database's
 shape, the writer and the round loop belong together and nothing else uses them.)
 
 The shape (``--scale 1`` is about 2.1 GB on disk; ``--scale 2`` about twice that):
