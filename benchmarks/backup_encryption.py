@@ -22,7 +22,8 @@ from _common import machine_line, sample_cluster
 from loyalty_ops.lib.backup.dump import BackupRequest, take_backup
 from loyalty_ops.lib.backup.encryption import load_identities
 from loyalty_ops.lib.pg.tools import HostToolRunner
-from loyalty_ops.lib.restore.source import prepare_archive, release_work_file
+from loyalty_ops.lib.restore.archive_passes import prepare_archive
+from loyalty_ops.lib.restore.source import release_work_file
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ from loyalty_ops.lib.restore.errors import RestoreStepError
 from loyalty_ops.lib.restore.fetch import FetchedArchive, FetchPlan, fetch_and_verify
 from loyalty_ops.lib.restore.plan import DRILL_PREFIX, BackupRef, drill_database_name, drill_database_time
 from loyalty_ops.lib.restore.pg_restore import run_pg_restore
-from loyalty_ops.lib.restore.source import ArchiveChanged, list_candidates, where_backups_live
+from loyalty_ops.lib.restore.archive_passes import ArchiveChanged
+from loyalty_ops.lib.restore.source import list_candidates, where_backups_live
 from loyalty_ops.lib.restore.space import SpaceReport, check_restore_space
 from loyalty_ops.lib.restore.verify import Comparison
 

@@ -25,18 +25,15 @@ from loyalty_ops.lib.restore.source import (
     MISSING_KEY_HINT,
     Candidate,
     LocatedBackup,
-    PreparedArchive,
     fetch_backup,
     list_candidates,
     locate_backup,
     locate_local,
     locate_s3,
-    prepare_archive,
     release_work_file,
-    stream_archive,
-    verify_archive,
     where_backups_live,
 )
+from loyalty_ops.lib.restore.archive_passes import PreparedArchive, prepare_archive, stream_archive, verify_archive
 from loyalty_ops.lib.restore.space import NotEnoughSpace
 
 

@@ -35,7 +35,7 @@ from loyalty_ops.lib.restore.errors import RestoreRefused, RestoreStepError
 from loyalty_ops.lib.restore.fetch import FetchedArchive, FetchPlan, fetch_and_verify
 from loyalty_ops.lib.restore.plan import RestoreRequest, retired_database_name, side_database_name
 from loyalty_ops.lib.restore.pg_restore import run_pg_restore
-from loyalty_ops.lib.restore.source import ArchiveChanged
+from loyalty_ops.lib.restore.archive_passes import ArchiveChanged
 from loyalty_ops.lib.restore.space import SpaceReport, check_restore_space
 from loyalty_ops.lib.restore.verify import Comparison
 

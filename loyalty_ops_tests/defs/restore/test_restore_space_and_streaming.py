@@ -13,7 +13,7 @@ import pytest
 from loyalty_ops.defs.restore.resources import RestoreSettings
 from loyalty_ops.lib.pg.tools import HostToolRunner
 from loyalty_ops.lib.restore.pg_restore import run_pg_restore
-from loyalty_ops.lib.restore.source import ArchiveChanged, stream_archive, verify_archive
+from loyalty_ops.lib.restore.archive_passes import ArchiveChanged, stream_archive, verify_archive
 from loyalty_ops_tests.defs.restore.conftest import databases, everything_under, failure_message, run_restore
 from loyalty_ops_tests.helpers import table_fingerprints
 

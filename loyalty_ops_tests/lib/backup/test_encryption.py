@@ -21,7 +21,8 @@ from loyalty_ops.lib.backup.encryption import (
 )
 from loyalty_ops.lib.backup.stream import make_compressor
 from loyalty_ops.lib.restore.errors import ChecksumMismatch, MissingKey, RestoreRefused
-from loyalty_ops.lib.restore.source import prepare_archive, release_work_file, stream_archive, verify_archive
+from loyalty_ops.lib.restore.archive_passes import prepare_archive, stream_archive, verify_archive
+from loyalty_ops.lib.restore.source import release_work_file
 from loyalty_ops_tests.conftest import postgres_target
 
 

@@ -13,7 +13,8 @@ import zstandard
 from loyalty_ops.lib.backup.location import BackupLocation
 from loyalty_ops.lib.restore.errors import BackupNotFound, ChecksumMismatch, RestoreRefused
 from loyalty_ops.lib.restore.plan import BackupRef
-from loyalty_ops.lib.restore.source import locate_backup, prepare_archive
+from loyalty_ops.lib.restore.archive_passes import prepare_archive
+from loyalty_ops.lib.restore.source import locate_backup
 
 ARCHIVE = b"PGDMP" + os.urandom(64) + b"x" * 3_000_000
 
