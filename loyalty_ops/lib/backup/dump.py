@@ -335,7 +335,10 @@ def _dump_to_claimed_name(
             )
             # The globals file before the manifest and the backup's name; the sidecar gets its line too, so
             # `sha256sum -c FILE.sha256` checks both files.
-            write_bytes_atomically(globals_path, roles.content)
+            try:
+                write_bytes_atomically(globals_path, roles.content)
+            except OSError as exc:
+                raise BackupWriteError("writing the cluster globals", globals_path, exc) from exc
             sidecar = Path(f"{final_path}{SIDECAR_SUFFIX}")
             return {
                 manifest_path(final_path): manifest_for(results[0]).to_json(),

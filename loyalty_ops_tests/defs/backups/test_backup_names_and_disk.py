@@ -84,7 +84,8 @@ def test_two_backups_in_the_same_second_get_their_own_names_files_and_s3_keys(
         body = s3_client.get_object(Bucket=s3_bucket, Key=pending.key)["Body"].read()
         assert hashlib.sha256(body).hexdigest() == result.file.sha256
     assert sorted(p.name for p in backup_dir.iterdir()) == sorted(
-        f"{n}{suffix}" for n in names for suffix in ("", ".sha256", ".manifest.json")
+        [f"{n}{suffix}" for n in names for suffix in ("", ".sha256", ".manifest.json")]
+        + [n.replace(".dump.gz", ".globals.sql.gz") for n in names]  # each backup's own cluster globals
     )  # no claim or temporary file left behind
 
 
@@ -166,7 +167,8 @@ def small_disk(tmp_path):
 
 
 # tmpfs counts every name of a file against nr_inodes, so a file made by link (see tempfiles.create_locked)
-# briefly needs two. Settled: root 1, claim 2, temporary data file 3, sidecar 4, manifest 5.
+# briefly needs two. Settled: root 1, claim 2, temporary data file 3, sidecar 4, globals file 5, manifest 6,
+# the sidecar rewritten with the globals file's line 7.
 @pytest.mark.parametrize(
     "size, inodes, failing_step",
     [
@@ -176,10 +178,14 @@ def small_disk(tmp_path):
         (64 * 1024 * 1024, 3, "creating the backup file"),
         # Room for the data, then none for the sidecar.
         (64 * 1024 * 1024, 4, "writing the checksum sidecar"),
-        # The disk is full exactly at the manifest: the backup and its sidecar fit, the manifest does not.
-        (64 * 1024 * 1024, 5, "manifest.json"),
+        # Room for the data and its sidecar, then none for the cluster globals written beside it.
+        (64 * 1024 * 1024, 5, "writing the cluster globals"),
+        # The disk is full exactly at the manifest: the backup, its sidecar and globals fit, the manifest does not.
+        (64 * 1024 * 1024, 6, "manifest.json"),
+        # Everything but the sidecar's second line (the globals file's checksum).
+        (64 * 1024 * 1024, 7, ".dump.gz.sha256"),
     ],
-    ids=["during-the-dump", "at-the-temp-file", "at-the-sidecar", "at-the-manifest"],
+    ids=["during-the-dump", "at-the-temp-file", "at-the-sidecar", "at-the-globals", "at-the-manifest", "at-the-sidecar-rewrite"],
 )
 def test_a_full_disk_at_any_step_leaves_no_half_backup_and_no_upload(
     ops_resources, dagster_instance, small_disk, s3_client, s3_bucket, size, inodes, failing_step
