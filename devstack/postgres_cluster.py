@@ -181,10 +181,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def server_engine_dir() -> str:
     """barman-cloud-* as the ``postgres`` OS user can run them: the engine venv ``scripts/bootstrap`` makes
-    (``.venv/pitr-engine``), else this Python's own console scripts."""
-    engine = REPO_ROOT / ".venv" / "pitr-engine" / "bin"
-    if (engine / "barman-cloud-wal-archive").exists():
-        return str(engine)
+    (``/opt/loyalty-ops/pitr-engine`` as root, else ``.venv/pitr-engine``), else this Python's own console scripts."""
+    for engine in (Path("/opt/loyalty-ops/pitr-engine/bin"), REPO_ROOT / ".venv" / "pitr-engine" / "bin"):
+        if (engine / "barman-cloud-wal-archive").exists():
+            return str(engine)
     import sys
 
     return str(Path(sys.executable).parent)
