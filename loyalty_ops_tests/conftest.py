@@ -3,6 +3,7 @@ and a temporary Dagster instance. Expensive things are built once per session.""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -15,6 +16,7 @@ from devstack.postgres_cluster import LocalPostgres
 from devstack.s3_endpoint import LOCAL_CREDENTIALS, LocalS3
 from devstack.sample_data import create_sample_schema
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
+from loyalty_ops_tests.helpers import mounted_tmpfs
 
 SAMPLE_SCALE = 0.2
 
@@ -118,3 +120,18 @@ def ops_resources(pg_cluster, loyalty_db, s3_server, s3_bucket, backup_dir) -> d
         "backup_storage": BackupStorage(backup_dir=str(backup_dir)),
         "offsite": OffsiteStorage(s3=s3_resource(s3_server), bucket=s3_bucket, prefix="backups/"),
     }
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``small_disk(size, inodes=None, mode="0700")`` mounts a tmpfs of ``size`` bytes at a fresh directory and
+    returns it: a real disk that fills. Unmounted after the test; the test is skipped when not root."""
+    count = iter(range(1_000))
+    with contextlib.ExitStack() as mounts:
+
+        def _mount(size: int, inodes: int | None = None, mode: str = "0700") -> Path:
+            where = tmp_path / f"disk{next(count)}"
+            where.mkdir()
+            return mounts.enter_context(mounted_tmpfs(where, size, inodes=inodes, mode=mode))
+
+        yield _mount

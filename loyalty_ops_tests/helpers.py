@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 import dagster as dg
+import pytest
 from psycopg import sql
 
 from devstack.postgres_cluster import LocalPostgres
@@ -50,3 +54,17 @@ def materialization_metadata(result: dg.ExecuteInProcessResult, asset_key: str) 
 
 def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(where: Path, size: int, *, inodes: Optional[int] = None, mode: str = "0700") -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes (and ``inodes`` names) mounted at ``where`` for the block: a small, real disk
+    to fill. Skips the test when not root (mounting needs it); unmounts after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    options = f"size={size},mode={mode}" + (f",nr_inodes={inodes}" if inodes is not None else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

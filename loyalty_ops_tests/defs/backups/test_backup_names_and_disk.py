@@ -147,25 +147,6 @@ def test_cleanup_never_deletes_a_live_temp_file_of_another_pid_namespace(tmp_pat
     assert list(backup_dir.iterdir()) == []
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """Mount a tmpfs of the given size (bytes) and inode count at a fresh directory; unmount after."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounts = []
-
-    def _mount(size: int, inodes: int) -> Path:
-        where = tmp_path / f"disk{len(mounts)}"
-        where.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes={inodes},mode=0700", "tmpfs", str(where)], check=True)
-        mounts.append(where)
-        return where
-
-    yield _mount
-    for where in mounts:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 # tmpfs counts every name of a file against nr_inodes, so a file made by link (see tempfiles.create_locked)
 # briefly needs two. Settled: root 1, claim 2, temporary data file 3, sidecar 4, globals file 5, manifest 6,
 # the sidecar rewritten with the globals file's line 7.

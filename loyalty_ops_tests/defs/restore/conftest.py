@@ -68,27 +68,5 @@ def materialize_drill(resources: dict, instance, **config) -> dg.ExecuteInProces
     )
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """Mount a tmpfs of the given size (bytes) at a fresh directory; unmounted after the test."""
-    import os
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounts = []
-
-    def _mount(size: int, mode: str = "0700") -> Path:
-        where = tmp_path / f"disk{len(mounts)}"
-        where.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(where)], check=True)
-        mounts.append(where)
-        return where
-
-    yield _mount
-    for where in mounts:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 def everything_under(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in Path(directory).rglob("*"))

@@ -4,7 +4,6 @@ so its disk can be filled), or a scratch PostgreSQL the drill starts and removes
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -21,7 +20,7 @@ from loyalty_ops.lib.restore.plan import BackupRef
 from loyalty_ops.lib.restore.run import RestoreEnvironment
 from loyalty_ops.lib.restore.plan import DRILL_PREFIX
 from loyalty_ops_tests.defs.restore.conftest import databases, everything_under, materialize_drill
-from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
+from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata, mounted_tmpfs
 
 MiB = 1024 * 1024
 
@@ -29,17 +28,16 @@ MiB = 1024 * 1024
 @pytest.fixture(scope="module")
 def drill_server():
     """A second PostgreSQL 15 cluster whose data directory is on a 160 MiB tmpfs."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
     mount = Path(tempfile.mkdtemp(prefix="loyalty-drill-disk-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={160 * MiB},mode=0755", "tmpfs", str(mount)], check=True)
-    cluster = LocalPostgres(password=f"pw-{uuid.uuid4().hex}", base_dir=mount / "cluster")
     try:
-        cluster.start()
-        yield cluster, mount
+        with mounted_tmpfs(mount, 160 * MiB, mode="0755"):
+            cluster = LocalPostgres(password=f"pw-{uuid.uuid4().hex}", base_dir=mount / "cluster")
+            try:
+                cluster.start()
+                yield cluster, mount
+            finally:
+                cluster.stop("immediate")
     finally:
-        cluster.stop("immediate")
-        subprocess.run(["umount", "-l", str(mount)], check=False)
         os.rmdir(mount)
 
 

@@ -3,9 +3,6 @@ on its own, the refusal names the directory and the numbers."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
 from loyalty_ops.lib.pg.connection import ConnectionSpec
@@ -17,19 +14,17 @@ from loyalty_ops.lib.restore.space import (
     refuse_unless_fits,
     server_data_volume,
 )
+from loyalty_ops_tests.helpers import mounted_tmpfs
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
     where = tmp_path / "disk"
     where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={8 * MiB}", "tmpfs", str(where)], check=True)
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
+    with mounted_tmpfs(where, 8 * MiB, mode="1777"):
+        yield where
 
 
 def test_needs_on_one_filesystem_add_up_and_each_filesystem_is_judged_alone(tmpfs, tmp_path):
