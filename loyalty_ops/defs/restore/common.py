@@ -49,3 +49,19 @@ def decryption_keys(backup_storage: BackupStorage) -> Optional[list]:
         return load_identities(backup_storage.age_identity_file)
     except EncryptionConfigError as exc:
         raise dg.Failure(str(exc)) from None
+
+
+def restored_backup_summary(outcome, *, mode: str, jobs: int) -> dict:
+    """The metadata every restore records first, whatever its mode: which backup, from where, its checksum,
+    sizes and the measured RTO (``outcome`` is a RestoreOutcome or a NewServerOutcome)."""
+    return {
+        "mode": mode,
+        "backup_filename": outcome.backup_filename,
+        "backup_location": outcome.backup_location,
+        "downloaded_from_s3": outcome.downloaded,
+        "sha256": outcome.sha256,
+        "archive_bytes": outcome.archive_bytes,
+        "restored_bytes": outcome.restored_bytes,
+        "rto_s": round(outcome.rto_s, 3),
+        "pg_restore_jobs": jobs,
+    }

@@ -8,7 +8,7 @@ from pydantic import Field
 from loyalty_ops.defs.settings import current_settings
 from loyalty_ops.lib.concurrency import DATABASE_POOL, job_tags
 from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget
-from loyalty_ops.defs.restore.common import restore_environment
+from loyalty_ops.defs.restore.common import restore_environment, restored_backup_summary
 from loyalty_ops.defs.restore.history import backup_history
 from loyalty_ops.defs.restore.resources import RestoreSettings
 from loyalty_ops.lib.formatting import human_bytes
@@ -112,15 +112,7 @@ def restore_database(
         ) from None
     summary = {
         "target_database": outcome.request.target_database,
-        "mode": outcome.request.mode,
-        "backup_filename": outcome.backup_filename,
-        "backup_location": outcome.backup_location,
-        "downloaded_from_s3": outcome.downloaded,
-        "sha256": outcome.sha256,
-        "archive_bytes": outcome.archive_bytes,
-        "restored_bytes": outcome.restored_bytes,
-        "rto_s": round(outcome.rto_s, 3),
-        "pg_restore_jobs": outcome.request.jobs,
+        **restored_backup_summary(outcome, mode=outcome.request.mode, jobs=outcome.request.jobs),
         "safety_backup": str(outcome.safety_backup) if outcome.safety_backup else "",
         "terminated_connections": outcome.terminated_connections,
         "rows_verified": outcome.comparison.rows_compared if outcome.comparison else 0,

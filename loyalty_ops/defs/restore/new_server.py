@@ -5,6 +5,7 @@ from datetime import datetime
 
 import dagster as dg
 
+from loyalty_ops.defs.restore.common import restored_backup_summary
 from loyalty_ops.lib.formatting import human_bytes, markdown_code, markdown_table
 from loyalty_ops.lib.restore.environment import RestoreEnvironment
 from loyalty_ops.lib.restore.new_server import restore_onto_new_server
@@ -18,15 +19,7 @@ def new_server_restore(context, request: RestoreRequest, env: RestoreEnvironment
     roles = outcome.roles
     summary = {
         "target_database": outcome.target_database,
-        "mode": "new_server",
-        "backup_filename": outcome.backup_filename,
-        "backup_location": outcome.backup_location,
-        "downloaded_from_s3": outcome.downloaded,
-        "sha256": outcome.sha256,
-        "archive_bytes": outcome.archive_bytes,
-        "restored_bytes": outcome.restored_bytes,
-        "rto_s": round(outcome.rto_s, 3),
-        "pg_restore_jobs": request.jobs,
+        **restored_backup_summary(outcome, mode="new_server", jobs=request.jobs),
         "globals_filename": outcome.globals_filename,
         "role_passwords": outcome.role_passwords,
         "roles_created": len(roles.created_roles),
