@@ -21,6 +21,19 @@ from loyalty_ops_tests.helpers import mounted_tmpfs
 SAMPLE_SCALE = 0.2
 
 
+# The files that take minutes (a whole stack, a container engine, an archiving cluster) start first, so the
+# two workers of `scripts/test` (one file at a time each) do not end with one of them running a long file alone.
+LONG_FILES_FIRST = ("e2e/", "defs/pitr/", "docker/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.replace("loyalty_ops_tests/", "", 1)
+        return next((i for i, prefix in enumerate(LONG_FILES_FIRST) if path.startswith(prefix)), len(LONG_FILES_FIRST))
+
+    items.sort(key=rank)  # stable: tests keep their order within a file
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[LocalPostgres]:
     """One PostgreSQL 15 cluster for the session; TCP connections need the superuser's password."""
