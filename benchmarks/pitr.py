@@ -39,7 +39,7 @@ from loyalty_ops.lib.pitr.recover import recover  # noqa: E402
 from loyalty_ops.lib.pitr.target import RecoveryTarget  # noqa: E402
 
 PROGRESS = re.compile(r"progress: ([0-9.]+) s, ([0-9.]+) tps")
-BIN_ENV = {"PATH": "/usr/bin:/bin"}
+BIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
 def say(message: str) -> None:

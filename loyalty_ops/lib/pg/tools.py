@@ -23,6 +23,9 @@ from loyalty_ops.lib.pg.connection import ConnectionSpec
 KNOWN_TOOLS = ("pg_dump", "pg_restore", "psql", "pg_dumpall")
 DEFAULT_BIN_DIRS = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
 STDERR_TAIL_BYTES = 64 * 1024
+# Running a server as the PostgreSQL OS user (scratch instances) from root: by absolute path, because those
+# processes get an explicit environment whose PATH may not include sbin.
+RUNUSER = shutil.which("runuser", path="/usr/sbin:/usr/bin:/sbin:/bin") or "runuser"
 
 
 class ToolError(RuntimeError):

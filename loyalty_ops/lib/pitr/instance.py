@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Optional
 
 import psycopg
 
+from loyalty_ops.lib.pg.tools import RUNUSER
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pitr.target import RecoveryRefused
 
@@ -101,7 +102,7 @@ class ScratchInstance:
         return self.base_dir / "walspool"
 
     def _as_user(self) -> list[str]:
-        return ["runuser", "-u", self.os_user, "--"] if self.os_user and os.geteuid() == 0 else []
+        return [RUNUSER, "-u", self.os_user, "--"] if self.os_user and os.geteuid() == 0 else []
 
     def configure(self, restore_command: str, target_settings: Mapping[str, str]) -> None:
         """Writes the recovery settings (they win over the source's: appended last) and ``recovery.signal``."""

@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
+from loyalty_ops.lib.pg.tools import RUNUSER
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pg.session import connect
 from loyalty_ops.lib.pg.tools import HostToolRunner
@@ -99,7 +100,7 @@ class ScratchServer:
         return self.base / "data"
 
     def _as_owner(self) -> list[str]:
-        return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        return [RUNUSER, "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     def _run(self, args: list[str], step: str, timeout: float = 120) -> None:
         try:
