@@ -8,7 +8,6 @@ whose history other jobs read back (backups, offsite copies, restore drills, mai
 Schedule and sensor ticks are purged by the daemon itself (dagster.yaml `retention`).
 """
 
-import os
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ from pydantic import Field
 
 from loyalty_ops.defs.instance.policy import HistoryPolicy, Verdict
 from loyalty_ops.defs.timezone import PLATFORM_TIMEZONE
+from loyalty_ops.lib.backup.tempfiles import directory_bytes
 from loyalty_ops.lib.formatting import human_bytes
 
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
@@ -72,17 +72,6 @@ def _run_log_dir(manager, run_id: str) -> Path:
     return Path(manager.get_captured_local_path([run_id, "probe"], "out")).parent
 
 
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
 def _materialized_assets(instance: dg.DagsterInstance, run_id: str) -> set[str]:
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     return {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in records if r.event_log_entry.dagster_event}
@@ -95,7 +84,7 @@ def _delete_compute_logs(instance: dg.DagsterInstance, run_id: str, dry_run: boo
         path = _run_log_dir(manager, run_id)
         if not path.is_dir():
             return 0
-        size = _dir_bytes(path)
+        size = directory_bytes(path)
         if not dry_run:
             shutil.rmtree(path, ignore_errors=True)
         return size

@@ -134,7 +134,7 @@ def remove_stale_partials(directory: Path, *, staging_grace_s: float = STAGING_G
                 continue
         elif PARTIAL_MARKER in name:
             pid_text = name.rsplit(PARTIAL_MARKER, 1)[-1]
-            stale = pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+            stale = pid_text.isdigit() and int(pid_text) != os.getpid() and not pid_alive(int(pid_text))
         else:
             continue
         leftovers = _unpublished_companions(path) if name.endswith(CLAIM_SUFFIX) else None
@@ -198,7 +198,8 @@ def _unlink_if_same(path: Path, fd: int) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -250,3 +251,15 @@ def write_bytes_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise
     finally:
         os.close(fd)
+
+
+def directory_bytes(path: Path) -> int:
+    """The bytes of the files under ``path`` as they are now (files vanishing meanwhile count as 0)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total

@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Optional
 
 import psycopg
 
+from loyalty_ops.lib.backup.tempfiles import pid_alive
 from loyalty_ops.lib.pg.tools import RUNUSER
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.pitr.target import RecoveryRefused
@@ -139,13 +140,7 @@ class ScratchInstance:
             pid = int(pid_file.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)
 
     def log_tail(self, lines: int = 15) -> str:
         try:

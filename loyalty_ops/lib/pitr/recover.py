@@ -4,7 +4,6 @@ target, with progress at least every 10 s, and the result measured (recovered ti
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,21 +11,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.backup.tempfiles import directory_bytes
 from loyalty_ops.lib.pitr.engine import BarmanCloud, BaseBackup
 from loyalty_ops.lib.pitr.instance import ScratchInstance, recovered_time_from_log
 from loyalty_ops.lib.pitr.target import RecoveryTarget
 from loyalty_ops.lib.progress import ProgressSnapshot
-
-
-def directory_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 @dataclass
