@@ -477,6 +477,11 @@ def summary(rounds: list[Round], lock_timeout_s: float) -> None:
               f"longest writer statement {max(r.variant[2] for r in rounds):.3f} s")
 
 
+def setting_value(text: str, kind=int):
+    """A session setting from the command line; 'server' (or 'none') leaves the server's own value."""
+    return None if text.strip().lower() in ("server", "none") else kind(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="database size (1.0: about 2.1 GB)")
@@ -487,8 +492,9 @@ def main() -> None:
     parser.add_argument("--lock-timeout", type=float, default=2.0, help="lock_timeout of smart maintenance (s)")
     parser.add_argument("--cluster-dir", type=Path, help="keep the cluster (and its template) here between runs")
     default = ExecutionSettings()
-    parser.add_argument("--parallel-workers", type=int, default=default.parallel_workers,
-                        help="max_parallel_maintenance_workers of the maintenance session (default: the server's)")
+    parser.add_argument("--parallel-workers", type=setting_value, default=default.parallel_workers,
+                        help="max_parallel_maintenance_workers of the maintenance session (default 0, as the job's; "
+                        "'server': the server's own)")
     parser.add_argument("--cost-delay-ms", type=float, default=default.vacuum_cost_delay_ms,
                         help="vacuum_cost_delay of the maintenance session (ms)")
     parser.add_argument("--cost-limit", type=int, default=default.vacuum_cost_limit, help="vacuum_cost_limit")
@@ -498,7 +504,8 @@ def main() -> None:
                         help="pause between objects (s)")
     parser.add_argument("--variant", default="",
                         help="also run smart maintenance with these settings on a copy of its own each round, "
-                        "e.g. 'parallel_workers=0,vacuum_cost_delay_ms=2'")
+                        "e.g. 'parallel_workers=server' (the server's parallel workers) or "
+                        "'vacuum_cost_delay_ms=2,vacuum_cost_limit=400'")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     settings = ExecutionSettings(
@@ -512,7 +519,7 @@ def main() -> None:
         pairs = dict(item.split("=", 1) for item in args.variant.split(","))
         types = {f.name: f.type for f in dataclasses.fields(ExecutionSettings)}
         variant = dataclasses.replace(settings, **{
-            k: (int(v) if "int" in str(types[k]) else float(v)) for k, v in pairs.items()})
+            k: setting_value(v, int if "int" in str(types[k]) else float) for k, v in pairs.items()})
         variant.validate()
     print(f"maintenance benchmark: {os.cpu_count()} cores, {load()}, {settings}", flush=True)
     if variant is not None:

@@ -95,9 +95,9 @@ class MaintenanceConfig(dg.Config):
     )
     parallel_workers: Optional[int] = Field(
         default=GENTLE.parallel_workers,
-        description="max_parallel_maintenance_workers for the run's session; unset: the server's (PostgreSQL's "
-        "default 2 adds up to 2 workers to index builds and to VACUUM's index passes). 0 keeps each VACUUM and "
-        "REINDEX on one core, leaving the other cores to the API, at the price of a longer run.",
+        description="max_parallel_maintenance_workers for the run's session. 0 (the default) keeps each VACUUM and "
+        "REINDEX on one core, leaving the other cores to the API; null: the server's setting (PostgreSQL's "
+        "default 2 adds up to 2 workers to index builds and VACUUM's index passes: a shorter run, a slower API).",
     )
     vacuum_cost_delay_ms: float = Field(
         default=GENTLE.vacuum_cost_delay_ms,

@@ -55,6 +55,20 @@ def test_schedule_run_config_from_environment():
     )) == {"ops": {"weekly_maintenance": {"config": {"mode": "full", "full_reindex": "concurrently", "lock_timeout_s": 5.0}}}}
 
 
+def test_one_core_by_default_and_null_gives_the_servers_parallel_workers():
+    """The launchpad's parallel_workers: absent means one core per VACUUM/REINDEX (the default that keeps the
+    API's tail latency down), null the server's own max_parallel_maintenance_workers, a number that number."""
+    from loyalty_ops.defs.maintenance.assets import MaintenanceConfig
+
+    job = defs.resolve_job_def("weekly_maintenance_job")
+    for given, parallel, session in ((None, 0, "0"), ({"parallel_workers": None}, None, None),
+                                     ({"parallel_workers": 2}, 2, "2")):
+        resolved = dg.validate_run_config(job, {"ops": {"weekly_maintenance": {"config": given or {}}}})
+        settings = MaintenanceConfig(**resolved["ops"]["weekly_maintenance"]["config"]).settings()
+        assert settings.parallel_workers == parallel
+        assert settings.session_settings().get("max_parallel_maintenance_workers") == session
+
+
 def test_bloated_tables_chosen_and_cleaned_idle_one_not(pg_cluster, maint_db, dagster_instance):
     with pg_cluster.connect(maint_db) as conn:
         before = table_counters(conn)

@@ -54,16 +54,19 @@ def test_the_session_runs_with_the_configured_settings(pg_cluster, gentle_db):
         assert show(conn, "vacuum_cost_delay") == "2ms"
         assert show(conn, "vacuum_cost_limit") == "400"
         assert show(conn, "maintenance_work_mem") == "256MB" != server_default
-    with connect(pg_cluster.spec(gentle_db)) as conn:  # the defaults leave the server's own settings
+    with connect(pg_cluster.spec(gentle_db)) as conn:  # the defaults: one core, the server's memory, no delay
         MaintenanceExecutor(conn, ExecutionSettings(), LOG).close()
         assert show(conn, "maintenance_work_mem") == server_default
-        assert show(conn, "max_parallel_maintenance_workers") == "2"
+        assert show(conn, "max_parallel_maintenance_workers") == "0"
         assert show(conn, "vacuum_cost_delay") == "0"
+    with connect(pg_cluster.spec(gentle_db)) as conn:  # None: the server's own parallel workers
+        MaintenanceExecutor(conn, ExecutionSettings(parallel_workers=None), LOG).close()
+        assert show(conn, "max_parallel_maintenance_workers") == "2"
 
 
 def test_one_core_where_postgres_would_launch_parallel_vacuum_workers(pg_cluster, gentle_db):
     """The proof that the setting matters: the same VACUUM plans parallel index workers on a plain session
-    (PostgreSQL's default of 2) and none on a maintenance session with parallel_workers 0."""
+    (PostgreSQL's default of 2) and none on a maintenance session with its default settings (parallel_workers 0)."""
 
     def verbose_vacuum(conn, table: str) -> list[str]:
         notices: list[str] = []
@@ -74,8 +77,8 @@ def test_one_core_where_postgres_would_launch_parallel_vacuum_workers(pg_cluster
 
     with pg_cluster.connect(gentle_db) as plain:
         assert verbose_vacuum(plain, "wide_a"), "a plain session should plan parallel index vacuum workers"
-    with connect(pg_cluster.spec(gentle_db)) as conn:
-        MaintenanceExecutor(conn, ExecutionSettings(parallel_workers=0), LOG).close()
+    with connect(pg_cluster.spec(gentle_db)) as conn:  # the default
+        MaintenanceExecutor(conn, ExecutionSettings(), LOG).close()
         assert verbose_vacuum(conn, "wide_a") == []
 
 
