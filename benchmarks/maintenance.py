@@ -457,8 +457,6 @@ def summary(rounds: list[Round], lock_timeout_s: float) -> None:
     print(f"writer p99 pooled over rounds: alone {1000 * p99(pooled_alone):.2f} ms, during smart "
           f"{1000 * p99(pooled_smart):.2f} ms ({p99(pooled_smart) / p99(pooled_alone):.2f}x)")
     median_time, median_p99 = statistics.median(time_ratios), statistics.median(p99_ratios)
-    floor_ok = sum(r.smart_p99 <= max(2 * r.alone_p99, r.alone_p99 + 0.005) for r in rounds)
-    print(f"writer p99 during smart <= max(2x alone, alone + 5 ms): {floor_ok} of {len(rounds)} rounds")
     longest = max(r.writer_longest_smart for r in rounds)
     lock_wait = max(r.smart_lock_wait for r in rounds)
     guide_longest = max(r.writer_longest_guide for r in rounds)
