@@ -114,9 +114,9 @@ def run_child(spec: ConnectionSpec, work: Path, backup: str, target: str, jobs: 
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
 
-def part_cost(cluster: LocalPostgres, work: Path, backup: Path, db_bytes: int, drill_jobs=(2, 1), restore_jobs=(2, 1)) -> None:
-    env = environment(cluster.spec("loyalty"), work)
-    gb = db_bytes / GB
+def measure_bare(cluster: LocalPostgres, work: Path, backup: Path) -> tuple[float, float, int]:
+    """The floor of a restore: decompress ``backup`` to a file, then CREATE DATABASE + pg_restore -j2 of it
+    (dropped after). Returns (restore seconds, decompression seconds, decompressed archive bytes)."""
     raw = work / "bare.dump"
     started = time.monotonic()
     with open(raw, "wb") as out:
@@ -124,10 +124,19 @@ def part_cost(cluster: LocalPostgres, work: Path, backup: Path, db_bytes: int, d
             out.write(block)
     decompress_s = time.monotonic() - started
     raw_bytes = raw.stat().st_size
-    bare = bare_restore(cluster, raw, "bench_bare", 2)
-    cluster.drop_database("bench_bare")
-    raw.unlink()
+    try:
+        bare = bare_restore(cluster, raw, "bench_bare", 2)
+    finally:
+        cluster.drop_database("bench_bare")
+        raw.unlink()
     print(f"bare pg_restore -j2 from a decompressed file: {bare:.1f} s (decompress first: {decompress_s:.1f} s)  [{uptime()}]", flush=True)
+    return bare, decompress_s, raw_bytes
+
+
+def part_cost(cluster: LocalPostgres, work: Path, backup: Path, db_bytes: int, drill_jobs=(2, 1), restore_jobs=(2, 1)) -> None:
+    env = environment(cluster.spec("loyalty"), work)
+    gb = db_bytes / GB
+    bare, decompress_s, raw_bytes = measure_bare(cluster, work, backup)
 
     drills = {}
     for jobs in drill_jobs:
