@@ -1,14 +1,20 @@
 """PITR benchmark (never in CI): barman-cloud against the logical tools on one sample database, in one run.
 
-1. Base backup (barman-cloud-backup, as base_backup runs it: gzip, 2 upload processes) vs the floor of a logical
-   dump (pg_dump -Fc -Z0 to /dev/null).
-2. PITR restore to a point LOAD_SECONDS after the base backup (pgbench writing in between) vs a logical restore
+1. Archiving's cost on the server: pgbench TPS with archiving off, on with the old defaults (gzip level 6, full
+   CPU priority), on with the new defaults (ArchiveOptions()), and each lever alone (--no-levers skips those);
+   for each, the CPU the archive_command processes used (the archiver's reaped children) and moto's.
+2. CPU per WAL segment (user+sys of the engine process, a figure that holds on a busy machine) on real segments
+   written by that pgbench load: the process start alone (--test), no compression, gzip 6 and 1, zstd 1 and 3,
+   lz4, snappy; with the size stored in the bucket.
+3. Base backup (barman-cloud-backup) with the old and the new options (--base-backups adds others), each with
+   its CPU split (the engine's processes, moto's) vs the floor of a logical dump (pg_dump -Fc -Z0 to a pipe).
+4. Achieved RPO under pgbench load with archive_timeout (new defaults): a probe commits a row every second; for
+   each commit, the time until the WAL segment holding it is an object in the bucket (target: all within 60 s).
+5. PITR restore to a point LOAD_SECONDS after the base backup (pgbench writing in between) vs a logical restore
    of the same data (pg_restore -j2 of a pg_dump -Fc into a new database: the core of restore_job; target <= 0.5x).
-3. Achieved RPO under pgbench load with archive_timeout=60: a probe commits a row every second; for each commit,
-   the time until the WAL segment holding it is an object in the bucket (target: every commit within 60 s).
-4. Archiving's cost on the server: pgbench TPS with archiving on vs off (target >= 0.9x).
 
 Run under the machine-wide lock:  flock /tmp/loyalty-bench.lock .venv/bin/python benchmarks/pitr.py --size-mb 1400
+A smoke run:  ... benchmarks/pitr.py --size-mb 150 --load-seconds 20 --tps-seconds 15
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -23,27 +30,60 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator, Optional
 
-from _common import REPO, machine_line, moto_process, s3_client  # noqa: F401  (sets sys.path)
+from _common import REPO, machine_line, s3_client  # noqa: F401  (sets sys.path)
 
-from devstack.postgres_cluster import LocalPostgres, archiving_settings, server_engine_dir  # noqa: E402
+from devstack.postgres_cluster import LocalPostgres, archiving_settings, free_port, server_engine_dir  # noqa: E402
 from devstack.s3_endpoint import LOCAL_CREDENTIALS  # noqa: E402
 from devstack.sample_data import create_sample_schema  # noqa: E402
 from loyalty_ops.lib.pitr.archive import wal_file_name  # noqa: E402
-from loyalty_ops.lib.pitr.engine import BarmanCloud, S3Access, archive_command, restore_command  # noqa: E402
-from loyalty_ops.lib.pitr.instance import ScratchInstance, free_port  # noqa: E402
+from loyalty_ops.lib.pitr.engine import BarmanCloud, S3Access, archive_argv, archive_command, restore_command  # noqa: E402
+from loyalty_ops.lib.pitr.instance import ScratchInstance  # noqa: E402
 from loyalty_ops.lib.pitr.location import PitrLocation  # noqa: E402
+from loyalty_ops.lib.pitr.options import LEGACY_ARCHIVE, LEGACY_BACKUP, ArchiveOptions, BackupOptions  # noqa: E402
 from loyalty_ops.lib.pitr.recover import recover  # noqa: E402
 from loyalty_ops.lib.pitr.target import RecoveryTarget  # noqa: E402
 
 PROGRESS = re.compile(r"progress: ([0-9.]+) s, ([0-9.]+) tps")
 BIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+TICK = os.sysconf("SC_CLK_TCK")
+BUCKET = "bench-pitr"
 
 
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def proc_cpu(pid: int, children: bool = False) -> float:
+    """CPU seconds (user+sys) of a process, or of its waited-for children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    return ((cutime + cstime) if children else (utime + stime)) / TICK
+
+
+@contextmanager
+def moto_server() -> Iterator[tuple[str, int]]:
+    """moto's S3 in its own process: (endpoint, pid), so its CPU can be read apart from the engine's."""
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 class Pgbench:
@@ -61,6 +101,11 @@ class Pgbench:
             found = PROGRESS.search(line)
             if found:
                 self.samples.append((float(found.group(1)), float(found.group(2))))
+
+    @property
+    def transactions(self) -> float:
+        """Transactions committed in the run (from the per-second progress lines)."""
+        return sum(tps for _, tps in self.samples)  # one line per second: the sum of the rates is the count
 
     def wait(self) -> float:
         self.proc.wait()
@@ -87,39 +132,247 @@ class BucketWatcher:
             self.stop.wait(0.5)
 
 
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path, endpoint: str, moto_pid: int):
+        self.args, self.work, self.moto_pid = args, work, moto_pid
+        self.s3 = s3_client(endpoint)
+        self.s3.create_bucket(Bucket=BUCKET)
+        self.location = PitrLocation.of(BUCKET, "pitr/", "loyalty")
+        self.access = S3Access(endpoint_url=endpoint, region=LOCAL_CREDENTIALS["AWS_REGION"],
+                               credentials={k: v for k, v in LOCAL_CREDENTIALS.items() if k != "AWS_REGION"})
+        self.cluster = LocalPostgres(password=os.urandom(8).hex(), base_dir=work / "pg", environment=self.access.env(),
+                                     settings=("full_page_writes=on", "max_wal_size=4GB"))
+        self.base_settings = tuple(self.cluster.settings)
+        self.results: dict[str, object] = {}
+
+    # -- the server, restarted with or without archiving --------------------------------------------------
+    def restart(self, options: Optional[ArchiveOptions], server: tuple[str, ...] = ()) -> None:
+        self.cluster.stop()
+        extra = () if options is None else archiving_settings(
+            archive_command(server_engine_dir(), self.location, self.access, options), self.args.archive_timeout)
+        self.cluster.settings = (*self.base_settings, *extra, *server)
+        self.cluster.start()
+
+    def archiver(self) -> tuple[Optional[int], int]:
+        """(pid of the archiver process, segments archived so far)."""
+        with self.cluster.connect("postgres") as conn:
+            row = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'").fetchone()
+            (archived,) = conn.execute("SELECT archived_count FROM pg_stat_archiver").fetchone()
+        return (row[0] if row else None), int(archived)
+
+    def wal_lsn(self) -> int:
+        with self.cluster.connect("postgres") as conn:
+            (lsn,) = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+        return int(lsn)
+
+    def ready_segments(self) -> int:
+        with self.cluster.connect("postgres") as conn:
+            (ready,) = conn.execute("SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'").fetchone()
+        return int(ready)
+
+    def drain(self, timeout_s: float = 180) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self.cluster.connect("postgres") as conn:
+            while time.monotonic() < deadline:
+                (ready,) = conn.execute("SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'").fetchone()
+                if ready == 0:
+                    return True
+                time.sleep(0.5)
+        return False
+
+    # -- 1. TPS with archiving off / on ----------------------------------------------------------------------
+    def tps_phases(self) -> list[dict]:
+        walc = tuple(f"wal_compression={v}" for v in self.args.wal_compression)
+        phases: list[tuple[str, Optional[ArchiveOptions], tuple[str, ...]]] = [
+            ("off", None, ()),
+            (f"on, old defaults ({LEGACY_ARCHIVE.describe()})", LEGACY_ARCHIVE, ()),
+            (f"on, new defaults ({ArchiveOptions().describe()})", ArchiveOptions(), ()),
+        ]
+        if self.args.levers:
+            new = ArchiveOptions()
+            phases += [(f"on, compression alone ({ArchiveOptions(new.compression, new.level, 0).describe()})",
+                        ArchiveOptions(new.compression, new.level, 0), ()),
+                       (f"on, nice alone ({ArchiveOptions(LEGACY_ARCHIVE.compression, LEGACY_ARCHIVE.level, new.nice).describe()})",
+                        ArchiveOptions(LEGACY_ARCHIVE.compression, LEGACY_ARCHIVE.level, new.nice), ())]
+        for setting in walc:
+            phases += [(f"off, {setting}", None, (setting,)),
+                       (f"on, new defaults, {setting}", ArchiveOptions(), (setting,))]
+        out = []
+        for label, options, server in phases:
+            self.restart(options, server)
+            pid, archived_before = self.archiver()
+            cpu_before = proc_cpu(pid, children=True) if pid else 0.0
+            moto_before = proc_cpu(self.moto_pid)
+            lsn_before = self.wal_lsn()
+            started = time.monotonic()
+            bench = Pgbench(self.cluster, self.args.tps_seconds)
+            tps = bench.wait()
+            wal_bytes = self.wal_lsn() - lsn_before
+            backlog = self.ready_segments()
+            catch_up = time.monotonic()
+            drained = self.drain() if options else True
+            catch_up_s = time.monotonic() - catch_up
+            elapsed = time.monotonic() - started
+            pid_after, archived_after = self.archiver()
+            cpu = (proc_cpu(pid_after, children=True) - cpu_before) if pid and pid_after == pid else 0.0
+            segments = archived_after - archived_before
+            row = {"label": label, "tps": tps, "segments": segments, "archiver_cpu_s": cpu, "elapsed_s": elapsed,
+                   "moto_cpu_s": proc_cpu(self.moto_pid) - moto_before, "drained": drained, "backlog": backlog,
+                   "catch_up_s": catch_up_s, "wal_mb": wal_bytes / 1e6, "transactions": bench.transactions}
+            out.append(row)
+            say(f"pgbench archiving {label}: {tps:.0f} tps; {segments} segment(s) archived, archive_command CPU "
+                f"{cpu:.2f} s ({cpu / max(segments, 1):.3f} s/segment), moto CPU {row['moto_cpu_s']:.2f} s; "
+                f"{backlog} segment(s) waiting when pgbench stopped, archived {catch_up_s:.1f} s later"
+                f"{'' if drained else ' (archiver had not caught up)'} ({os.getloadavg()[0]:.2f} load)")
+        return out
+
+    # -- 2. CPU per segment of each compression, on real segments ---------------------------------------------
+    def real_segments(self, count: int) -> list[Path]:
+        """Copies of the newest complete WAL segments the pgbench load wrote (never the one being written)."""
+        with self.cluster.connect("postgres") as conn:
+            (current,) = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+        wal_dir = self.cluster.data_dir / "pg_wal"
+        names = sorted(p.name for p in wal_dir.iterdir() if re.fullmatch(r"[0-9A-F]{24}", p.name) and p.name < current)
+        target = self.work / "segments"
+        target.mkdir(exist_ok=True)
+        copies = []
+        for name in names[-count:]:
+            shutil.copyfile(wal_dir / name, target / name)
+            copies.append(target / name)
+        return copies
+
+    def run_measured(self, argv: list[str]) -> tuple[float, float]:
+        """(user+sys CPU s, wall s) of one engine process."""
+        started = time.monotonic()
+        with tempfile.TemporaryFile() as output:
+            proc = subprocess.Popen(argv, env={**BIN_ENV, **self.access.env()}, stdout=output, stderr=output)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                output.seek(0)
+                raise RuntimeError(f"{Path(argv[0]).name} failed ({proc.returncode}): {output.read().decode()[-500:]}")
+        return usage.ru_utime + usage.ru_stime, time.monotonic() - started
+
+    def archive_cpu(self, segments: list[Path]) -> list[dict]:
+        variants: list[tuple[str, Optional[ArchiveOptions]]] = [
+            ("process start only (--test)", None),
+            ("none", ArchiveOptions("none", None, 0)),
+            ("gzip 6 (old default)", LEGACY_ARCHIVE),
+            ("gzip 1", ArchiveOptions("gzip", 1, 0)),
+            ("zstd 1", ArchiveOptions("zstd", 1, 0)),
+            ("zstd 3", ArchiveOptions("zstd", 3, 0)),
+            ("lz4 0", ArchiveOptions("lz4", 0, 0)),
+            ("snappy", ArchiveOptions("snappy", None, 0)),
+        ]
+        engine_dir = server_engine_dir()
+        raw = sum(p.stat().st_size for p in segments) / len(segments)
+        rows = []
+        for label, options in variants:
+            location = PitrLocation.of(BUCKET, f"cpu/{len(rows)}", "loyalty")
+            cpu, wall = [], []
+            moto_before = proc_cpu(self.moto_pid)
+            try:
+                for segment in segments:
+                    if options is None:
+                        argv = [f"{engine_dir}/barman-cloud-wal-archive", *self.access.endpoint_args(), "--test",
+                                location.url, location.server_name, str(segment)]
+                    else:
+                        argv = archive_argv(engine_dir, location, self.access, options, str(segment))
+                    c, w = self.run_measured(argv)
+                    cpu.append(c)
+                    wall.append(w)
+            except RuntimeError as exc:
+                say(f"archive CPU, {label}: not measured: {exc}")
+                continue
+            moto = (proc_cpu(self.moto_pid) - moto_before) / len(segments)
+            stored = [int(o["Size"]) for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=BUCKET, Prefix=location.wal_prefix) for o in page.get("Contents", [])]
+            size = statistics.mean(stored) if stored else 0.0
+            row = {"label": label, "cpu_s": statistics.mean(cpu), "cpu_min_s": min(cpu), "wall_s": statistics.mean(wall),
+                   "stored_mb": size / 1e6, "ratio": raw / size if size else None, "moto_cpu_s": moto}
+            rows.append(row)
+            say(f"archive CPU, {label}: {row['cpu_s']:.3f} s/segment (min {row['cpu_min_s']:.3f}), wall {row['wall_s']:.2f} s, "
+                f"stored {row['stored_mb']:.2f} MB" + (f" ({row['ratio']:.1f}x smaller)" if row["ratio"] else "")
+                + f", moto {moto:.3f} s")
+        return rows
+
+    # -- 3. base backups with their CPU split ----------------------------------------------------------------
+    def base_backup(self, engine: BarmanCloud, label: str, options: BackupOptions) -> dict:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        moto_before = proc_cpu(self.moto_pid)
+        started = time.monotonic()
+        backup_id, _ = engine.backup(self.cluster.spec("postgres").libpq_env(), options=options)
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        engine_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        moto_cpu = proc_cpu(self.moto_pid) - moto_before
+        info = next(b for b in engine.list_backups() if b.backup_id == backup_id)
+        stored = sum(int(o["Size"]) for page in self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix=f"{self.location.base_prefix}{backup_id}/") for o in page.get("Contents", []))
+        row = {"label": label, "backup_id": backup_id, "wall_s": wall, "engine_cpu_s": engine_cpu, "moto_cpu_s": moto_cpu,
+               "cluster_mb": info.cluster_size / 1e6, "stored_mb": stored / 1e6}
+        say(f"base backup {label}: {wall:.1f} s, engine CPU {engine_cpu:.1f} s, moto CPU {moto_cpu:.1f} s, cluster "
+            f"{row['cluster_mb']:.0f} MB -> {row['stored_mb']:.0f} MB in the bucket ({os.getloadavg()[0]:.2f} load)")
+        return row
+
+
+def backup_variants(spec: str) -> list[tuple[str, BackupOptions]]:
+    """'legacy,new,none,lz4:1' -> labelled options (COMPRESSION[:JOBS])."""
+    out = []
+    for token in filter(None, (t.strip() for t in spec.split(","))):
+        if token == "legacy":
+            out.append((f"old ({LEGACY_BACKUP.compression}, -J {LEGACY_BACKUP.jobs})", LEGACY_BACKUP))
+        elif token == "new":
+            new = BackupOptions()
+            out.append((f"new ({new.compression}, -J {new.jobs})", new))
+        else:
+            name, _, jobs = token.partition(":")
+            options = BackupOptions(name, int(jobs) if jobs else BackupOptions().jobs)
+            out.append((f"{options.compression}, -J {options.jobs}", options))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=float, default=1400)
     parser.add_argument("--load-seconds", type=float, default=300, help="pgbench load between base backup and target")
-    parser.add_argument("--tps-seconds", type=float, default=60, help="pgbench run for archiving on vs off")
+    parser.add_argument("--tps-seconds", type=float, default=60, help="each pgbench run of the archiving phases")
     parser.add_argument("--archive-timeout", type=int, default=60)
+    parser.add_argument("--segments", type=int, default=4, help="real WAL segments per compression in the CPU table")
+    parser.add_argument("--no-levers", dest="levers", action="store_false", help="skip the TPS runs of each lever alone")
+    parser.add_argument("--base-backups", default="legacy,new", help="base backups to take: legacy, new, COMPRESSION[:JOBS]; "
+                        "the PITR restore uses the last")
+    parser.add_argument("--wal-compression", action="append", default=[], help="also run off/on with the server's "
+                        "wal_compression set to this (pglz, lz4, zstd; repeatable)")
+    parser.add_argument("--only-archiving", action="store_true", help="stop after the archiving phases (1 and 2)")
     args = parser.parse_args()
+    variants = backup_variants(args.base_backups)
     say(f"machine: {machine_line()}")
     work = Path(tempfile.mkdtemp(prefix="loyalty-bench-pitr-"))
     os.chmod(work, 0o755)
-    with moto_process() as endpoint:
-        s3 = s3_client(endpoint)
-        s3.create_bucket(Bucket="bench-pitr")
-        location = PitrLocation.of("bench-pitr", "pitr/", "loyalty")
-        access = S3Access(endpoint_url=endpoint, region=LOCAL_CREDENTIALS["AWS_REGION"],
-                          credentials={k: v for k, v in LOCAL_CREDENTIALS.items() if k != "AWS_REGION"})
-        settings = archiving_settings(archive_command(server_engine_dir(), location, access), args.archive_timeout)
-        cluster = LocalPostgres(password=os.urandom(8).hex(), base_dir=work / "pg", environment=access.env(),
-                                settings=("full_page_writes=on", "max_wal_size=4GB"))
+    with moto_server() as (endpoint, moto_pid):
+        bench = Bench(args, work, endpoint, moto_pid)
+        cluster = bench.cluster
         cluster.start()
         try:
-            # 4. archiving off first (the cluster starts without it), pgbench database
             cluster.create_database("bench")
             subprocess.run([f"{cluster.bin_dir}/pgbench", "-i", "-s", "20", "-q", "bench"], env={**BIN_ENV, **cluster.env("bench")},
                            check=True, capture_output=True)
-            tps_off = Pgbench(cluster, args.tps_seconds).wait()
-            say(f"pgbench archiving OFF: {tps_off:.0f} tps ({os.getloadavg()[0]:.2f} load)")
-            cluster.stop()
-            cluster.settings = (*cluster.settings, *settings)
-            cluster.start()
-            tps_on = Pgbench(cluster, args.tps_seconds).wait()
-            say(f"pgbench archiving ON:  {tps_on:.0f} tps ({os.getloadavg()[0]:.2f} load)")
+            tps = bench.tps_phases()
+            segments = bench.real_segments(args.segments)
+            say(f"{len(segments)} real WAL segments from the pgbench load for the CPU table")
+            cpu_rows = bench.archive_cpu(segments) if segments else []
+            print_archiving(tps, cpu_rows)
+            if args.only_archiving:
+                return
 
+            bench.restart(ArchiveOptions())  # the new defaults from here on
             cluster.create_database("loyalty")
             started = time.monotonic()
             with cluster.connect("loyalty") as conn:
@@ -129,20 +382,17 @@ def main() -> None:
             say(f"sample database {db_bytes / 1e6:.0f} MB in {time.monotonic() - started:.0f} s")
             env = {**BIN_ENV, **cluster.env("loyalty")}
 
-            # 1. base backup vs pg_dump -Fc -Z0 floor
+            # 3. base backups vs pg_dump -Fc -Z0 floor
             started = time.monotonic()
             subprocess.run(f"{cluster.bin_dir}/pg_dump -Fc -Z0 loyalty > /dev/null", shell=True, env=env, check=True)  # -f /dev/null fails its fsync
             dump_floor = time.monotonic() - started
-            engine = BarmanCloud(location, access, str(Path(sys.executable).parent), base_env=BIN_ENV)
-            started = time.monotonic()
-            backup_id, _ = engine.backup(cluster.spec("postgres").libpq_env(), jobs=2)
-            base_s = time.monotonic() - started
-            cluster_bytes = next(b.cluster_size for b in engine.list_backups() if b.backup_id == backup_id)
-            say(f"base backup {base_s:.1f} s ({cluster_bytes / 1e6:.0f} MB cluster) vs pg_dump -Fc -Z0 {dump_floor:.1f} s "
-                f"({db_bytes / 1e6:.0f} MB database)")
+            say(f"pg_dump -Fc -Z0 of the {db_bytes / 1e6:.0f} MB database: {dump_floor:.1f} s")
+            engine = BarmanCloud(bench.location, bench.access, str(Path(sys.executable).parent), base_env=BIN_ENV)
+            backups = [bench.base_backup(engine, label, options) for label, options in variants]
+            backup_id = backups[-1]["backup_id"]
 
-            # 3 + 2. load for LOAD_SECONDS with the RPO probe, then a target at its end
-            watcher = BucketWatcher(s3, location)
+            # 4 + 5. load for LOAD_SECONDS with the RPO probe, then a target at its end
+            watcher = BucketWatcher(bench.s3, bench.location)
             load = Pgbench(cluster, args.load_seconds)
             commits: list[tuple[float, str]] = []
             with cluster.connect("bench") as conn:
@@ -167,12 +417,12 @@ def main() -> None:
                 f"p50 {p50:.1f} s, p99 {p99:.1f} s, max {worst:.1f} s; within {args.archive_timeout} s: "
                 f"{sum(r <= args.archive_timeout for r in rpos)}/{len(rpos)}")
 
-            instance = ScratchInstance(work / "recovered", free_port(), cluster.bin_dir, environment={**BIN_ENV, **access.env()})
+            instance = ScratchInstance(work / "recovered", free_port(), cluster.bin_dir, environment={**BIN_ENV, **bench.access.env()})
             backup = next(b for b in engine.list_backups() if b.backup_id == backup_id)
             target = RecoveryTarget("time", time=target_time.astimezone(timezone.utc))
             try:
                 result = recover(engine, instance, backup, target,
-                                 restore_command(server_engine_dir(), location, access, str(instance.spool_dir)),
+                                 restore_command(server_engine_dir(), bench.location, bench.access, str(instance.spool_dir)),
                                  cluster.spec(), say)
             finally:
                 instance.remove()
@@ -181,7 +431,7 @@ def main() -> None:
                 f"{result.timings['download_s']:.1f} s, replay of {result.segments_restored} segments "
                 f"{result.timings['recovery_s']:.1f} s)")
 
-            # 2. the logical restore of the same data
+            # 5. the logical restore of the same data
             dump = work / "loyalty.dump"
             subprocess.run([f"{cluster.bin_dir}/pg_dump", "-Fc", "-f", str(dump), "loyalty"], env=env, check=True)
             cluster.create_database("loyalty_logical")
@@ -191,18 +441,42 @@ def main() -> None:
             logical_s = time.monotonic() - started
             say(f"logical restore (pg_restore -j2 of pg_dump -Fc): {logical_s:.1f} s")
 
-            print("\n== PITR benchmark ==")
+            print_archiving(tps, cpu_rows)
+            print(f"database {db_bytes / 1e6:.0f} MB, cluster {backups[-1]['cluster_mb']:.0f} MB")
+            print(table(["base backup", "wall s", "vs pg_dump -Fc -Z0", "engine CPU s", "moto CPU s", "in bucket MB"],
+                        [[b["label"], f"{b['wall_s']:.1f}", f"{b['wall_s'] / dump_floor:.2f}x ({dump_floor:.1f} s)",
+                          f"{b['engine_cpu_s']:.1f}", f"{b['moto_cpu_s']:.1f}", f"{b['stored_mb']:.0f}"] for b in backups]))
+            print(f"PITR restore / logical restore:   {pitr_s:.1f} s / {logical_s:.1f} s = {pitr_s / logical_s:.2f}x (target <= 0.5x)")
+            print(f"RPO under load (archive_timeout {args.archive_timeout} s, new defaults, {load_tps:.0f} tps): p50 {p50:.1f} s, "
+                  f"p99 {p99:.1f} s, max {worst:.1f} s (target: max <= {args.archive_timeout} s)")
             print(f"machine: {machine_line()}  (at the end)")
-            print(f"database {db_bytes / 1e6:.0f} MB, cluster {cluster_bytes / 1e6:.0f} MB")
-            print(f"base backup / pg_dump -Fc -Z0 floor:        {base_s:.1f} s / {dump_floor:.1f} s = {base_s / dump_floor:.2f}x")
-            print(f"PITR restore / logical restore:             {pitr_s:.1f} s / {logical_s:.1f} s = {pitr_s / logical_s:.2f}x (target <= 0.5x)")
-            print(f"RPO under load (archive_timeout {args.archive_timeout} s):    p50 {p50:.1f} s, p99 {p99:.1f} s, max {worst:.1f} s "
-                  f"(target: max <= {args.archive_timeout} s)")
-            print(f"pgbench TPS archiving on / off:             {tps_on:.0f} / {tps_off:.0f} = {tps_on / tps_off:.2f}x (target >= 0.9x)")
             print(f"finished {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
         finally:
             cluster.destroy()
             shutil.rmtree(work, ignore_errors=True)
+
+
+def print_archiving(tps: list[dict], cpu_rows: list[dict]) -> None:
+    print("\n== PITR benchmark ==")
+    print(f"machine: {machine_line()}")
+    off = tps[0]["tps"] or 1.0
+    print(table(["pgbench (4 clients)", "TPS", "vs off", "WAL MB", "WAL kB/tx", "segments", "archive CPU s/segment",
+                 "archive CPU ms/tx", "cores", "moto CPU s", "waiting at end", "caught up s"],
+                [[r["label"], f"{r['tps']:.0f}", f"{r['tps'] / off:.2f}x", f"{r['wal_mb']:.0f}",
+                  f"{r['wal_mb'] * 1e3 / max(r['transactions'], 1):.2f}", str(r["segments"]),
+                  f"{r['archiver_cpu_s'] / r['segments']:.3f}" if r["segments"] else "-",
+                  f"{r['archiver_cpu_s'] * 1e3 / max(r['transactions'], 1):.3f}",
+                  f"{r['archiver_cpu_s'] / r['elapsed_s']:.2f}", f"{r['moto_cpu_s']:.1f}", str(r["backlog"]),
+                  f"{r['catch_up_s']:.1f}"] for r in tps]))
+    print("(target: TPS with archiving on >= 0.9x off. CPU per segment and per transaction, and WAL per transaction, "
+          "hold on a busy machine; TPS does not. 'cores' = archive_command CPU / run time; 'waiting at end' = segments "
+          "not yet archived when pgbench stopped)")
+    if cpu_rows:
+        print(table(["WAL compression (one engine process per segment)", "CPU s/segment", "min", "wall s", "stored MB",
+                     "smaller", "moto CPU s"],
+                    [[r["label"], f"{r['cpu_s']:.3f}", f"{r['cpu_min_s']:.3f}", f"{r['wall_s']:.2f}", f"{r['stored_mb']:.2f}",
+                      f"{r['ratio']:.1f}x" if r["ratio"] else "-", f"{r['moto_cpu_s']:.3f}"] for r in cpu_rows]))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from devstack.dagster_services import REPO_ROOT, DagsterServices
 from devstack.postgres_cluster import LocalPostgres, archiving_settings, server_engine_dir
 from devstack.s3_endpoint import LocalS3
 from devstack.sample_data import create_sample_schema
+from loyalty_ops.defs.pitr.resources import pitr_resource
+from loyalty_ops.defs.settings import load_settings
 from loyalty_ops.lib.pitr.engine import S3Access, archive_command
 from loyalty_ops.lib.pitr.location import PitrLocation
 
@@ -39,7 +41,9 @@ def pitr_archiving(env: dict[str, str]) -> tuple[tuple[str, ...], dict[str, str]
     location = PitrLocation.of(env.get("LOYALTY_S3_BUCKET") or os.environ["LOYALTY_S3_BUCKET"], "pitr/", "loyalty")
     access = S3Access(endpoint_url=aws["AWS_ENDPOINT_URL"], region=aws["AWS_REGION"],
                       credentials={n: v for n, v in aws.items() if v and n.startswith("AWS_") and n not in ("AWS_ENDPOINT_URL", "AWS_REGION")})
-    command = archive_command(server_engine_dir(), location, access)
+    # The same options (compression, CPU priority) the code location's wal_archive_settings asks for.
+    options = pitr_resource(load_settings({**os.environ, **env})).archive_options()
+    command = archive_command(server_engine_dir(), location, access, options)
     return archiving_settings(command, PITR_ARCHIVE_TIMEOUT_S), access.env()
 
 

@@ -96,6 +96,12 @@ REFUSED = [
     ("LOYALTY_PITR_ARCHIVE_TIMEOUT_SECONDS", "0", ["at least 1", "'0'", "LOYALTY_PITR_ARCHIVE_TIMEOUT_SECONDS=60"]),
     ("LOYALTY_PITR_RECOVERY_WINDOW_DAYS", "a month", ["whole number", "'a month'", "LOYALTY_PITR_RECOVERY_WINDOW_DAYS=30"]),
     ("LOYALTY_PITR_BASE_BACKUP_CRON", "weekly", ["five cron fields", "'weekly'", "0 1 * * 0"]),
+    ("LOYALTY_PITR_WAL_COMPRESSION", "bzip2", ["'zstd', 'lz4', 'gzip', 'snappy' or 'none'", "'bzip2'", "LOYALTY_PITR_WAL_COMPRESSION=zstd"]),
+    ("LOYALTY_PITR_WAL_COMPRESSION_LEVEL", "30", ["1-22 for zstd", "'30'", "LOYALTY_PITR_WAL_COMPRESSION_LEVEL=1"]),
+    ("LOYALTY_PITR_WAL_COMPRESSION_LEVEL", "fast", ["whole number", "'fast'"]),
+    ("LOYALTY_PITR_ARCHIVE_NICE", "20", ["at most 19", "'20'", "LOYALTY_PITR_ARCHIVE_NICE=10"]),
+    ("LOYALTY_PITR_BASE_BACKUP_COMPRESSION", "zstd", ["'lz4', 'gzip', 'snappy' or 'none'", "'zstd'", "LOYALTY_PITR_BASE_BACKUP_COMPRESSION=lz4"]),
+    ("LOYALTY_PITR_BASE_BACKUP_JOBS", "0", ["at least 1", "'0'", "LOYALTY_PITR_BASE_BACKUP_JOBS=2"]),
 ]
 
 # Taken as given (names, paths, ids, secrets used as they are): nothing to refuse.
@@ -168,6 +174,10 @@ def test_rules_across_variables_are_refused_too():
     assert load_settings({}).restore.placement == "production"
     assert "LOYALTY_PITR_ENABLED is true but LOYALTY_S3_BUCKET is not set" in refusal({"LOYALTY_PITR_ENABLED": "true"})
     assert load_settings({"LOYALTY_PITR_ENABLED": "true", "LOYALTY_S3_BUCKET": "loyalty-offsite"}).pitr.enabled is True
+    assert "LOYALTY_PITR_WAL_COMPRESSION_LEVEL must be 1-9 for gzip" in refusal(
+        {"LOYALTY_PITR_WAL_COMPRESSION": "gzip", "LOYALTY_PITR_WAL_COMPRESSION_LEVEL": "12"})
+    assert "'snappy' has no levels" in refusal({"LOYALTY_PITR_WAL_COMPRESSION": "snappy", "LOYALTY_PITR_WAL_COMPRESSION_LEVEL": "1"})
+    assert load_settings({"LOYALTY_PITR_WAL_COMPRESSION": "lz4", "LOYALTY_PITR_WAL_COMPRESSION_LEVEL": "16"}).pitr.wal_compression_level == 16
 
 
 def test_encryption_and_object_lock_rules_across_variables(tmp_path):

@@ -24,7 +24,8 @@ WAL_CHECK = "base_backup_wal_present"
 class BaseBackupConfig(dg.Config):
     """Launchpad options of a base backup."""
 
-    jobs: Optional[int] = Field(default=None, description="Upload processes (barman-cloud-backup -J); empty: 2.")
+    jobs: Optional[int] = Field(default=None, description="Upload processes (barman-cloud-backup -J); empty: "
+                                "LOYALTY_PITR_BASE_BACKUP_JOBS (default 2).")
     progress_interval_seconds: float = Field(default=10.0, description="How often the run log reports progress (<= 10 s).")
 
 
@@ -66,12 +67,13 @@ def base_backup(context: dg.AssetExecutionContext, config: BaseBackupConfig, pit
         context.log.info(f"base backup running: {elapsed:.0f} s elapsed{eta}; cluster ~{human_bytes(expected)}; "
                          f"engine: {line.split('INFO: ')[-1][:160]}")
 
-    compression = pitr.base_backup_compression
-    context.log.info(f"base backup of {postgres.database_name}'s cluster to {engine.location.describe()}")
+    options = pitr.backup_options(config.jobs)
+    compression = options.compression
+    context.log.info(f"base backup of {postgres.database_name}'s cluster to {engine.location.describe()} "
+                     f"({compression}, {options.jobs} upload process(es))")
     started = time.monotonic()
     try:
-        backup_id, run = engine.backup(postgres.spec().libpq_env(), jobs=config.jobs or pitr.base_backup_jobs,
-                                       compress=compression != "none", tick=tick, interval_s=interval)
+        backup_id, run = engine.backup(postgres.spec().libpq_env(), options=options, tick=tick, interval_s=interval)
     except EngineError as exc:
         raise dg.Failure(f"base backup failed: {exc}") from None
     duration = time.monotonic() - started
@@ -95,6 +97,7 @@ def base_backup(context: dg.AssetExecutionContext, config: BaseBackupConfig, pit
         "bytes_in_bucket": int(size_in_bucket),
         "duration_s": round(duration, 3),
         "compression": compression,
+        "upload_jobs": options.jobs,
         "destination": engine.location.describe(),
         "base_backups_in_archive": len([b for b in listed.values() if b.complete]),
     }

@@ -11,7 +11,7 @@ from loyalty_ops.defs.resources import OffsiteStorage, PostgresTarget
 from loyalty_ops.lib.formatting import markdown_table
 from loyalty_ops.lib.pg.session import connect
 from loyalty_ops.lib.pitr.archive import bucket_wal, judge, read_server_archiver, wal_objects
-from loyalty_ops.lib.pitr.config import alter_system_sql, compose_change, postgresql_conf, server_settings
+from loyalty_ops.lib.pitr.config import ENGINE_PIN, alter_system_sql, compose_change, postgresql_conf, server_settings
 from loyalty_ops.lib.pitr.engine import restore_command
 
 HEALTH_KEY = dg.AssetKey("wal_archive_health")
@@ -43,7 +43,8 @@ def wal_archive_settings(pitr: PitrResource, postgres: PostgresTarget, offsite: 
     what the live server runs."""
     location = pitr.location(offsite, postgres)
     access = pitr.access(offsite)
-    wanted = server_settings(pitr.server_engine_dir(), location, access, pitr.archive_timeout_seconds)
+    options = pitr.archive_options()
+    wanted = server_settings(pitr.server_engine_dir(), location, access, pitr.archive_timeout_seconds, options)
     restore_cmd = restore_command(pitr.server_engine_dir(), location, access)
     live: dict[str, str] = {}
     try:
@@ -62,7 +63,9 @@ def wal_archive_settings(pitr: PitrResource, postgres: PostgresTarget, offsite: 
         "settings": dg.MetadataValue.md(markdown_table(["setting", "wanted", "live server", "matches"], rows)),
         "postgresql_conf": dg.MetadataValue.md(f"```\n{postgresql_conf(wanted, restore_cmd)}```"),
         "alter_system": dg.MetadataValue.md(f"```sql\n{alter_system_sql(wanted)}```"),
-        "docker_compose": dg.MetadataValue.md(f"```\n{compose_change(wanted)}```"),
+        "docker_compose": dg.MetadataValue.md(f"```\n{compose_change(wanted, packages=options.packages())}```"),
+        "wal_compression": options.describe(),
+        "engine_packages": " ".join((ENGINE_PIN, *options.packages())),
         "restore_command": restore_cmd,
     })
 

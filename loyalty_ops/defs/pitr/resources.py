@@ -14,6 +14,8 @@ from loyalty_ops.defs.settings import tool_base_environment
 from loyalty_ops.lib.pg.tools import find_bin_dir
 from loyalty_ops.lib.pitr.engine import BarmanCloud, S3Access
 from loyalty_ops.lib.pitr.location import DEFAULT_PITR_PREFIX, PitrConfigError, PitrLocation
+from loyalty_ops.lib.pitr.options import (DEFAULT_ARCHIVE_NICE, DEFAULT_BACKUP_COMPRESSION, DEFAULT_BACKUP_JOBS,
+                                          DEFAULT_WAL_COMPRESSION, ArchiveOptions, BackupOptions)
 
 
 def installed_engine_dir() -> str:
@@ -39,8 +41,16 @@ class PitrResource(dg.ConfigurableResource):
     barman_bin_dir: Optional[str] = Field(
         default=None, description="barman-cloud-* as the PostgreSQL OS user runs them (LOYALTY_PITR_BARMAN_BIN_DIR).")
     work_dir: Optional[str] = Field(default=None, description="Scratch instances of the drill (LOYALTY_PITR_WORK_DIR).")
-    base_backup_compression: str = Field(default="gzip", description="'gzip' or 'none' for base backups.")
-    base_backup_jobs: int = Field(default=2, description="Upload processes of a base backup.")
+    wal_compression: str = Field(default=DEFAULT_WAL_COMPRESSION, description="WAL compression of archive_command "
+                                 "(LOYALTY_PITR_WAL_COMPRESSION): zstd, lz4, gzip, snappy or none.")
+    wal_compression_level: Optional[int] = Field(default=None, description="Its level (LOYALTY_PITR_WAL_COMPRESSION_LEVEL); "
+                                                 "empty: ours for that compression.")
+    archive_nice: int = Field(default=DEFAULT_ARCHIVE_NICE, description="CPU priority of the archiver's engine process, "
+                              "nice 0-19 (LOYALTY_PITR_ARCHIVE_NICE).")
+    base_backup_compression: str = Field(default=DEFAULT_BACKUP_COMPRESSION, description="Base backup compression "
+                                         "(LOYALTY_PITR_BASE_BACKUP_COMPRESSION): lz4, gzip, snappy or none.")
+    base_backup_jobs: int = Field(default=DEFAULT_BACKUP_JOBS, description="Upload processes of a base backup "
+                                  "(LOYALTY_PITR_BASE_BACKUP_JOBS).")
     archive_wait_seconds: float = Field(default=300.0, description="How long the drill waits for its WAL to reach the bucket.")
 
     def location(self, offsite: OffsiteStorage, postgres: PostgresTarget) -> PitrLocation:
@@ -63,6 +73,19 @@ class PitrResource(dg.ConfigurableResource):
     def engine(self, offsite: OffsiteStorage, postgres: PostgresTarget) -> BarmanCloud:
         return BarmanCloud(self.location(offsite, postgres), self.access(offsite), installed_engine_dir(),
                            base_env=tool_base_environment())
+
+    def archive_options(self) -> ArchiveOptions:
+        """How archive_command compresses and at which CPU priority it runs (the generated settings use these)."""
+        try:
+            return ArchiveOptions(self.wal_compression, self.wal_compression_level, self.archive_nice)
+        except PitrConfigError as exc:
+            raise dg.Failure(str(exc)) from None
+
+    def backup_options(self, jobs: Optional[int] = None) -> BackupOptions:
+        try:
+            return BackupOptions(self.base_backup_compression, jobs or self.base_backup_jobs)
+        except PitrConfigError as exc:
+            raise dg.Failure(str(exc)) from None
 
     def server_engine_dir(self) -> str:
         """barman-cloud-* for archive_command and restore_command."""
@@ -89,5 +112,10 @@ def pitr_resource(settings) -> PitrResource:
         "recovery_window_days": pitr.recovery_window_days,
         "barman_bin_dir": pitr.barman_bin_dir,
         "work_dir": pitr.work_dir,
+        "wal_compression": pitr.wal_compression,
+        "wal_compression_level": pitr.wal_compression_level,
+        "archive_nice": pitr.archive_nice,
+        "base_backup_compression": pitr.base_backup_compression,
+        "base_backup_jobs": pitr.base_backup_jobs,
     }
     return PitrResource(**{k: v for k, v in values.items() if v is not None})

@@ -18,6 +18,7 @@ from loyalty_ops.lib.backup.encryption import EncryptionConfigError, load_identi
 from loyalty_ops.lib.backup.location import upload_settings_problems
 from loyalty_ops.lib.pg.connection import ConnectionConfigError, ConnectionSpec
 from loyalty_ops.lib.pitr.location import PitrConfigError, check_cron, check_server_name, normalise_prefix
+from loyalty_ops.lib.pitr.options import check_wal_compression
 from loyalty_ops.lib.restore.plan import DRILL_EVERY_ENV, RestoreConfigError, parse_drill_every
 
 
@@ -485,6 +486,21 @@ class PitrVariables(DomainVariables):
         "restore_command); default: this installation's.", "/usr/local/bin")
     work_dir: Optional[str] = variable(
         "LOYALTY_PITR_WORK_DIR", "Where the drill's scratch instance lives (default: the system temp dir).", "/var/tmp/loyalty-pitr")
+    wal_compression: Optional[Literal["zstd", "lz4", "gzip", "snappy", "none"]] = variable(
+        "LOYALTY_PITR_WAL_COMPRESSION", "How archive_command compresses each WAL segment (default zstd; zstd, lz4 and "
+        "snappy need their Python library beside the engine on the server).", "zstd")
+    wal_compression_level: Optional[int] = variable(
+        "LOYALTY_PITR_WAL_COMPRESSION_LEVEL", "Its level: zstd 1-22 (default 1), lz4 0-16 (default 0), gzip 1-9 "
+        "(default 1).", "1")
+    archive_nice: Optional[int] = variable(
+        "LOYALTY_PITR_ARCHIVE_NICE", "CPU priority (nice 0-19) of the engine process archive_command starts per "
+        "segment; default 10 (the server's own backends come first).", "10", ge=0, le=19)
+    base_backup_compression: Optional[Literal["lz4", "gzip", "snappy", "none"]] = variable(
+        "LOYALTY_PITR_BASE_BACKUP_COMPRESSION", "How barman-cloud-backup compresses a base backup (default lz4; its "
+        "gzip is level 9 on one core).", "lz4")
+    base_backup_jobs: Optional[int] = variable(
+        "LOYALTY_PITR_BASE_BACKUP_JOBS", "Upload processes of a base backup (barman-cloud-backup -J; default 2).", "2",
+        ge=1, le=32)
 
     @model_validator(mode="before")
     @classmethod
@@ -510,6 +526,14 @@ class PitrVariables(DomainVariables):
     @classmethod
     def check_base_backup_cron(cls, value: Optional[str]) -> Optional[str]:
         return _pitr_rule(check_cron, value)
+
+    @model_validator(mode="after")
+    def check_wal_compression_level(self) -> "PitrVariables":
+        try:
+            check_wal_compression(self.wal_compression, self.wal_compression_level)  # the PITR library's own rule
+        except PitrConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 def _pitr_rule(rule: Any, value: Optional[str]) -> Optional[str]:

@@ -4,20 +4,24 @@ guide's docker-compose database service needs (the engine in the image, the envi
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from loyalty_ops.lib.pitr.engine import S3Access, archive_command
 from loyalty_ops.lib.pitr.location import PitrLocation
+from loyalty_ops.lib.pitr.options import ArchiveOptions
+
+ENGINE_PIN = "barman[cloud]==3.19.1"
 
 AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
 
 
-def server_settings(server_bin_dir: str, location: PitrLocation, access: S3Access, archive_timeout_s: int) -> dict[str, str]:
+def server_settings(server_bin_dir: str, location: PitrLocation, access: S3Access, archive_timeout_s: int,
+                    options: ArchiveOptions = ArchiveOptions()) -> dict[str, str]:
     """The settings that turn continuous archiving on (``archive_mode`` needs a restart, the rest a reload)."""
     return {
         "wal_level": "replica",
         "archive_mode": "on",
-        "archive_command": archive_command(server_bin_dir, location, access),
+        "archive_command": archive_command(server_bin_dir, location, access, options),
         "archive_timeout": f"{int(archive_timeout_s)}s",
     }
 
@@ -40,14 +44,20 @@ def alter_system_sql(settings: Mapping[str, str]) -> str:
     return "\n".join(lines + ["-- then restart the server (archive_mode), e.g. docker compose restart db"]) + "\n"
 
 
-def compose_change(settings: Mapping[str, str], image: str = "postgres:15") -> str:
-    """The guide's docker-compose ``db`` service with the engine installed and archiving on."""
+def engine_install(packages: Sequence[str] = ()) -> str:
+    """The pip arguments that install the engine with the compression libraries it needs."""
+    return " ".join(f"'{p}'" for p in (ENGINE_PIN, *packages))
+
+
+def compose_change(settings: Mapping[str, str], image: str = "postgres:15", packages: Sequence[str] = ()) -> str:
+    """The guide's docker-compose ``db`` service with the engine installed (and the compression library the
+    archive_command needs, ``packages``) and archiving on."""
     commands = "\n".join(f"      - -c\n      - {name}={value}" for name, value in settings.items())
     env = "\n".join(f"      {name}: ${{{name}}}" for name in AWS_VARIABLES)
     return f"""# docker/db/Dockerfile: the engine must be where archive_command runs, inside the database container
 FROM {image}
 RUN apt-get update && apt-get install -y --no-install-recommends python3-venv \\
- && python3 -m venv /opt/barman && /opt/barman/bin/pip install 'barman[cloud]==3.19.1' \\
+ && python3 -m venv /opt/barman && /opt/barman/bin/pip install {engine_install(packages)} \\
  && ln -s /opt/barman/bin/barman-cloud-* /usr/local/bin/ && rm -rf /var/lib/apt/lists/*
 
 # docker-compose.yml, the db service (archive_command is run by the server, so it gets the AWS environment):

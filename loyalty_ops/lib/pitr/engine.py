@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from loyalty_ops.lib.pitr.location import PitrLocation
+from loyalty_ops.lib.pitr.options import ArchiveOptions, BackupOptions
 
-WAL_COMPRESSION_ARG = "--gzip"  # in every barman-cloud release (Debian's 3.4 too); WAL segments of a quiet server shrink ~1000x
-BACKUP_COMPRESSION_ARG = "--gzip"
 _STARTING = re.compile(r"Starting backup '([^']+)'")
 
 
@@ -67,11 +66,18 @@ def _quoted(argv: Sequence[str]) -> str:
     return " ".join(a if a in ("%p", "%f") else shlex.quote(a) for a in argv)
 
 
-def archive_command(server_bin_dir: str, location: PitrLocation, access: S3Access) -> str:
-    """The database server's ``archive_command`` (a shell command PostgreSQL runs per WAL segment)."""
-    argv = [f"{server_bin_dir.rstrip('/')}/barman-cloud-wal-archive", *access.endpoint_args(), *access.encryption_args(),
-            WAL_COMPRESSION_ARG, location.url, location.server_name, "%p"]
-    return _quoted(argv)
+def archive_argv(server_bin_dir: str, location: PitrLocation, access: S3Access, options: ArchiveOptions = ArchiveOptions(),
+                 wal_path: str = "%p") -> list[str]:
+    """The engine command that archives one WAL segment, behind its CPU priority (``nice``)."""
+    return [*options.priority_prefix(), f"{server_bin_dir.rstrip('/')}/barman-cloud-wal-archive", *access.endpoint_args(),
+            *access.encryption_args(), *options.compression_args(), location.url, location.server_name, wal_path]
+
+
+def archive_command(server_bin_dir: str, location: PitrLocation, access: S3Access,
+                    options: ArchiveOptions = ArchiveOptions()) -> str:
+    """The database server's ``archive_command`` (a shell command PostgreSQL runs per WAL segment): the one
+    builder of the generated settings, the docker-compose text, the local clusters and the benchmark."""
+    return _quoted(archive_argv(server_bin_dir, location, access, options))
 
 
 def restore_command(server_bin_dir: str, location: PitrLocation, access: S3Access, spool_dir: Optional[str] = None,
@@ -208,13 +214,11 @@ class BarmanCloud:
         backups = [BaseBackup.from_engine(info) for info in data.get("backups_list", [])]
         return sorted(backups, key=lambda b: b.backup_id)
 
-    def backup(self, libpq_env: Mapping[str, str], *, jobs: int = 2, name: Optional[str] = None, compress: bool = True,
+    def backup(self, libpq_env: Mapping[str, str], *, options: BackupOptions = BackupOptions(), name: Optional[str] = None,
                tick: Optional[Tick] = None, interval_s: float = 10.0) -> tuple[str, EngineRun]:
         """Takes a base backup (the engine connects with ``libpq_env``: PGHOST, PGPASSWORD, ...; it must run
         where the data directory is readable). Returns the new backup's id and the run."""
-        args = ["-v", "--immediate-checkpoint", "-J", str(jobs), *self.access.encryption_args()]
-        if compress:
-            args.append(BACKUP_COMPRESSION_ARG)
+        args = ["-v", "--immediate-checkpoint", *options.args(), *self.access.encryption_args()]
         if name:
             args += ["-n", name]
         run = self.run("backup", *args, self.location.url, self.location.server_name, extra_env=libpq_env, tick=tick,

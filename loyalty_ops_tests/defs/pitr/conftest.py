@@ -1,7 +1,8 @@
 """One archiving PostgreSQL cluster per module: archive_mode on, archive_command = barman-cloud-wal-archive to
 moto's S3 through a fault proxy (so a test can take S3 away from the archiver), a tiny loyalty database, and one
-base backup taken by weekly_base_backup_job. archive_timeout stays at 60 s: the tests switch the WAL themselves
-where they need it, so recoveries replay a handful of segments (one engine process each), not one per second."""
+base backup taken by weekly_base_backup_job; WAL and base backup compressed as the settings do by default.
+archive_timeout stays at 60 s: the tests switch the WAL themselves where they need it, so recoveries replay a
+handful of segments (one engine process each), not one per second."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def s3_access(s3_proxy) -> S3Access:
 
 @pytest.fixture(scope="module")
 def archiving_cluster(pitr_location, s3_access) -> Iterator[LocalPostgres]:
-    command = archive_command(server_engine_dir(), pitr_location, s3_access)
+    # The options the settings give by default (zstd, nice): the command wal_archive_settings generates.
+    command = archive_command(server_engine_dir(), pitr_location, s3_access, pitr_test_resource().archive_options())
     cluster = LocalPostgres(password=f"pw-{uuid.uuid4().hex}", settings=archiving_settings(command, ARCHIVE_TIMEOUT_S),
                             environment=s3_access.env())
     cluster.start()
@@ -86,7 +88,7 @@ def pitr_resources(archiving_cluster, s3_proxy, pitr_bucket, tmp_path_factory) -
 def pitr_test_resource(**overrides) -> PitrResource:
     """PITR on, to the module's prefix; small and quick settings for a test cluster."""
     values = dict(enabled=True, prefix="pitr/", server_name="loyalty", barman_bin_dir=server_engine_dir(),
-                  base_backup_compression="none", base_backup_jobs=1, archive_wait_seconds=60, archive_timeout_seconds=ARCHIVE_TIMEOUT_S)
+                  base_backup_jobs=1, archive_wait_seconds=60, archive_timeout_seconds=ARCHIVE_TIMEOUT_S)
     return PitrResource(**{**values, **overrides})
 
 

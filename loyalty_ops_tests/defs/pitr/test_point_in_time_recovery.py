@@ -5,8 +5,10 @@ since, into a new instance on a new port, never over the live one. One archiving
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import shutil
+import subprocess
 import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -14,13 +16,17 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import psycopg
 import pytest
+import zstandard
 
 from loyalty_ops.defs.alerting.resources import AlertingResource
 from loyalty_ops.defs.alerting.sensors import page_on_failed_checks
 from loyalty_ops.defs.pitr.drill import pitr_drill, pitr_drill_recovered_to_the_mark
 from loyalty_ops.defs.pitr.health import wal_archive_health, wal_archive_settings
+from devstack.postgres_cluster import server_engine_dir
 from loyalty_ops.lib.pitr.archive import segment_in_bucket
 from loyalty_ops.lib.pitr.drill import wait_in_bucket
+from loyalty_ops.lib.pitr.engine import archive_argv
+from loyalty_ops.lib.pitr.options import LEGACY_ARCHIVE
 from loyalty_ops_tests.defs.pitr.conftest import pitr_test_resource, scratch_dir
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
 from loyalty_ops_tests.lib.alerting.fixtures import webhook_server  # noqa: F401
@@ -45,6 +51,26 @@ def failure_message(result) -> str:
     return "\n".join(str(e.event_specific_data.error.message) for e in result.all_events if e.event_type_value == "STEP_FAILURE")
 
 
+def compressed_like(key: str, data: bytes) -> bytes:
+    """``data`` compressed as the engine would store it under ``key`` (by its suffix)."""
+    return zstandard.ZstdCompressor(level=1).compress(data) if key.endswith(".zst") else gzip.compress(data)
+
+
+def archive_as_before_the_change(client, location, access, segment: str, work) -> str:
+    """Puts ``segment`` back into the bucket as the archive_command of before archived it (gzip level 6, ``.gz``),
+    through the engine itself: a bucket whose older WAL was written before the compression changed."""
+    stored = segment_in_bucket(client, location, segment)
+    body = client.get_object(Bucket=location.bucket, Key=stored.key)["Body"].read()
+    assert stored.key.endswith(".zst"), stored.key  # archived with the default compression
+    raw = work / segment
+    raw.write_bytes(zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)).read())
+    assert raw.stat().st_size == 16 * 1024 * 1024
+    client.delete_object(Bucket=location.bucket, Key=stored.key)
+    subprocess.run(archive_argv(server_engine_dir(), location, access, LEGACY_ARCHIVE, str(raw)), env=access.env(),
+                   check=True, capture_output=True, timeout=60)
+    return segment_in_bucket(client, location, segment).key
+
+
 def test_the_weekly_base_backup_is_listed_complete_with_its_wal_in_the_bucket(base_backup_run, pitr_location, s3_server):
     assert base_backup_run.success, failure_message(base_backup_run)
     meta = materialization_metadata(base_backup_run, "base_backup")
@@ -54,7 +80,11 @@ def test_the_weekly_base_backup_is_listed_complete_with_its_wal_in_the_bucket(ba
     client = s3_server.client()
     assert client.head_object(Bucket=pitr_location.bucket, Key=f"{pitr_location.base_prefix}{meta['backup_id']}/backup.info")
     for segment in (meta["begin_wal"], meta["end_wal"]):
-        assert segment_in_bucket(client, pitr_location, segment) is not None, segment
+        assert segment_in_bucket(client, pitr_location, segment).key.endswith(".zst"), segment  # the default compression
+    assert meta["compression"] == "lz4" and meta["upload_jobs"] == 1
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=pitr_location.bucket,
+                                                      Prefix=f"{pitr_location.base_prefix}{meta['backup_id']}/")["Contents"]]
+    assert any(k.endswith("/data.tar.lz4") for k in keys), keys
     retention = materialization_metadata(base_backup_run, "pitr_retention")
     assert retention["base_backups"] == 1 and retention["to_delete"] == 0 and retention["blocked"] is False
 
@@ -64,12 +94,14 @@ def test_the_generated_server_settings_are_what_the_live_server_runs(pitr_resour
     meta = materialization_metadata(result, "wal_archive_settings")
     assert meta["server_matches"] is True, meta["settings"]
     assert "barman-cloud-wal-archive" in meta["postgresql_conf"] and "archive_mode = 'on'" in meta["postgresql_conf"]
+    assert "archive_command = 'nice -n 10 /" in meta["postgresql_conf"] and " --zstd --compression-level 1 " in meta["postgresql_conf"]
+    assert "'barman[cloud]==3.19.1' 'zstandard==0.25.0'" in meta["docker_compose"]  # the library the compression needs
     assert "AWS_SECRET_ACCESS_KEY: ${AWS_SECRET_ACCESS_KEY}" in meta["docker_compose"]
     assert "local-secret-key" not in str(meta)
 
 
 def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(
-    base_backup_run, archiving_cluster, pitr_resources, pitr_instance, pitr_location, s3_server
+    base_backup_run, archiving_cluster, pitr_resources, pitr_instance, pitr_location, s3_server, s3_access
 ):
     assert base_backup_run.success
     written = {}
@@ -86,6 +118,8 @@ def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(
     assert written["t2"] < target < written["t3"]
     wait_in_bucket(s3_server.client(), pitr_location, segment, timeout_s=60)  # t3's segment: recovery can pass the target
     target_dir = scratch_dir()
+    # t3's segment as archive_command wrote it before the compression changed: recovery reads .gz and .zst alike
+    assert archive_as_before_the_change(s3_server.client(), pitr_location, s3_access, segment, target_dir).endswith(".gz")
     port = __import__("loyalty_ops.lib.pitr.instance", fromlist=["free_port"]).free_port()
     try:
         result = run_restore(pitr_resources, pitr_instance, target_time=target.replace(tzinfo=None).isoformat(),
@@ -215,7 +249,7 @@ def test_a_damaged_wal_segment_in_the_bucket_fails_the_drill_loudly(base_backup_
     client = s3_server.client()
     damaged = segment_in_bucket(client, pitr_location, meta["end_wal"])
     original = client.get_object(Bucket=pitr_location.bucket, Key=damaged.key)["Body"].read()
-    client.put_object(Bucket=pitr_location.bucket, Key=damaged.key, Body=gzip.compress(b"\0" * 16 * 1024 * 1024))
+    client.put_object(Bucket=pitr_location.bucket, Key=damaged.key, Body=compressed_like(damaged.key, b"\0" * 16 * 1024 * 1024))
     try:
         result = dg.materialize([pitr_drill, pitr_drill_recovered_to_the_mark], resources=pitr_resources, instance=pitr_instance, raise_on_error=False)
     finally:

@@ -11,6 +11,7 @@ from loyalty_ops.lib.pitr.archive import ServerArchiver, WalObject, bucket_wal, 
 from loyalty_ops.lib.pitr.config import compose_change, server_settings
 from loyalty_ops.lib.pitr.engine import BaseBackup, S3Access, archive_command, restore_command
 from loyalty_ops.lib.pitr.location import PitrConfigError, PitrLocation, check_cron, normalise_prefix
+from loyalty_ops.lib.pitr.options import LEGACY_ARCHIVE, ArchiveOptions, BackupOptions
 from loyalty_ops.lib.pitr.retention import backups_in_dry_run, plan_retention
 from loyalty_ops.lib.pitr.target import RecoveryRefused, choose_base_backup, make_target, parse_target_time
 
@@ -89,8 +90,11 @@ def test_targets_times_without_a_zone_are_harare_and_the_right_base_backup_is_ch
 
 def test_the_generated_commands_carry_no_secret_and_quote_their_arguments():
     command = archive_command("/opt/barman/bin", LOCATION, ACCESS)
-    assert command == ("/opt/barman/bin/barman-cloud-wal-archive --endpoint-url http://127.0.0.1:9000 -e AES256 --gzip "
-                       "s3://loyalty-offsite/pitr loyalty %p")
+    assert command == ("nice -n 10 /opt/barman/bin/barman-cloud-wal-archive --endpoint-url http://127.0.0.1:9000 -e AES256 "
+                       "--zstd --compression-level 1 s3://loyalty-offsite/pitr loyalty %p")
+    assert archive_command("/opt/barman/bin", LOCATION, ACCESS, LEGACY_ARCHIVE) == (
+        "/opt/barman/bin/barman-cloud-wal-archive --endpoint-url http://127.0.0.1:9000 -e AES256 --gzip --compression-level 6 "
+        "s3://loyalty-offsite/pitr loyalty %p")  # what archive_command ran before the levers, at full priority
     assert "--parallel 4 --spool-dir /tmp/x/walspool" in restore_command("/opt/barman/bin", LOCATION, ACCESS, "/tmp/x/walspool")
     settings = server_settings("/opt/barman/bin", LOCATION, ACCESS, 60)
     assert settings["archive_timeout"] == "60s" and settings["archive_mode"] == "on"
@@ -128,3 +132,22 @@ def test_backup_labels_and_partial_files_are_never_taken_for_segments():
     assert wal_file_name("p/s/wals/0000000100000000/000000010000000000000002") == "000000010000000000000002"
     for other in ("000000010000000000000002.00000028.backup.gz", "000000010000000000000003.partial", "00000002.history.gz"):
         assert segment_parts(wal_file_name(f"p/s/wals/0000000100000000/{other}")) is None
+
+
+def test_the_compression_levers_build_the_engine_arguments_and_refuse_what_the_engine_would_change():
+    assert ArchiveOptions("lz4", None, 0).compression_args() == ["--lz4", "--compression-level", "0"]
+    assert ArchiveOptions("gzip", 9, 5).compression_args() == ["--gzip", "--compression-level", "9"]
+    assert ArchiveOptions("none", None, 0).compression_args() == [] and ArchiveOptions("snappy").compression_args() == ["--snappy"]
+    assert ArchiveOptions("gzip", 1, 0).priority_prefix() == [] and ArchiveOptions().priority_prefix() == ["nice", "-n", "10"]
+    assert ArchiveOptions().packages() == ("zstandard==0.25.0",) and ArchiveOptions("gzip").packages() == ()
+    for bad, words in (({"compression": "gzip", "level": 12}, "must be 1-9 for gzip"), ({"compression": "snappy", "level": 1}, "has no levels"),
+                       ({"compression": "bzip2"}, "LOYALTY_PITR_WAL_COMPRESSION must be one of"), ({"nice": 20}, "0-19")):
+        with pytest.raises(PitrConfigError, match=words):
+            ArchiveOptions(**bad)
+    assert BackupOptions().args() == ["-J", "2", "--lz4"] and BackupOptions("none", 1).args() == ["-J", "1"]
+    assert BackupOptions("gzip", 4).args() == ["-J", "4", "--gzip"]
+    with pytest.raises(PitrConfigError, match="LOYALTY_PITR_BASE_BACKUP_COMPRESSION"):
+        BackupOptions("zstd")  # barman-cloud-backup has no zstd
+    settings = server_settings("/opt/barman/bin", LOCATION, ACCESS, 60, ArchiveOptions("lz4", 3, 0))
+    assert settings["archive_command"].startswith("/opt/barman/bin/barman-cloud-wal-archive ") and "--lz4 --compression-level 3" in settings["archive_command"]
+    assert "'barman[cloud]==3.19.1' 'lz4==4.4.5'" in compose_change(settings, packages=ArchiveOptions("lz4").packages())
