@@ -196,6 +196,7 @@ def database_backup(
             "row_counts_note": result.row_counts_note,
             "max_rate_mbps": float(backup_storage.max_rate_mbps or 0.0),
             "throttled_s": round(result.file.throttled_s, 3),
+            "read_back_wait_s": round(result.file.read_back_wait_s, 3),
             "nice": int(backup_storage.nice),
             "source_standby": bool(result.source.get("standby")),
             "source_max_lag_s": float(backup_storage.source_max_lag_s),
@@ -205,6 +206,7 @@ def database_backup(
             "taken_at": result.name.taken_at.isoformat(),
             "accept_size_change": bool(config.accept_size_change),
             **({"in_pass_checks": dg.MetadataValue.json(result.in_pass_checks)} if result.in_pass_checks else {}),
+            **({"read_back_checks": dg.MetadataValue.json(result.read_back_checks)} if result.read_back_checks else {}),
             **(
                 {
                     "globals_filename": result.globals_path.name,

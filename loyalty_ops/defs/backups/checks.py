@@ -1,9 +1,13 @@
 """Blocking integrity checks of the backup file on disk. A failure stops the offsite copy and fails the run.
 
-The five checks are evaluated from one read of the file (hash, decompression to the end, a walk of the
-whole archive inside, and ``pg_restore --list`` fed from the same stream), independently of the code that
-wrote it. Each run checks its own backup: the file its own ``database_backup`` step wrote, not simply the
-newest one (another run may have written a newer one meanwhile).
+The five checks are evaluated from one read of the file as stored (hash, decompression to the end, a walk of
+the whole archive inside, and ``pg_restore --list`` fed from the same stream), independently of the code that
+wrote it. The backup step does that read while it writes the file, reading it back from disk behind the
+writer (``lib/backup/readback.py``), and records the verdicts with the file's SHA-256; here the file on disk
+is hashed again, and the recorded verdicts are reported only when it still has exactly those bytes. Any
+other file (changed, cut or damaged since, or a backup without that record) is read whole here.
+Each run checks its own backup: the file its own ``database_backup`` step wrote, not simply the newest one
+(another run may have written a newer one meanwhile).
 """
 
 from pathlib import Path
@@ -86,6 +90,23 @@ def backup_integrity_checks(
         _abort_pending_upload_on_failure(context, results, meta, path, backup_storage, offsite)
         yield from results
         return
+    record = meta.get("read_back_checks") or {}
+    if path.exists() and record and not path.name.endswith(".age"):
+        sha = integrity.file_sha256(path)
+        if sha == record.get("compressed_sha256"):
+            try:
+                toc = integrity.list_toc(path, postgres.tools().start("pg_restore", ["--list"], stdin=True, stdout=True))
+            except ToolError as exc:
+                toc = (None, f"pg_restore could not start: {exc}")
+            results = list(read_back_results(path, meta, manifest, record, sha, toc))
+            results.append(source_lag_result(meta, backup_storage))
+            _abort_pending_upload_on_failure(context, results, meta, path, backup_storage, offsite)
+            yield from results
+            return
+        context.log.warning(
+            f"{path.name} no longer has the SHA-256 it had when it was read back while being written "
+            f"({record.get('compressed_sha256')}; now {sha}): reading the whole file again"
+        )
     if path.exists():
         try:
             toc_process = postgres.tools().start("pg_restore", ["--list"], stdin=True, stdout=True)
@@ -153,6 +174,50 @@ def backup_integrity_checks(
     yield from results
 
 
+def read_back_results(
+    path: Path, meta: dict, manifest, record: dict, sha: str, toc: tuple[Optional[str], Optional[str]]
+) -> Iterator[dg.AssetCheckResult]:
+    """The five checks of a backup whose file was read back from disk as it was written (``read_back_checks``),
+    and which still hashes to what that read saw (``sha``, just computed over the whole file on disk).
+    ``toc`` is ``pg_restore --list`` of the file now (``integrity.list_toc``): its text, or its error."""
+    note = f"read back from the file on disk as it was written; the file still has those bytes (SHA-256 {sha})"
+    yield _result("backup_archive_decompresses", bool(record["stream_ok"]), f"{record['stream_message']}; {note}",
+                  decompressed_bytes=int(record.get("decompressed_bytes") or 0), read_back=True)
+    if record["archive_complete"]:
+        yield _result(
+            "backup_archive_complete", True, f"{record['archive_message']}; {note}",
+            data_blocks=int(record["data_blocks"]), toc_entries=int(record.get("archive_toc_entries") or 0),
+            archive_bytes=int(record.get("archive_bytes") or 0), archive_version=str(record.get("archive_version") or ""),
+            verify_seconds=float(record.get("seconds") or 0.0), read_back=True,
+        )
+    else:
+        yield _result("backup_archive_complete", False, _incomplete_text(path, record["archive_message"]),
+                      verify_seconds=float(record.get("seconds") or 0.0), read_back=True)
+    sidecar = integrity.read_sidecar(path)
+    problems = [p for p in (
+        f"the file on disk hashes to {sha}, but {meta['sha256']} was computed while writing" if sha != meta["sha256"] else "",
+        f"the sidecar {path.name}.sha256 says {sidecar or 'nothing'}" if sidecar != meta["sha256"] else "",
+    ) if p]
+    yield _result("backup_checksum_matches", not problems, "; ".join(problems) or f"sha256 {sha} matches what was "
+                  "written and the sidecar", sha256_on_disk=sha, sha256_written=meta["sha256"])
+    toc_text, toc_error = toc
+    missing = integrity.missing_from_toc(toc_text or "", manifest.table_refs()) if manifest is not None else []
+    entries = sum(1 for line in (toc_text or "").splitlines() if line and not line.startswith(";"))
+    if manifest is None:
+        yield _result("backup_toc_lists_all_tables", False, f"{path.name}.manifest.json is missing: the source's "
+                      "table list is unknown")
+    elif toc_error:
+        yield _result("backup_toc_lists_all_tables", False, toc_error)
+    elif missing:
+        yield _result("backup_toc_lists_all_tables", False, f"{len(missing)} of {len(manifest.tables)} source tables are "
+                      "missing from the archive: " + ", ".join(missing[:20]),
+                      missing=dg.MetadataValue.json(missing), toc_entries=entries)
+    else:
+        yield _result("backup_toc_lists_all_tables", True, f"all {len(manifest.tables)} tables and their data are in "
+                      "the archive", toc_entries=entries, tables=len(manifest.tables))
+    yield _size_result(path.stat().st_size, meta)
+
+
 def _abort_pending_upload_on_failure(context, results, meta: dict, path: Path, backup_storage, offsite) -> None:
     failed = [r.check_name for r in results if not r.passed]
     location = backup_storage.location(offsite)
@@ -216,12 +281,7 @@ def _archive_complete_result(path: Path, inspection: integrity.ArchiveInspection
     summary = inspection.archive
     if summary is None:
         return _result(
-            "backup_archive_complete",
-            False,
-            f"{path.name}: {inspection.archive_error}. The backup is not restorable as a whole, so it is not "
-            "copied offsite and does not count as a good backup (restore `latest` and retention skip it). Relaunch "
-            "nightly_backup_job; if it fails again, read pg_dump's lines in this run's log and check the free space "
-            "of LOYALTY_BACKUP_DIR.",
+            "backup_archive_complete", False, _incomplete_text(path, str(inspection.archive_error)),
             verify_seconds=round(inspection.seconds, 3),
         )
     return _result(
@@ -234,6 +294,15 @@ def _archive_complete_result(path: Path, inspection: integrity.ArchiveInspection
         archive_bytes=summary.archive_bytes,
         archive_version=summary.version,
         verify_seconds=round(inspection.seconds, 3),
+    )
+
+
+def _incomplete_text(path: Path, why: str) -> str:
+    return (
+        f"{path.name}: {why}. The backup is not restorable as a whole, so it is not "
+        "copied offsite and does not count as a good backup (restore `latest` and retention skip it). Relaunch "
+        "nightly_backup_job; if it fails again, read pg_dump's lines in this run's log and check the free space "
+        "of LOYALTY_BACKUP_DIR."
     )
 
 

@@ -5,10 +5,13 @@ The steps, in order:
 2. connect, refuse when pg_dump is older than the server;
 3. open a REPEATABLE READ transaction and export its snapshot; read the table list and catalog counts
    *in that snapshot*;
-4. run ``pg_dump -Fc -Z0 --snapshot=...`` (no double compression) and stream it through the writer, which
-   also counts every table's rows from the stream as it passes (:mod:`loyalty_ops.lib.backup.row_counts`;
-   ``count(*)`` in the same snapshot is the fallback), so a restore can later be checked against exact
-   numbers and each table is read once.
+4. run ``pg_dump -Fc -Z0 --snapshot=...`` (no double compression) and stream it through the writer, while
+   a thread reads the file back from disk behind the writer (:mod:`loyalty_ops.lib.backup.readback`):
+   hashes it, decompresses it and walks the whole archive, which is what the blocking checks need, and
+   counts every table's rows in the same walk (``count(*)`` in the same snapshot
+   is the fallback), so a restore can later be checked against exact numbers and each table is read once.
+   An encrypted backup cannot be read back without its key: its stream is checked before encryption and
+   its rows counted from the dump stream (:mod:`loyalty_ops.lib.backup.row_counts`).
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from typing import Callable, Optional
 
 from loyalty_ops.lib.backup.encryption import SealedCompressor, parse_recipients, seal_bytes
 from loyalty_ops.lib.backup.globals import GlobalsDump, database_properties, dump_globals, globals_filename
-from loyalty_ops.lib.backup.integrity import missing_from_toc
+from loyalty_ops.lib.backup.integrity import inspect_archive, lower_this_thread, missing_from_toc
 from loyalty_ops.lib.backup.sealed_checks import InPassInspection, in_pass_record
 from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, SIDECAR_SUFFIX, BackupName, backup_name
-from loyalty_ops.lib.backup.row_counts import StreamRowCounter
+from loyalty_ops.lib.backup.row_counts import StreamRowCounter, counts_from_stream
 from loyalty_ops.lib.backup.stream import BackupWriteError, WrittenFile, remove_stale_partials, sidecar_text, stream_to_file
 from loyalty_ops.lib.backup.tempfiles import Claim, claim_path, write_bytes_atomically
 from loyalty_ops.lib.pg import catalog
@@ -76,6 +79,7 @@ class BackupResult:
     globals_path: Optional[Path] = None
     database_properties: dict = field(default_factory=dict)  # globals.database_properties: owner, grants, settings
     in_pass_checks: Optional[dict] = None  # an encrypted backup's plaintext checks (sealed_checks.in_pass_record)
+    read_back_checks: Optional[dict] = None  # the checks of the file read back as it was written (readback.py)
 
     @property
     def path(self) -> Path:
@@ -198,6 +202,21 @@ def replication_state(conn) -> dict:
     return {"standby": bool(standby), "lag_s": None if lag is None else max(float(lag), 0.0)}
 
 
+READ_BACK_BYTES = 256 * 1024  # compressed bytes per read of the read-back: about 1 MB of archive per walk step
+
+
+def _read_back(request: BackupRequest, final_path: Path):
+    """The check of the file as it is written (readback.py): hash, decompress, walk the whole archive."""
+
+    def check(handle):
+        if request.nice:
+            lower_this_thread(request.nice)
+        return inspect_archive(final_path, None, source=handle, compression=request.compression,
+                               read_bytes=READ_BACK_BYTES, nice=request.nice)
+
+    return check
+
+
 def _lower_process_priority(pid: int, nice: int, log: Callable[[str], None]) -> None:
     """Lower pg_dump's CPU priority (the host runner's process; a container's is not ours to change)."""
     try:
@@ -256,7 +275,8 @@ def _dump_to_claimed_name(
         # once), or with count(*) in the exported snapshot while pg_dump runs (LOYALTY_BACKUP_ROW_COUNTS=count).
         row_counts: dict[str, int] = {}
         count_errors: list[BaseException] = []
-        stream_rows = StreamRowCounter(nice=request.nice) if request.row_counts == "stream" else None
+        read_back = _read_back(request, final_path) if not recipients else None
+        stream_rows = StreamRowCounter(nice=request.nice) if request.row_counts == "stream" and read_back is None else None
         counts_from = {"source": "count", "note": "count(*) in the dump's snapshot (LOYALTY_BACKUP_ROW_COUNTS=count)"}
 
         def _count() -> None:
@@ -274,7 +294,7 @@ def _dump_to_claimed_name(
         if request.nice and isinstance(getattr(proc, "pid", None), int):
             _lower_process_priority(proc.pid, request.nice, log)
         counter = threading.Thread(target=_count, name="snapshot-row-counts", daemon=True)
-        if stream_rows is None:
+        if request.row_counts != "stream":
             counter.start()
 
         def _finish() -> None:
@@ -297,8 +317,14 @@ def _dump_to_claimed_name(
 
         def _manifest(written: WrittenFile) -> dict[Path, str]:
             """The manifest, written before the backup gets its name: a backup never appears without it."""
+            checked = written.read_back
+            counted = None
             if stream_rows is not None:
                 counted = stream_rows.counts(conn, tables)
+            elif checked is not None and request.row_counts == "stream":
+                summary = checked.archive
+                counted = counts_from_stream(summary.row_counts if summary else None, checked.archive_error, conn, tables)
+            if counted is not None:
                 row_counts.update(counted.counts)
                 counts_from.update(source=counted.source, note=counted.note)
             if counter.ident:
@@ -306,11 +332,17 @@ def _dump_to_claimed_name(
             if count_errors:
                 raise BackupError(f"counting rows in the dump's snapshot failed: {count_errors[0]}")
             timings["dump_s"] = written.duration_s
+            timings["read_back_wait_s"] = written.read_back_wait_s
             in_pass_checks = None
             if in_pass is not None:
                 inspection = in_pass.finish()
                 missing = missing_from_toc(inspection.toc_text or "", tables) if not inspection.toc_error else []
                 in_pass_checks = in_pass_record(inspection, missing)
+            read_back_checks = None
+            if checked is not None:  # the table of contents is listed by the checks, against the manifest as stored
+                read_back_checks = in_pass_record(checked, [], when="from the file on disk as it was written")
+                for key in ("toc_error", "toc_entries", "missing_tables"):
+                    read_back_checks.pop(key, None)
             results.append(
                 BackupResult(
                     name=name,
@@ -331,6 +363,7 @@ def _dump_to_claimed_name(
                     globals_path=globals_path,
                     database_properties=properties,
                     in_pass_checks=in_pass_checks,
+                    read_back_checks=read_back_checks,
                 )
             )
             # The globals file before the manifest and the backup's name; the sidecar gets its line too, so
@@ -363,6 +396,7 @@ def _dump_to_claimed_name(
                 max_rate_bps=request.max_rate_mbps * 1e6 if request.max_rate_mbps else None,
                 nice=request.nice,
                 seal=seal,
+                read_back=read_back,
             )
         except ToolError as exc:
             raise BackupError(f"{exc} (target {spec.redacted()}; no backup file was written)") from None

@@ -17,6 +17,7 @@ import os
 import queue
 import threading
 import time
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Optional
@@ -246,8 +247,15 @@ def lower_this_thread(nice: int) -> None:
         pass
 
 
-def inspect_archive(path: Path, toc_process=None, *, read_archive: bool = True, unseal=None) -> ArchiveInspection:
+def inspect_archive(
+    path: Path, toc_process=None, *, read_archive: bool = True, unseal=None, source: Optional[IO[bytes]] = None,
+    compression: Optional[str] = None, read_bytes: int = READ_BYTES, nice: int = 0,
+) -> ArchiveInspection:
     """Hash the file, decompress it to the end, read the whole archive and feed ``pg_restore --list``, in one read.
+
+    ``source`` reads the file through another handle (``readback.FileBeingWritten``: the file as it is
+    being written), with its ``compression`` given; ``read_bytes`` is the size of each read; ``nice``
+    lowers the CPU priority of the hashing and walking threads (``LOYALTY_BACKUP_NICE``).
 
     ``unseal`` (an encrypted ``.age`` file) is a decrypting stage of the compressor's shape
     (``encryption.AgeStream``) put between the file and the decompressor; a file that does not decrypt to
@@ -260,8 +268,8 @@ def inspect_archive(path: Path, toc_process=None, *, read_archive: bool = True, 
     path = Path(path)
     digest = hashlib.sha256()
     reader = ArchiveReader()
-    hasher = _Worker("archive-hash", digest.update)
-    walker = _Worker("archive-walk", reader.feed)
+    hasher = _Worker("archive-hash", digest.update, nice=nice)
+    walker = _Worker("archive-walk", reader.feed, nice=nice)
     toc_chunks: list[bytes] = []
     toc_reader = None
     if toc_process is not None:
@@ -276,10 +284,10 @@ def inspect_archive(path: Path, toc_process=None, *, read_archive: bool = True, 
     raw = 0
     head = b""
     stream_error: Optional[str] = None
-    decomp = StreamDecompressor(compression_of(path))
+    decomp = StreamDecompressor(compression or compression_of(path))
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(READ_BYTES), b""):
+        with (open(path, "rb") if source is None else nullcontext(source)) as handle:
+            for block in iter(lambda: handle.read(read_bytes), b""):
                 size += len(block)
                 hasher.put(block)
                 if stream_error:
@@ -337,6 +345,31 @@ def inspect_archive(path: Path, toc_process=None, *, read_archive: bool = True, 
     return ArchiveInspection(
         digest.hexdigest(), size, verdict, toc_text, toc_error, summary, archive_error, time.monotonic() - started
     )
+
+
+def list_toc(path: Path, toc_process) -> tuple[Optional[str], Optional[str]]:
+    """``pg_restore --list`` of the file: (its output, None) or (None, why it failed). It is fed the decompressed
+    file from its start until it stops reading: it reads the header and the table of contents only."""
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: toc_process.stdout.read(65536), b"")),
+                              name="toc-reader", daemon=True)
+    reader.start()
+    sink = toc_process.stdin
+    try:
+        with closing(iter_decompressed(path)) as pieces:
+            for piece in pieces:
+                sink = _feed(sink, piece)
+                if sink is None:
+                    break
+    except ValueError:
+        pass  # a damaged stream is the stream check's verdict; pg_restore says what it could list
+    finally:
+        _feed(sink, None)
+    reader.join()
+    code = toc_process.wait()
+    if code != 0:
+        return None, f"pg_restore --list failed with exit code {code}: {toc_process.stderr_text().strip()[-1500:]}"
+    return b"".join(chunks).decode("utf-8", errors="replace"), None
 
 
 def _archive_verdict(

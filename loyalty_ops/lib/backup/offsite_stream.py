@@ -83,7 +83,7 @@ class StreamingUpload:
         # No Metadata here: the SHA-256 is not known until the dump ends; complete_pending_upload adds it.
         created = client.create_multipart_upload(Bucket=self.bucket, Key=key, **location.upload_args())
         self.upload_id: str = created["UploadId"]
-        self._pending: list[bytes] = []  # blocks of the part being filled (joined once: one copy)
+        self._pending: Optional[bytearray] = None  # the part being filled, copied in once (no join at its end)
         self._pending_bytes = 0
         self._next_part = 1
         self._bytes = 0
@@ -97,17 +97,22 @@ class StreamingUpload:
             return
         self._bytes += len(data)
         offset = 0
-        while offset < len(data) and not self.failed:
-            take = min(self.part_bytes - self._pending_bytes, len(data) - offset)
-            self._pending.append(data if take == len(data) else data[offset : offset + take])
-            self._pending_bytes += take
-            offset += take
-            if self._pending_bytes == self.part_bytes:
-                self._send_pending()
+        with memoryview(data) as view:
+            while offset < len(data) and not self.failed:
+                take = min(self.part_bytes - self._pending_bytes, len(data) - offset)
+                if self._pending is None:
+                    self._pending = bytearray(self.part_bytes)
+                self._pending[self._pending_bytes : self._pending_bytes + take] = view[offset : offset + take]
+                self._pending_bytes += take
+                offset += take
+                if self._pending_bytes == self.part_bytes:
+                    self._send_pending()
 
     def _send_pending(self) -> None:
-        part = b"".join(self._pending)
-        self._pending, self._pending_bytes = [], 0
+        part = self._pending if self._pending is not None else bytearray()
+        if self._pending_bytes < len(part):
+            del part[self._pending_bytes :]  # the last part
+        self._pending, self._pending_bytes = None, 0
         self._parts.put((self._next_part, part))
         self._next_part += 1
 
@@ -131,7 +136,7 @@ class StreamingUpload:
 
     def finish(self) -> Optional[PendingUpload]:
         """Send the last part and wait for all parts; returns the pending upload, or None if streaming failed."""
-        if not self.failed and (self._pending or self._next_part == 1):
+        if not self.failed and (self._pending_bytes or self._next_part == 1):
             self._send_pending()
         self._parts.put(None)
         self._worker.join()

@@ -14,6 +14,8 @@ or for a table the stream has no COPY data for. Which source gave the numbers is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
 import psycopg
 
 from loyalty_ops.lib.backup.archive import ArchiveFormatError, ArchiveReader
@@ -56,28 +58,38 @@ class StreamRowCounter:
                 raise self._worker.error
             streamed = self._reader.finish().row_counts
         except ArchiveFormatError as exc:
-            return RowCounts(
-                catalog.count_rows(conn, tables),
-                "count",
-                f"the dump stream could not be walked ({exc}); counted with count(*) in the dump's snapshot",
-            )
-        counts: dict[str, int] = {}
-        by_query: list[TableRef] = []
-        for table in tables:
-            if table.kind == "p":
-                counts[table.qualified] = 0
-            elif table.qualified in streamed:
-                counts[table.qualified] = streamed[table.qualified]
-            else:
-                by_query.append(table)
-        if not by_query:
-            return RowCounts(counts, "dump_stream", f"{len(counts)} tables counted from the dump stream")
-        counts.update(catalog.count_rows(conn, by_query))
-        names = ", ".join(t.qualified for t in by_query[:10]) + (" ..." if len(by_query) > 10 else "")
-        return RowCounts(
-            counts,
-            "dump_stream+count",
-            f"{len(tables) - len(by_query)} tables counted from the dump stream; {len(by_query)} had no COPY data "
-            f"in it and were counted with count(*) in the dump's snapshot: {names}",
-        )
+            return counts_from_stream(None, str(exc), conn, tables)
+        return counts_from_stream(streamed, None, conn, tables)
 
+
+def counts_from_stream(
+    streamed: Optional[dict[str, int]], walk_error: Optional[str], conn: psycopg.Connection, tables: list[TableRef]
+) -> RowCounts:
+    """Every table's rows from a walk of the dump's archive (``ArchiveSummary.row_counts``), ``count(*)`` on
+    ``conn`` (still in the dump's snapshot) for the tables it had no COPY data for, or for all of them when
+    the walk failed (``walk_error``). Partitioned parents have 0 of their own."""
+    if streamed is None:
+        return RowCounts(
+            catalog.count_rows(conn, tables),
+            "count",
+            f"the dump stream could not be walked ({walk_error}); counted with count(*) in the dump's snapshot",
+        )
+    counts: dict[str, int] = {}
+    by_query: list[TableRef] = []
+    for table in tables:
+        if table.kind == "p":
+            counts[table.qualified] = 0
+        elif table.qualified in streamed:
+            counts[table.qualified] = streamed[table.qualified]
+        else:
+            by_query.append(table)
+    if not by_query:
+        return RowCounts(counts, "dump_stream", f"{len(counts)} tables counted from the dump stream")
+    counts.update(catalog.count_rows(conn, by_query))
+    names = ", ".join(t.qualified for t in by_query[:10]) + (" ..." if len(by_query) > 10 else "")
+    return RowCounts(
+        counts,
+        "dump_stream+count",
+        f"{len(tables) - len(by_query)} tables counted from the dump stream; {len(by_query)} had no COPY data "
+        f"in it and were counted with count(*) in the dump's snapshot: {names}",
+    )

@@ -104,18 +104,23 @@ class InPassInspection:
             self._toc.kill()
 
 
-def in_pass_record(inspection: ArchiveInspection, missing_tables: list[str]) -> dict[str, Any]:
-    """What the blocking checks need from an in-pass inspection, as plain JSON for the backup's metadata."""
+def in_pass_record(inspection: ArchiveInspection, missing_tables: list[str], *, when: str = "before encryption") -> dict[str, Any]:
+    """What the blocking checks need from an in-pass inspection, as plain JSON for the backup's metadata.
+    ``when`` says which bytes were read ("before encryption"; the read-back of the file as it was written)."""
     summary = inspection.archive
     return {
         "stream_ok": inspection.stream.ok,
         "stream_message": inspection.stream.message,
+        "decompressed_bytes": inspection.stream.raw_bytes,
         "archive_complete": summary is not None,
         "archive_message": (
-            f"read to the end before encryption: {summary.data_blocks} of {summary.data_blocks} data blocks complete, "
-            f"{len(summary.entries)} TOC entries, {summary.archive_bytes} bytes of archive"
+            f"read to the end {when}: {summary.data_blocks} of {summary.data_blocks} data blocks complete, "
+            f"{len(summary.entries)} TOC entries, {summary.archive_bytes} bytes of archive (format {summary.version})"
             if summary is not None else str(inspection.archive_error)
         ),
+        "archive_bytes": summary.archive_bytes if summary is not None else 0,
+        "archive_toc_entries": len(summary.entries) if summary is not None else 0,
+        "archive_version": summary.version if summary is not None else "",
         "data_blocks": summary.data_blocks if summary is not None else 0,
         "toc_error": inspection.toc_error or "",
         "toc_entries": sum(1 for line in (inspection.toc_text or "").splitlines() if line and not line.startswith(";")),

@@ -83,6 +83,23 @@ def test_a_complete_backup_reports_its_blocks_and_verification_time(ops_resource
     assert meta["data_blocks"] >= 5 and isinstance(meta["data_blocks"], int)
     assert meta["archive_bytes"] == materialization_metadata(result, "database_backup")["raw_bytes"]
     assert isinstance(meta["verify_seconds"], float)
+    assert meta["read_back"] is True and "read back from the file on disk as it was written" in check.description
+
+
+def test_the_read_back_verdicts_stand_only_for_the_very_bytes_read_back(ops_resources, dagster_instance):
+    """The checks hash the file on disk again; once it differs from what was read back while it was written,
+    they read the whole file themselves (and here find its damage)."""
+    only = dg.AssetSelection.assets(database_backup).without_checks()
+    backup = dg.materialize(ALL, selection=only, resources=ops_resources, instance=dagster_instance)
+    path = Path(materialization_metadata(backup, "database_backup")["path"])
+    data = path.read_bytes()
+    path.write_bytes(data[:-8] + bytes([data[-8] ^ 0x01]) + data[-7:])  # the gzip trailer's CRC-32: same size
+    checks = dg.materialize(ALL, selection=dg.AssetSelection.checks_for_assets(database_backup),
+                            resources=ops_resources, instance=dagster_instance, raise_on_error=False)
+    evaluations = {e.check_name: e for e in checks.get_asset_check_evaluations()}
+    assert evaluations["backup_checksum_matches"].passed is False
+    assert evaluations["backup_archive_decompresses"].passed is False
+    assert "read_back" not in evaluations["backup_archive_decompresses"].metadata
 
 
 def test_a_legitimate_shrink_is_accepted_once_by_launchpad_field(

@@ -49,6 +49,10 @@ def test_the_backup_counts_rows_from_its_dump_stream_exactly(pg_cluster, awkward
     assert manifest.row_counts == expected and manifest.row_counts_source == "dump_stream"
     assert "counted from the dump stream" in manifest.row_counts_note
     assert manifest.row_counts["public.measurements"] == 0  # a partitioned parent: its partitions hold the rows
+    # The rows come from the walk of the file read back from disk as it was written: the same walk checked it.
+    checks = result.read_back_checks
+    assert checks["stream_ok"] and checks["archive_complete"] and checks["data_blocks"] > 0
+    assert checks["compressed_sha256"] == result.file.sha256
 
 
 def test_count_star_remains_as_the_fallback_switch(pg_cluster, awkward_counts, tmp_path):
