@@ -10,8 +10,8 @@ The steps, in order:
    hashes it, decompresses it and walks the whole archive, which is what the blocking checks need, and
    counts every table's rows in the same walk (``count(*)`` in the same snapshot
    is the fallback), so a restore can later be checked against exact numbers and each table is read once.
-   An encrypted backup cannot be read back without its key: its stream is checked before encryption and
-   its rows counted from the dump stream (:mod:`loyalty_ops.lib.backup.row_counts`).
+   An encrypted backup cannot be read back without its key: its compressed stream is checked (and its
+   rows counted) in the same way just before encryption (:mod:`loyalty_ops.lib.backup.sealed_checks`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from loyalty_ops.lib.backup.globals import GlobalsDump, database_properties, dum
 from loyalty_ops.lib.backup.integrity import inspect_archive, lower_this_thread, missing_from_toc
 from loyalty_ops.lib.backup.sealed_checks import InPassInspection, in_pass_record
 from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, SIDECAR_SUFFIX, BackupName, backup_name
-from loyalty_ops.lib.backup.row_counts import StreamRowCounter, counts_from_stream
+from loyalty_ops.lib.backup.row_counts import counts_from_stream
 from loyalty_ops.lib.backup.stream import BackupWriteError, WrittenFile, remove_stale_partials, sidecar_text, stream_to_file
 from loyalty_ops.lib.backup.tempfiles import Claim, claim_path, write_bytes_atomically
 from loyalty_ops.lib.pg import catalog
@@ -271,12 +271,12 @@ def _dump_to_claimed_name(
             f"~{expected} bytes of table data) to {final_path} with {runner.description}"
         )
 
-        # Row counts exactly as the dump holds them: from the dump stream as it passes (each table read
-        # once), or with count(*) in the exported snapshot while pg_dump runs (LOYALTY_BACKUP_ROW_COUNTS=count).
+        # Row counts exactly as the dump holds them: from the one walk of the archive (the file read back as it
+        # is written, or an encrypted backup's stream just before encryption; each table is read once, by
+        # pg_dump), or with count(*) in the exported snapshot while pg_dump runs (LOYALTY_BACKUP_ROW_COUNTS=count).
         row_counts: dict[str, int] = {}
         count_errors: list[BaseException] = []
         read_back = _read_back(request, final_path) if not recipients else None
-        stream_rows = StreamRowCounter(nice=request.nice) if request.row_counts == "stream" and read_back is None else None
         counts_from = {"source": "count", "note": "count(*) in the dump's snapshot (LOYALTY_BACKUP_ROW_COUNTS=count)"}
 
         def _count() -> None:
@@ -312,18 +312,18 @@ def _dump_to_claimed_name(
         globals_path = final_path.with_name(globals_filename(name))
         # Encrypted: the checks that need plaintext read the compressed stream here, before encryption.
         in_pass = InPassInspection(request.compression, runner.start("pg_restore", ["--list"], stdin=True, stdout=True),
-                                   label=f"{name.filename} before encryption") if recipients else None
+                                   label=f"{name.filename} before encryption", nice=request.nice) if recipients else None
         seal = (lambda compressor: SealedCompressor(compressor, recipients, tap=in_pass.feed)) if in_pass else None
 
         def _manifest(written: WrittenFile) -> dict[Path, str]:
             """The manifest, written before the backup gets its name: a backup never appears without it."""
             checked = written.read_back
+            inspection = in_pass.finish() if in_pass is not None else None
+            walked = checked if checked is not None else inspection  # the one walk of the archive: rows too
             counted = None
-            if stream_rows is not None:
-                counted = stream_rows.counts(conn, tables)
-            elif checked is not None and request.row_counts == "stream":
-                summary = checked.archive
-                counted = counts_from_stream(summary.row_counts if summary else None, checked.archive_error, conn, tables)
+            if walked is not None and request.row_counts == "stream":
+                summary = walked.archive
+                counted = counts_from_stream(summary.row_counts if summary else None, walked.archive_error, conn, tables)
             if counted is not None:
                 row_counts.update(counted.counts)
                 counts_from.update(source=counted.source, note=counted.note)
@@ -334,8 +334,7 @@ def _dump_to_claimed_name(
             timings["dump_s"] = written.duration_s
             timings["read_back_wait_s"] = written.read_back_wait_s
             in_pass_checks = None
-            if in_pass is not None:
-                inspection = in_pass.finish()
+            if inspection is not None:
                 missing = missing_from_toc(inspection.toc_text or "", tables) if not inspection.toc_error else []
                 in_pass_checks = in_pass_record(inspection, missing)
             read_back_checks = None
@@ -392,7 +391,6 @@ def _dump_to_claimed_name(
                 finish=_finish,
                 on_block=on_block,
                 companions=_manifest,
-                on_raw=stream_rows.feed if stream_rows is not None else None,
                 max_rate_bps=request.max_rate_mbps * 1e6 if request.max_rate_mbps else None,
                 nice=request.nice,
                 seal=seal,
@@ -406,8 +404,6 @@ def _dump_to_claimed_name(
                 in_pass.abort()
             raise
         finally:
-            if stream_rows is not None:
-                stream_rows.close()
             if counter.ident:
                 counter.join()
         conn.rollback()

@@ -1,9 +1,11 @@
 """Exact row counts of a backup, taken from the dump stream itself: each table is read once, by pg_dump.
 
-The backup's single pass hands every chunk of the uncompressed archive to :class:`StreamRowCounter`, which
-walks it with :class:`~loyalty_ops.lib.backup.archive.ArchiveReader` in a thread of its own and counts each
-table's rows from its COPY data (see the archive module). The numbers are exactly what the archive holds,
-so exactly what a restore must give back.
+The backup walks its archive once, with :class:`~loyalty_ops.lib.backup.archive.ArchiveReader`, to check it
+(the file read back from disk as it is written, :mod:`loyalty_ops.lib.backup.readback`; an encrypted
+backup's stream just before encryption) and counts each table's rows from its COPY data in the same walk
+(see the archive module); :func:`counts_from_stream` turns that walk into the manifest's counts.
+:class:`StreamRowCounter` does the same for a raw dump stream fed to it chunk by chunk. The numbers are
+exactly what the archive holds, so exactly what a restore must give back.
 
 ``count(*)`` in the dump's exported snapshot remains as the fallback, inside the same snapshot and so as
 exact: for the whole backup when ``LOYALTY_BACKUP_ROW_COUNTS=count``, when the stream could not be walked,

@@ -32,12 +32,12 @@ class InPassInspection:
     """Push each compressed block with :meth:`feed`; :meth:`finish` returns the same
     :class:`ArchiveInspection` that reading the unencrypted file would have given."""
 
-    def __init__(self, compression: str, toc_process: Any = None, *, label: str = "the compressed stream"):
+    def __init__(self, compression: str, toc_process: Any = None, *, label: str = "the compressed stream", nice: int = 0):
         self._started = time.monotonic()
         self._label = label
         self._digest = hashlib.sha256()
         self._reader = ArchiveReader()
-        self._walker = _Worker("in-pass-archive-walk", self._reader.feed)
+        self._walker = _Worker("in-pass-archive-walk", self._reader.feed, nice=nice)
         self._decomp = StreamDecompressor(compression)
         self._toc = toc_process
         self._sink = toc_process.stdin if toc_process is not None else None
