@@ -66,6 +66,22 @@ def proc_cpu(pid: int, children: bool = False) -> float:
     return ((cutime + cstime) if children else (utime + stime)) / TICK
 
 
+def server_cpu(data_dir: Path) -> float:
+    """CPU seconds of the PostgreSQL server itself: the postmaster with its reaped backends, and its live children
+    (checkpointer, walwriter, the archiver's own work; not archive_command's processes, counted apart)."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    total = proc_cpu(postmaster) + proc_cpu(postmaster, children=True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
 @contextmanager
 def moto_server() -> Iterator[tuple[str, int]]:
     """moto's S3 in its own process: (endpoint, pid), so its CPU can be read apart from the engine's."""
@@ -149,13 +165,14 @@ class Bench:
         self.cluster = LocalPostgres(password=os.urandom(8).hex(), base_dir=work / "pg", environment=self.access.env(),
                                      settings=("full_page_writes=on", "max_wal_size=4GB"))
         self.base_settings = tuple(self.cluster.settings)
-        self.results: dict[str, object] = {}
+        self.segment_sets: list[tuple[str, list[Path]]] = []
 
     # -- the server, restarted with or without archiving --------------------------------------------------
     def restart(self, options: Optional[ArchiveOptions], server: tuple[str, ...] = ()) -> None:
         self.cluster.stop()
         extra = () if options is None else archiving_settings(
-            archive_command(server_engine_dir(), self.location, self.access, options), self.args.archive_timeout)
+            archive_command(server_engine_dir(), self.location, self.access, options), self.args.archive_timeout,
+            options.server_wal_compression)
         self.cluster.settings = (*self.base_settings, *extra, *server)
         self.cluster.start()
 
@@ -188,28 +205,27 @@ class Bench:
 
     # -- 1. TPS with archiving off / on ----------------------------------------------------------------------
     def tps_phases(self) -> list[dict]:
-        walc = tuple(f"wal_compression={v}" for v in self.args.wal_compression)
+        old, new = LEGACY_ARCHIVE, ArchiveOptions()
         phases: list[tuple[str, Optional[ArchiveOptions], tuple[str, ...]]] = [
             ("off", None, ()),
-            (f"on, old defaults ({LEGACY_ARCHIVE.describe()})", LEGACY_ARCHIVE, ()),
-            (f"on, new defaults ({ArchiveOptions().describe()})", ArchiveOptions(), ()),
+            (f"on, old defaults ({old.describe()})", old, ()),
+            (f"on, new defaults ({new.describe()})", new, ()),
         ]
         if self.args.levers:
-            new = ArchiveOptions()
-            phases += [(f"on, compression alone ({ArchiveOptions(new.compression, new.level, 0).describe()})",
-                        ArchiveOptions(new.compression, new.level, 0), ()),
-                       (f"on, nice alone ({ArchiveOptions(LEGACY_ARCHIVE.compression, LEGACY_ARCHIVE.level, new.nice).describe()})",
-                        ArchiveOptions(LEGACY_ARCHIVE.compression, LEGACY_ARCHIVE.level, new.nice), ())]
-        for setting in walc:
-            phases += [(f"off, {setting}", None, (setting,)),
-                       (f"on, new defaults, {setting}", ArchiveOptions(), (setting,))]
+            alone = [ArchiveOptions(new.compression, new.level, old.nice, old.server_wal_compression),
+                     ArchiveOptions(old.compression, old.level, new.nice, old.server_wal_compression),
+                     ArchiveOptions(old.compression, old.level, old.nice, new.server_wal_compression)]
+            phases += [(f"on, one lever alone ({options.describe()})", options, ()) for options in alone]
+            phases += [(f"off, wal_compression {new.server_wal_compression} (the server alone)", None,
+                        (f"wal_compression={new.server_wal_compression}",))]
         out = []
-        for label, options, server in phases:
+        for index, (label, options, server) in enumerate(phases):
             self.restart(options, server)
             pid, archived_before = self.archiver()
             cpu_before = proc_cpu(pid, children=True) if pid else 0.0
             moto_before = proc_cpu(self.moto_pid)
             lsn_before = self.wal_lsn()
+            server_before = server_cpu(self.cluster.data_dir)
             started = time.monotonic()
             bench = Pgbench(self.cluster, self.args.tps_seconds)
             tps = bench.wait()
@@ -219,12 +235,16 @@ class Bench:
             drained = self.drain() if options else True
             catch_up_s = time.monotonic() - catch_up
             elapsed = time.monotonic() - started
+            server = server_cpu(self.cluster.data_dir) - server_before
             pid_after, archived_after = self.archiver()
+            if index in (0, 2):  # real segments of the server as it is (wal_compression off) and with the new defaults
+                self.segment_sets.append((label.split(" (")[0], self.real_segments(self.args.segments, f"set{index}")))
             cpu = (proc_cpu(pid_after, children=True) - cpu_before) if pid and pid_after == pid else 0.0
             segments = archived_after - archived_before
             row = {"label": label, "tps": tps, "segments": segments, "archiver_cpu_s": cpu, "elapsed_s": elapsed,
                    "moto_cpu_s": proc_cpu(self.moto_pid) - moto_before, "drained": drained, "backlog": backlog,
-                   "catch_up_s": catch_up_s, "wal_mb": wal_bytes / 1e6, "transactions": bench.transactions}
+                   "catch_up_s": catch_up_s, "wal_mb": wal_bytes / 1e6, "transactions": bench.transactions,
+                   "server_cpu_s": server}
             out.append(row)
             say(f"pgbench archiving {label}: {tps:.0f} tps; {segments} segment(s) archived, archive_command CPU "
                 f"{cpu:.2f} s ({cpu / max(segments, 1):.3f} s/segment), moto CPU {row['moto_cpu_s']:.2f} s; "
@@ -233,14 +253,14 @@ class Bench:
         return out
 
     # -- 2. CPU per segment of each compression, on real segments ---------------------------------------------
-    def real_segments(self, count: int) -> list[Path]:
+    def real_segments(self, count: int, name: str) -> list[Path]:
         """Copies of the newest complete WAL segments the pgbench load wrote (never the one being written)."""
         with self.cluster.connect("postgres") as conn:
             (current,) = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
         wal_dir = self.cluster.data_dir / "pg_wal"
         names = sorted(p.name for p in wal_dir.iterdir() if re.fullmatch(r"[0-9A-F]{24}", p.name) and p.name < current)
-        target = self.work / "segments"
-        target.mkdir(exist_ok=True)
+        target = self.work / "segments" / name
+        target.mkdir(parents=True, exist_ok=True)
         copies = []
         for name in names[-count:]:
             shutil.copyfile(wal_dir / name, target / name)
@@ -259,7 +279,7 @@ class Bench:
                 raise RuntimeError(f"{Path(argv[0]).name} failed ({proc.returncode}): {output.read().decode()[-500:]}")
         return usage.ru_utime + usage.ru_stime, time.monotonic() - started
 
-    def archive_cpu(self, segments: list[Path]) -> list[dict]:
+    def archive_cpu(self, segments: list[Path], regime: str) -> list[dict]:
         variants: list[tuple[str, Optional[ArchiveOptions]]] = [
             ("process start only (--test)", None),
             ("none", ArchiveOptions("none", None, 0)),
@@ -274,7 +294,7 @@ class Bench:
         raw = sum(p.stat().st_size for p in segments) / len(segments)
         rows = []
         for label, options in variants:
-            location = PitrLocation.of(BUCKET, f"cpu/{len(rows)}", "loyalty")
+            location = PitrLocation.of(BUCKET, f"cpu/{segments[0].parent.name}/{len(rows)}", "loyalty")
             cpu, wall = [], []
             moto_before = proc_cpu(self.moto_pid)
             try:
@@ -294,10 +314,10 @@ class Bench:
             stored = [int(o["Size"]) for page in self.s3.get_paginator("list_objects_v2").paginate(
                 Bucket=BUCKET, Prefix=location.wal_prefix) for o in page.get("Contents", [])]
             size = statistics.mean(stored) if stored else 0.0
-            row = {"label": label, "cpu_s": statistics.mean(cpu), "cpu_min_s": min(cpu), "wall_s": statistics.mean(wall),
+            row = {"label": f"{label}, WAL of '{regime}'", "cpu_s": statistics.mean(cpu), "cpu_min_s": min(cpu), "wall_s": statistics.mean(wall),
                    "stored_mb": size / 1e6, "ratio": raw / size if size else None, "moto_cpu_s": moto}
             rows.append(row)
-            say(f"archive CPU, {label}: {row['cpu_s']:.3f} s/segment (min {row['cpu_min_s']:.3f}), wall {row['wall_s']:.2f} s, "
+            say(f"archive CPU, {row['label']}: {row['cpu_s']:.3f} s/segment (min {row['cpu_min_s']:.3f}), wall {row['wall_s']:.2f} s, "
                 f"stored {row['stored_mb']:.2f} MB" + (f" ({row['ratio']:.1f}x smaller)" if row["ratio"] else "")
                 + f", moto {moto:.3f} s")
         return rows
@@ -348,8 +368,6 @@ def main() -> None:
     parser.add_argument("--no-levers", dest="levers", action="store_false", help="skip the TPS runs of each lever alone")
     parser.add_argument("--base-backups", default="legacy,new", help="base backups to take: legacy, new, COMPRESSION[:JOBS]; "
                         "the PITR restore uses the last")
-    parser.add_argument("--wal-compression", action="append", default=[], help="also run off/on with the server's "
-                        "wal_compression set to this (pglz, lz4, zstd; repeatable)")
     parser.add_argument("--only-archiving", action="store_true", help="stop after the archiving phases (1 and 2)")
     args = parser.parse_args()
     variants = backup_variants(args.base_backups)
@@ -365,9 +383,10 @@ def main() -> None:
             subprocess.run([f"{cluster.bin_dir}/pgbench", "-i", "-s", "20", "-q", "bench"], env={**BIN_ENV, **cluster.env("bench")},
                            check=True, capture_output=True)
             tps = bench.tps_phases()
-            segments = bench.real_segments(args.segments)
-            say(f"{len(segments)} real WAL segments from the pgbench load for the CPU table")
-            cpu_rows = bench.archive_cpu(segments) if segments else []
+            cpu_rows = []
+            for regime, segments in bench.segment_sets:
+                say(f"{len(segments)} real WAL segments from the pgbench run '{regime}' for the CPU table")
+                cpu_rows += bench.archive_cpu(segments, regime) if segments else []
             print_archiving(tps, cpu_rows)
             if args.only_archiving:
                 return
@@ -406,9 +425,13 @@ def main() -> None:
             load_tps = load.wait()
             with cluster.connect("bench") as conn:
                 target_time = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+                # a commit after the target: recovery to a time stops at the first transaction past it (without
+                # one it reaches the end of the WAL first, and PostgreSQL refuses to promote short of its target)
+                conn.execute("INSERT INTO rpo_probe DEFAULT VALUES")
+                (after_target,) = conn.execute("SELECT pg_walfile_name(pg_current_wal_insert_lsn())").fetchone()
                 conn.execute("SELECT pg_switch_wal()")
             deadline = time.time() + 240
-            while time.time() < deadline and not all(s in watcher.first_seen for _, s in commits):
+            while time.time() < deadline and not all(s in watcher.first_seen for s in [after_target, *(s for _, s in commits)]):
                 time.sleep(0.5)
             watcher.stop.set()
             rpos = sorted(watcher.first_seen.get(s, float("inf")) - at for at, s in commits)
@@ -460,9 +483,10 @@ def print_archiving(tps: list[dict], cpu_rows: list[dict]) -> None:
     print("\n== PITR benchmark ==")
     print(f"machine: {machine_line()}")
     off = tps[0]["tps"] or 1.0
-    print(table(["pgbench (4 clients)", "TPS", "vs off", "WAL MB", "WAL kB/tx", "segments", "archive CPU s/segment",
-                 "archive CPU ms/tx", "cores", "moto CPU s", "waiting at end", "caught up s"],
-                [[r["label"], f"{r['tps']:.0f}", f"{r['tps'] / off:.2f}x", f"{r['wal_mb']:.0f}",
+    print(table(["pgbench (4 clients)", "TPS", "vs off", "server CPU ms/tx", "WAL MB", "WAL kB/tx", "segments",
+                 "archive CPU s/segment", "archive CPU ms/tx", "cores", "moto CPU s", "waiting at end", "caught up s"],
+                [[r["label"], f"{r['tps']:.0f}", f"{r['tps'] / off:.2f}x",
+                  f"{r['server_cpu_s'] * 1e3 / max(r['transactions'], 1):.3f}", f"{r['wal_mb']:.0f}",
                   f"{r['wal_mb'] * 1e3 / max(r['transactions'], 1):.2f}", str(r["segments"]),
                   f"{r['archiver_cpu_s'] / r['segments']:.3f}" if r["segments"] else "-",
                   f"{r['archiver_cpu_s'] * 1e3 / max(r['transactions'], 1):.3f}",

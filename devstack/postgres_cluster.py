@@ -190,8 +190,9 @@ def server_engine_dir() -> str:
     return str(Path(sys.executable).parent)
 
 
-def archiving_settings(archive_command: str, archive_timeout_s: int = 60) -> tuple[str, ...]:
-    """Server settings (``-c``) for continuous archiving with ``archive_command``."""
+def archiving_settings(archive_command: str, archive_timeout_s: int = 60, wal_compression: Optional[str] = None) -> tuple[str, ...]:
+    """Server settings (``-c``) for continuous archiving with ``archive_command`` (and the server's
+    ``wal_compression``, as the generated settings have it: ``ArchiveOptions.server_wal_compression``)."""
     quoted = archive_command.replace("'", "''")
     return ("wal_level=replica", "archive_mode=on", f"archive_command='{quoted}'", f"archive_timeout={int(archive_timeout_s)}",
-            "full_page_writes=on")
+            "full_page_writes=on", *((f"wal_compression={wal_compression}",) if wal_compression else ()))

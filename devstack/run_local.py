@@ -44,7 +44,7 @@ def pitr_archiving(env: dict[str, str]) -> tuple[tuple[str, ...], dict[str, str]
     # The same options (compression, CPU priority) the code location's wal_archive_settings asks for.
     options = pitr_resource(load_settings({**os.environ, **env})).archive_options()
     command = archive_command(server_engine_dir(), location, access, options)
-    return archiving_settings(command, PITR_ARCHIVE_TIMEOUT_S), access.env()
+    return archiving_settings(command, PITR_ARCHIVE_TIMEOUT_S, options.server_wal_compression), access.env()
 
 
 def _say(message: str) -> None:

@@ -100,6 +100,7 @@ REFUSED = [
     ("LOYALTY_PITR_WAL_COMPRESSION_LEVEL", "30", ["1-22 for zstd", "'30'", "LOYALTY_PITR_WAL_COMPRESSION_LEVEL=1"]),
     ("LOYALTY_PITR_WAL_COMPRESSION_LEVEL", "fast", ["whole number", "'fast'"]),
     ("LOYALTY_PITR_ARCHIVE_NICE", "20", ["at most 19", "'20'", "LOYALTY_PITR_ARCHIVE_NICE=10"]),
+    ("LOYALTY_PITR_SERVER_WAL_COMPRESSION", "on", ["'lz4', 'zstd', 'pglz' or 'off'", "'on'", "LOYALTY_PITR_SERVER_WAL_COMPRESSION=lz4"]),
     ("LOYALTY_PITR_BASE_BACKUP_COMPRESSION", "zstd", ["'lz4', 'gzip', 'snappy' or 'none'", "'zstd'", "LOYALTY_PITR_BASE_BACKUP_COMPRESSION=lz4"]),
     ("LOYALTY_PITR_BASE_BACKUP_JOBS", "0", ["at least 1", "'0'", "LOYALTY_PITR_BASE_BACKUP_JOBS=2"]),
 ]

@@ -15,7 +15,8 @@ from loyalty_ops.lib.pg.tools import find_bin_dir
 from loyalty_ops.lib.pitr.engine import BarmanCloud, S3Access
 from loyalty_ops.lib.pitr.location import DEFAULT_PITR_PREFIX, PitrConfigError, PitrLocation
 from loyalty_ops.lib.pitr.options import (DEFAULT_ARCHIVE_NICE, DEFAULT_BACKUP_COMPRESSION, DEFAULT_BACKUP_JOBS,
-                                          DEFAULT_WAL_COMPRESSION, ArchiveOptions, BackupOptions)
+                                          DEFAULT_SERVER_WAL_COMPRESSION, DEFAULT_WAL_COMPRESSION, ArchiveOptions,
+                                          BackupOptions)
 
 
 def installed_engine_dir() -> str:
@@ -47,6 +48,8 @@ class PitrResource(dg.ConfigurableResource):
                                                  "empty: ours for that compression.")
     archive_nice: int = Field(default=DEFAULT_ARCHIVE_NICE, description="CPU priority of the archiver's engine process, "
                               "nice 0-19 (LOYALTY_PITR_ARCHIVE_NICE).")
+    server_wal_compression: str = Field(default=DEFAULT_SERVER_WAL_COMPRESSION, description="The server's wal_compression "
+                                        "in the generated settings (LOYALTY_PITR_SERVER_WAL_COMPRESSION).")
     base_backup_compression: str = Field(default=DEFAULT_BACKUP_COMPRESSION, description="Base backup compression "
                                          "(LOYALTY_PITR_BASE_BACKUP_COMPRESSION): lz4, gzip, snappy or none.")
     base_backup_jobs: int = Field(default=DEFAULT_BACKUP_JOBS, description="Upload processes of a base backup "
@@ -77,7 +80,8 @@ class PitrResource(dg.ConfigurableResource):
     def archive_options(self) -> ArchiveOptions:
         """How archive_command compresses and at which CPU priority it runs (the generated settings use these)."""
         try:
-            return ArchiveOptions(self.wal_compression, self.wal_compression_level, self.archive_nice)
+            return ArchiveOptions(self.wal_compression, self.wal_compression_level, self.archive_nice,
+                                  self.server_wal_compression)
         except PitrConfigError as exc:
             raise dg.Failure(str(exc)) from None
 
@@ -115,6 +119,7 @@ def pitr_resource(settings) -> PitrResource:
         "wal_compression": pitr.wal_compression,
         "wal_compression_level": pitr.wal_compression_level,
         "archive_nice": pitr.archive_nice,
+        "server_wal_compression": pitr.server_wal_compression,
         "base_backup_compression": pitr.base_backup_compression,
         "base_backup_jobs": pitr.base_backup_jobs,
     }

@@ -495,6 +495,9 @@ class PitrVariables(DomainVariables):
     archive_nice: Optional[int] = variable(
         "LOYALTY_PITR_ARCHIVE_NICE", "CPU priority (nice 0-19) of the engine process archive_command starts per "
         "segment; default 10 (the server's own backends come first).", "10", ge=0, le=19)
+    server_wal_compression: Optional[Literal["lz4", "zstd", "pglz", "off"]] = variable(
+        "LOYALTY_PITR_SERVER_WAL_COMPRESSION", "The server's wal_compression in the generated settings (default lz4; "
+        "lz4 and zstd need PostgreSQL 15): full-page images compressed, less WAL to archive.", "lz4")
     base_backup_compression: Optional[Literal["lz4", "gzip", "snappy", "none"]] = variable(
         "LOYALTY_PITR_BASE_BACKUP_COMPRESSION", "How barman-cloud-backup compresses a base backup (default lz4; its "
         "gzip is level 9 on one core).", "lz4")

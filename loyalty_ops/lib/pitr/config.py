@@ -23,6 +23,7 @@ def server_settings(server_bin_dir: str, location: PitrLocation, access: S3Acces
         "archive_mode": "on",
         "archive_command": archive_command(server_bin_dir, location, access, options),
         "archive_timeout": f"{int(archive_timeout_s)}s",
+        "wal_compression": options.server_wal_compression,
     }
 
 

@@ -21,6 +21,10 @@ WAL_LEVELS = {"zstd": (1, 22), "lz4": (0, 16), "gzip": (1, 9)}
 DEFAULT_WAL_LEVELS = {"zstd": 1, "lz4": 0, "gzip": 1}
 DEFAULT_WAL_COMPRESSION = "zstd"
 DEFAULT_ARCHIVE_NICE = 10
+# PostgreSQL's own wal_compression (full-page images compressed as they are written; lz4 and zstd since PostgreSQL 15):
+# less WAL, so fewer segments and fewer engine processes. Part of the generated server settings.
+SERVER_WAL_COMPRESSIONS = ("lz4", "zstd", "pglz", "off")
+DEFAULT_SERVER_WAL_COMPRESSION = "lz4"
 
 # barman-cloud-backup's choices. Its gzip is Python's tarfile stream at level 9 (no level option), on one core.
 BACKUP_COMPRESSIONS = ("lz4", "gzip", "snappy", "none")
@@ -52,17 +56,23 @@ def check_wal_compression(compression: Optional[str], level: Optional[int]) -> N
 @dataclass(frozen=True)
 class ArchiveOptions:
     """How ``archive_command`` archives a segment: compression, its level (None: ours for that compression)
-    and the CPU priority (``nice``, 0-19) of the engine process."""
+    and the CPU priority (``nice``, 0-19) of the engine process; and the server's ``wal_compression``, which
+    decides how many segments there are to archive."""
 
     compression: str = DEFAULT_WAL_COMPRESSION
     level: Optional[int] = None
     nice: int = DEFAULT_ARCHIVE_NICE
+    server_wal_compression: str = DEFAULT_SERVER_WAL_COMPRESSION
 
     def __post_init__(self) -> None:
         if self.compression not in WAL_COMPRESSIONS:
             raise PitrConfigError(f"LOYALTY_PITR_WAL_COMPRESSION must be one of {', '.join(WAL_COMPRESSIONS)}, got "
                                   f"{self.compression!r}; example: LOYALTY_PITR_WAL_COMPRESSION={DEFAULT_WAL_COMPRESSION}")
         check_wal_compression(self.compression, self.level)
+        if self.server_wal_compression not in SERVER_WAL_COMPRESSIONS:
+            raise PitrConfigError(
+                f"LOYALTY_PITR_SERVER_WAL_COMPRESSION must be one of {', '.join(SERVER_WAL_COMPRESSIONS)}, got "
+                f"{self.server_wal_compression!r}; example: LOYALTY_PITR_SERVER_WAL_COMPRESSION={DEFAULT_SERVER_WAL_COMPRESSION}")
         if not 0 <= self.nice <= 19:
             raise PitrConfigError(f"LOYALTY_PITR_ARCHIVE_NICE must be 0-19, got '{self.nice}'; example: "
                                   f"LOYALTY_PITR_ARCHIVE_NICE={DEFAULT_ARCHIVE_NICE}")
@@ -87,11 +97,13 @@ class ArchiveOptions:
     def describe(self) -> str:
         level = self.effective_level
         text = self.compression + (f" level {level}" if level is not None else "")
-        return text + (f", nice {self.nice}" if self.nice else "")
+        text += f", nice {self.nice}" if self.nice else ""
+        return text + (f", wal_compression {self.server_wal_compression}" if self.server_wal_compression != "off" else "")
 
 
-# What archive_command ran before these levers existed: barman's gzip at its default level 6, full priority.
-LEGACY_ARCHIVE = ArchiveOptions("gzip", 6, 0)
+# What archiving ran with before these levers existed: barman's gzip at its default level 6, full priority, and
+# the server's wal_compression at PostgreSQL's default (off).
+LEGACY_ARCHIVE = ArchiveOptions("gzip", 6, 0, "off")
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,10 @@ def s3_access(s3_proxy) -> S3Access:
 @pytest.fixture(scope="module")
 def archiving_cluster(pitr_location, s3_access) -> Iterator[LocalPostgres]:
     # The options the settings give by default (zstd, nice): the command wal_archive_settings generates.
-    command = archive_command(server_engine_dir(), pitr_location, s3_access, pitr_test_resource().archive_options())
-    cluster = LocalPostgres(password=f"pw-{uuid.uuid4().hex}", settings=archiving_settings(command, ARCHIVE_TIMEOUT_S),
+    options = pitr_test_resource().archive_options()
+    command = archive_command(server_engine_dir(), pitr_location, s3_access, options)
+    cluster = LocalPostgres(password=f"pw-{uuid.uuid4().hex}",
+                            settings=archiving_settings(command, ARCHIVE_TIMEOUT_S, options.server_wal_compression),
                             environment=s3_access.env())
     cluster.start()
     try:

@@ -94,6 +94,7 @@ def test_the_generated_server_settings_are_what_the_live_server_runs(pitr_resour
     meta = materialization_metadata(result, "wal_archive_settings")
     assert meta["server_matches"] is True, meta["settings"]
     assert "barman-cloud-wal-archive" in meta["postgresql_conf"] and "archive_mode = 'on'" in meta["postgresql_conf"]
+    assert "wal_compression = 'lz4'" in meta["postgresql_conf"]  # matched by the live server: fewer segments to archive
     assert "archive_command = 'nice -n 10 /" in meta["postgresql_conf"] and " --zstd --compression-level 1 " in meta["postgresql_conf"]
     assert "'barman[cloud]==3.19.1' 'zstandard==0.25.0'" in meta["docker_compose"]  # the library the compression needs
     assert "AWS_SECRET_ACCESS_KEY: ${AWS_SECRET_ACCESS_KEY}" in meta["docker_compose"]

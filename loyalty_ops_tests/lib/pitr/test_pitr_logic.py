@@ -148,6 +148,10 @@ def test_the_compression_levers_build_the_engine_arguments_and_refuse_what_the_e
     assert BackupOptions("gzip", 4).args() == ["-J", "4", "--gzip"]
     with pytest.raises(PitrConfigError, match="LOYALTY_PITR_BASE_BACKUP_COMPRESSION"):
         BackupOptions("zstd")  # barman-cloud-backup has no zstd
+    assert server_settings("/opt/barman/bin", LOCATION, ACCESS, 60)["wal_compression"] == "lz4"  # fewer segments to archive
+    assert server_settings("/opt/barman/bin", LOCATION, ACCESS, 60, LEGACY_ARCHIVE)["wal_compression"] == "off"
+    with pytest.raises(PitrConfigError, match="LOYALTY_PITR_SERVER_WAL_COMPRESSION must be one of"):
+        ArchiveOptions(server_wal_compression="on")
     settings = server_settings("/opt/barman/bin", LOCATION, ACCESS, 60, ArchiveOptions("lz4", 3, 0))
     assert settings["archive_command"].startswith("/opt/barman/bin/barman-cloud-wal-archive ") and "--lz4 --compression-level 3" in settings["archive_command"]
     assert "'barman[cloud]==3.19.1' 'lz4==4.4.5'" in compose_change(settings, packages=ArchiveOptions("lz4").packages())
