@@ -1,11 +1,12 @@
 """PITR benchmark (never in CI): barman-cloud against the logical tools on one sample database, in one run.
 
 1. Archiving's cost on the server: pgbench TPS with archiving off, on with the old defaults (gzip level 6, full
-   CPU priority), on with the new defaults (ArchiveOptions()), and each lever alone (--no-levers skips those);
-   for each, the CPU the archive_command processes used (the archiver's reaped children) and moto's.
+   CPU priority, wal_compression off), on with the new defaults (ArchiveOptions()), each lever alone and the
+   server's wal_compression without archiving (--no-levers skips those); for each, the server's CPU and WAL per
+   transaction, the CPU the archive_command processes used (the archiver's reaped children) and moto's.
 2. CPU per WAL segment (user+sys of the engine process, a figure that holds on a busy machine) on real segments
-   written by that pgbench load: the process start alone (--test), no compression, gzip 6 and 1, zstd 1 and 3,
-   lz4, snappy; with the size stored in the bucket.
+   written by the pgbench runs without and with wal_compression: the process start alone (--test), no
+   compression, gzip 6 and 1, zstd 1 and 3, lz4, snappy; with the size stored in the bucket.
 3. Base backup (barman-cloud-backup) with the old and the new options (--base-backups adds others), each with
    its CPU split (the engine's processes, moto's) vs the floor of a logical dump (pg_dump -Fc -Z0 to a pipe).
 4. Achieved RPO under pgbench load with archive_timeout (new defaults): a probe commits a row every second; for
