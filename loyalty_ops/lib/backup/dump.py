@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from loyalty_ops.lib.backup.encryption import SealedCompressor, parse_recipients, seal_bytes
-from loyalty_ops.lib.backup.globals import GlobalsDump, database_properties, dump_globals, globals_filename
+from loyalty_ops.lib.backup.globals import (
+    GlobalsDump,
+    can_read_role_passwords,
+    database_properties,
+    dump_globals,
+    globals_filename,
+)
 from loyalty_ops.lib.backup.integrity import inspect_archive, lower_this_thread, missing_from_toc
 from loyalty_ops.lib.backup.sealed_checks import InPassInspection, in_pass_record
 from loyalty_ops.lib.backup.naming import MANIFEST_SUFFIX, SIDECAR_SUFFIX, BackupName, backup_name
@@ -202,6 +208,28 @@ def replication_state(conn) -> dict:
     return {"standby": bool(standby), "lag_s": None if lag is None else max(float(lag), 0.0)}
 
 
+class _Beside:
+    """Runs ``work`` on a thread beside the dump; :meth:`result` waits for it and returns (or raises) its outcome."""
+
+    def __init__(self, name: str, work: Callable[[], object]):
+        self._outcome: list = []
+        self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], object]) -> None:
+        try:
+            self._outcome.append(("ok", work()))
+        except BaseException as exc:  # re-raised by result()
+            self._outcome.append(("error", exc))
+
+    def result(self):
+        self._thread.join()
+        kind, value = self._outcome[0]
+        if kind == "error":
+            raise value
+        return value
+
+
 READ_BACK_BYTES = 256 * 1024  # compressed bytes per read of the read-back: about 1 MB of archive per walk step
 
 
@@ -258,13 +286,13 @@ def _dump_to_claimed_name(
         expected = catalog.estimated_dump_bytes(conn)
         source_state = replication_state(conn)
         properties = database_properties(conn, spec.dbname)
-        try:
-            recipients = parse_recipients(request.age_recipients) if request.age_recipients else None
-            seal_globals = (lambda data: seal_bytes(data, recipients)) if recipients else None
-            roles = dump_globals(runner, conn, spec.dbname, seal=seal_globals, log=log)
-        except ToolError as exc:
-            raise BackupError(f"dumping the cluster globals (roles) failed: {exc} (target {spec.redacted()})") from None
-        timings["globals_s"] = roles.duration_s
+        recipients = parse_recipients(request.age_recipients) if request.age_recipients else None
+        seal_globals = (lambda data: seal_bytes(data, recipients)) if recipients else None
+        passwords = can_read_role_passwords(conn)
+        # pg_dumpall runs beside pg_dump (its own process and connection; the globals are not in any snapshot)
+        globals_said: list[str] = []  # its log lines, said from this thread once it is done
+        globals_job = _Beside("cluster-globals", lambda: dump_globals(
+            runner, conn, spec.dbname, seal=seal_globals, log=globals_said.append, passwords=passwords))
         timings["prepare_s"] = time.monotonic() - t0
         log(
             f"dumping {spec.redacted()} (PostgreSQL {server[0]}.{server[1]}, {len(tables)} tables, "
@@ -332,6 +360,13 @@ def _dump_to_claimed_name(
             if count_errors:
                 raise BackupError(f"counting rows in the dump's snapshot failed: {count_errors[0]}")
             timings["dump_s"] = written.duration_s
+            try:
+                roles = globals_job.result()
+                for line in globals_said:
+                    log(line)
+            except ToolError as exc:
+                raise BackupError(f"dumping the cluster globals (roles) failed: {exc} (target {spec.redacted()})") from None
+            timings["globals_s"] = roles.duration_s
             timings["read_back_wait_s"] = written.read_back_wait_s
             in_pass_checks = None
             if inspection is not None:

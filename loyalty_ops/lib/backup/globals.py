@@ -92,11 +92,15 @@ def dump_globals(
     *,
     seal: Optional[Any] = None,
     log=lambda _m: None,
+    passwords: Optional[bool] = None,
 ) -> GlobalsDump:
     """``pg_dumpall --globals-only`` (``--no-role-passwords`` when the hashes cannot be read), gzipped and,
-    with ``seal`` (a callable bytes -> bytes, the backup's encryption), sealed. Raises :class:`ToolError`."""
+    with ``seal`` (a callable bytes -> bytes, the backup's encryption), sealed. Raises :class:`ToolError`.
+    ``passwords``: whether the hashes can be read, when the caller already asked (:func:`can_read_role_passwords`);
+    ``conn`` is then not used (the dump may run on a thread while ``conn`` serves the backup)."""
     started = time.monotonic()
-    passwords = can_read_role_passwords(conn)
+    if passwords is None:
+        passwords = can_read_role_passwords(conn)
     args = ["--globals-only", "--no-password", f"--database={database}"]
     if passwords:
         reason = "role password hashes included (the backup role can read pg_authid)"
