@@ -30,7 +30,7 @@ from loyalty_ops.lib.backup.offsite_errors import (
 )
 
 STREAM_PART_MIN_BYTES = 8 * 1024 * 1024
-STREAM_PART_MAX_BYTES = 32 * 1024 * 1024  # bounds memory: at most three parts are held at once
+STREAM_PART_MAX_BYTES = 32 * 1024 * 1024  # bounds memory: at most two parts are held at once
 MAX_PARTS = 10_000
 COPY_OBJECT_MAX_BYTES = 5 * 1024**3  # CopyObject's limit; larger objects are copied part by part
 # An upload under our prefix is abandoned when the backup it belongs to started this long ago (see
@@ -69,7 +69,8 @@ class StreamingUpload:
 
     A part that cannot be uploaded (after botocore's retries, the client's one retry policy) turns the
     streaming off: the upload is aborted and the offsite step uploads the finished file instead; it never
-    fails the backup itself. Memory is bounded by three parts.
+    fails the backup itself. Memory is bounded by two parts: the one being filled, and one being uploaded
+    (the writer waits for that upload to end before it hands on the next part).
     """
 
     def __init__(self, client: Any, location: BackupLocation, key: str, part_bytes: int, *, log: Callable[[str], None] = lambda _m: None):
@@ -83,12 +84,13 @@ class StreamingUpload:
         # No Metadata here: the SHA-256 is not known until the dump ends; complete_pending_upload adds it.
         created = client.create_multipart_upload(Bucket=self.bucket, Key=key, **location.upload_args())
         self.upload_id: str = created["UploadId"]
-        self._pending: Optional[bytearray] = None  # the part being filled, copied in once (no join at its end)
+        self._pending: list[bytes] = []  # blocks of the part being filled (joined once: one copy)
         self._pending_bytes = 0
         self._next_part = 1
         self._bytes = 0
         self.failed: Optional[str] = None
-        self._parts: "queue.Queue[Optional[tuple[int, bytes]]]" = queue.Queue(maxsize=1)
+        self._parts: "queue.Queue[Optional[tuple[int, bytes]]]" = queue.Queue()
+        self._slot = threading.Semaphore(1)  # one part handed on at a time (queued or uploading)
         self._worker = threading.Thread(target=self._upload_parts, name="s3-part-uploader", daemon=True)
         self._worker.start()
 
@@ -97,22 +99,18 @@ class StreamingUpload:
             return
         self._bytes += len(data)
         offset = 0
-        with memoryview(data) as view:
-            while offset < len(data) and not self.failed:
-                take = min(self.part_bytes - self._pending_bytes, len(data) - offset)
-                if self._pending is None:
-                    self._pending = bytearray(self.part_bytes)
-                self._pending[self._pending_bytes : self._pending_bytes + take] = view[offset : offset + take]
-                self._pending_bytes += take
-                offset += take
-                if self._pending_bytes == self.part_bytes:
-                    self._send_pending()
+        while offset < len(data) and not self.failed:
+            take = min(self.part_bytes - self._pending_bytes, len(data) - offset)
+            self._pending.append(data if take == len(data) else data[offset : offset + take])
+            self._pending_bytes += take
+            offset += take
+            if self._pending_bytes == self.part_bytes:
+                self._send_pending()
 
     def _send_pending(self) -> None:
-        part = self._pending if self._pending is not None else bytearray()
-        if self._pending_bytes < len(part):
-            del part[self._pending_bytes :]  # the last part
-        self._pending, self._pending_bytes = None, 0
+        self._slot.acquire()  # before the join: the joined copy never coexists with a part still uploading
+        part = b"".join(self._pending)
+        self._pending, self._pending_bytes = [], 0
         self._parts.put((self._next_part, part))
         self._next_part += 1
 
@@ -121,22 +119,26 @@ class StreamingUpload:
         import hashlib
 
         while (item := self._parts.get()) is not None:
-            if self.failed:
-                continue
-            number, body = item
-            checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
             try:
-                self._client.upload_part(
-                    Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                    PartNumber=number, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
-                )
-            except S3_ERRORS as exc:
-                self.failed = f"part {number} failed: {explain(exc, self.bucket)}"
-                self._log(f"streaming offsite upload stopped ({self.failed}); the finished file will be uploaded instead")
+                if self.failed:
+                    continue
+                number, body = item
+                checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+                try:
+                    self._client.upload_part(
+                        Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                        PartNumber=number, Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum,
+                    )
+                except S3_ERRORS as exc:
+                    self.failed = f"part {number} failed: {explain(exc, self.bucket)}"
+                    self._log(f"streaming offsite upload stopped ({self.failed}); the finished file will be uploaded instead")
+            finally:
+                item = body = None  # noqa: F841  (the part is freed before the writer may hand on the next)
+                self._slot.release()
 
     def finish(self) -> Optional[PendingUpload]:
         """Send the last part and wait for all parts; returns the pending upload, or None if streaming failed."""
-        if not self.failed and (self._pending_bytes or self._next_part == 1):
+        if not self.failed and (self._pending or self._next_part == 1):
             self._send_pending()
         self._parts.put(None)
         self._worker.join()
