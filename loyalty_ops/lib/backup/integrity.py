@@ -5,6 +5,8 @@
 - :func:`inspect_archive`: one read of the file that hashes it, decompresses it to the end, reads the whole
   archive inside (every data block the TOC promises, complete to its end marker, nothing after the last;
   :mod:`loyalty_ops.lib.backup.archive`) and feeds ``pg_restore --list``.
+  Given a ``source`` (``readback.FileBeingWritten``), it reads the file as it is being written.
+- :func:`list_toc`: ``pg_restore --list`` of the file, fed from its start until it stops reading.
 - :func:`file_sha256`: the hash of the bytes on disk, to compare with the one computed while writing.
 - :func:`size_is_plausible`: not empty, and not under a fraction of the previous good backup.
 - :func:`missing_from_toc`: every source table has its TABLE and TABLE DATA entries in ``pg_restore --list``.
