@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.backup.tempfiles import directory_bytes
 from loyalty_ops.lib.pitr.engine import BarmanCloud, BaseBackup
-from loyalty_ops.lib.pitr.instance import ScratchInstance, recovered_time_from_log
+from loyalty_ops.lib.pitr.instance import RecoveryFailed, ScratchInstance, recovered_time_from_log
 from loyalty_ops.lib.pitr.target import RecoveryTarget
 from loyalty_ops.lib.progress import ProgressSnapshot
 
@@ -33,6 +33,25 @@ class RecoveryResult:
     @property
     def rto_s(self) -> float:
         return self.timings.get("total_s", 0.0)
+
+
+TARGET_NOT_REACHED = "recovery ended before configured recovery target was reached"
+
+
+def explain_unreached_target(message: str, target: RecoveryTarget) -> str:
+    """PostgreSQL stops (and does not promote) when the archive ends before the target: say what that means."""
+    if TARGET_NOT_REACHED not in message:
+        return message
+    if target.kind == "time":
+        why = (f"the archive holds no transaction that committed after {target.time.isoformat()}, so it cannot "  # type: ignore[union-attr]
+               "show that every commit up to that time is in it (the WAL that holds them may not be archived yet). "
+               "If the time is recent, wait for the next segment to reach the bucket (at most archive_timeout; "
+               "wal_archive_health shows the newest archived WAL) and launch again; to restore everything the "
+               "archive has, use latest.")
+    else:
+        why = (f"the archive ends before {target.describe()}: it was not created, or the WAL that holds it is not "
+               "archived yet (wal_archive_health shows the newest archived WAL).")
+    return f"recovery stopped without reaching its target: {why}\n{message}"
 
 
 def recover(engine: BarmanCloud, instance: ScratchInstance, backup: BaseBackup, target: RecoveryTarget,
@@ -55,7 +74,10 @@ def recover(engine: BarmanCloud, instance: ScratchInstance, backup: BaseBackup, 
     log(f"starting the recovering instance on port {instance.port}, target: {target.describe()}")
     instance.start()
     recovery_started = time.monotonic()
-    info = instance.wait_until_promoted(spec, tick=log, interval_s=interval_s)
+    try:
+        info = instance.wait_until_promoted(spec, tick=log, interval_s=interval_s)
+    except RecoveryFailed as exc:
+        raise RecoveryFailed(explain_unreached_target(str(exc), target)) from exc
     result.timings["recovery_s"] = time.monotonic() - recovery_started
     result.replay_lsn = info.get("replay_lsn")
     result.segments_restored = int(info.get("segments_restored") or 0)

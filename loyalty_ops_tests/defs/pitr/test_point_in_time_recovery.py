@@ -8,6 +8,7 @@ import gzip
 import io
 import math
 import shutil
+import socket
 import subprocess
 import time
 from datetime import datetime, timedelta
@@ -140,6 +141,30 @@ def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(
         stop = __import__("loyalty_ops.lib.pitr.instance", fromlist=["ScratchInstance"]).ScratchInstance(
             target_dir / "new", port, archiving_cluster.bin_dir, environment={"PATH": "/usr/bin:/bin"})
         stop.remove()
+        shutil.rmtree(target_dir, ignore_errors=True)
+
+
+def test_a_restore_point_the_archive_does_not_hold_fails_saying_what_that_means(
+    base_backup_run, archiving_cluster, pitr_resources, pitr_instance
+):
+    """A mistyped restore point name: PostgreSQL replays the whole archive, never meets it and stops without
+    promoting. The run fails, says what that means and where to look, and leaves the directory for inspection."""
+    assert base_backup_run.success
+    target_dir = scratch_dir()
+    port = __import__("loyalty_ops.lib.pitr.instance", fromlist=["free_port"]).free_port()
+    try:
+        result = run_restore(pitr_resources, pitr_instance, target_name="before_the_migraton",
+                             target_dir=str(target_dir / "new"), port=port, progress_interval_seconds=2)
+        assert not result.success
+        message = failure_message(result)
+        assert "recovery stopped without reaching its target: the archive ends before restore point " \
+               "'before_the_migraton'" in message, message
+        assert "recovery ended before configured recovery target was reached" in message  # PostgreSQL's own line
+        assert "left for inspection" in message and (target_dir / "new").exists()
+        assert not (target_dir / "new" / "data" / "postmaster.pid").exists()  # nothing left running
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+    finally:
         shutil.rmtree(target_dir, ignore_errors=True)
 
 
