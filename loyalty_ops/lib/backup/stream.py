@@ -11,7 +11,8 @@ ahead of the rate, so the pipe fills, pg_dump blocks on its write and the server
 socket (back-pressure all the way to the table scan); ``nice`` runs the compressor in its own thread at a
 lower CPU priority (Linux schedules threads one by one, so ``setpriority`` on the thread's id lowers that
 thread only).
-The file is created 0600 under a locked temporary name in the destination directory and fsynced; its
+The file is created 0600 under a locked temporary name in the destination directory and fsynced (a
+thread flushes it every 32 MB while it is written, so the last fsync finds little left); its
 sidecar and manifest are written next; only then does it get its final name (a hard link, which never
 replaces an existing file), so a file with a backup's name is always complete and never alone. Any
 failure removes everything this run wrote.
@@ -49,6 +50,7 @@ from loyalty_ops.lib.progress import ProgressMeter, ProgressSnapshot
 
 CHUNK_BYTES = 1024 * 1024
 QUEUE_DEPTH = 4  # chunks in flight: bounds memory at about (QUEUE_DEPTH + 2) * CHUNK_BYTES
+FLUSH_EVERY_BYTES = 32 * 1024 * 1024  # the file is flushed to disk beside the dump every 32 MB written
 PIPE_BYTES = 1024 * 1024  # pg_dump's pipe buffer (Linux allows unprivileged processes up to 1 MB by default)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 DEFAULT_LEVELS = {"gzip": 1, "zstd": 3}
@@ -187,6 +189,7 @@ def stream_to_file(
     with _step("creating the backup file", tmp_path):
         fd = create_locked(tmp_path)
     out = os.fdopen(fd, "wb", buffering=0)
+    flusher = _Flusher(fd)
     reader = threading.Thread(target=_read, name="dump-reader", daemon=True)
     written = 0
     created: list[Path] = []  # files under final names, removed again on failure
@@ -209,6 +212,7 @@ def stream_to_file(
                     digest.update(block)
                     _write_all(out, block)
                     done += len(block)
+                    flusher.written(done)
                     if checking is not None:
                         checking.handle.advance(done)
                     if on_block is not None:
@@ -235,6 +239,7 @@ def stream_to_file(
         waited = time.monotonic() - waited
         checking = None
         with _step("writing the backup data to", tmp_path):
+            flusher.close()
             os.fsync(out.fileno())
         result = WrittenFile(
             final_path, meter.done_bytes, written, digest.hexdigest(), time.monotonic() - started,
@@ -263,6 +268,7 @@ def stream_to_file(
         tmp_path.unlink(missing_ok=True)
         raise
     finally:
+        flusher.close(raise_error=False)  # before the descriptor it flushes is closed
         out.close()
     meter.finish()
     return result
@@ -305,6 +311,46 @@ def read_chunk(source: IO[bytes], size: int) -> bytes:
     if got < size:
         del buf[got:]
     return buf  # type: ignore[return-value]  (a bytearray: compressors, hashlib and the walk take it as bytes)
+
+
+class _Flusher:
+    """``fdatasync`` the file on a thread of its own every ``every`` bytes written, so the ``fsync`` that must
+    come before the backup gets its name finds little left to write (about 0.2 s per 100 MB here, at the
+    end of the dump, otherwise)."""
+
+    def __init__(self, fd: int, every: int = FLUSH_EVERY_BYTES):
+        self._fd = fd
+        self._every = every
+        self._next = every
+        self._wake = threading.Event()
+        self._stopping = False
+        self.error: Optional[OSError] = None
+        self._thread = threading.Thread(target=self._run, name="backup-flusher", daemon=True)
+        self._thread.start()
+
+    def written(self, done: int) -> None:
+        if done >= self._next:
+            self._next = done + self._every
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:  # raised by close() on the writing thread (a full disk, EIO)
+                self.error = exc
+                return
+
+    def close(self, *, raise_error: bool = True) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        if raise_error and self.error is not None:
+            raise self.error
 
 
 class RateLimit:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -122,3 +123,26 @@ def test_a_failing_producer_stops_the_read_back_and_leaves_nothing(tmp_path):
         stream_to_file(io.BytesIO(ARCHIVE), final, finish=finish, read_back=read_back)
     assert list(tmp_path.iterdir()) == []
     assert len(seen) == 1  # the read-back thread ended (cancelled), it did not hang
+
+
+def test_the_flusher_flushes_beside_the_writer_and_reports_its_error_at_close(tmp_path):
+    from loyalty_ops.lib.backup.stream import _Flusher
+
+    path = tmp_path / "data"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    flusher = _Flusher(fd, every=1000)
+    for done in range(1, 11):
+        os.write(fd, b"x" * 1000)
+        flusher.written(done * 1000)
+    flusher.close()
+    os.close(fd)
+    assert path.read_bytes() == b"x" * 10_000 and not flusher._thread.is_alive()
+
+    left, right = socket.socketpair()  # fdatasync of a socket fails (EINVAL): the writer hears of it at close
+    failing = _Flusher(left.fileno(), every=1)
+    failing.written(1)
+    _wait_for(lambda: failing.error is not None)
+    with pytest.raises(OSError):
+        failing.close()
+    left.close()
+    right.close()
