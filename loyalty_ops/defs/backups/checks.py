@@ -66,8 +66,10 @@ def _result(name: str, passed: bool, description: str, **metadata) -> dg.AssetCh
         dg.AssetCheckSpec(name, asset=BACKUP_ASSET_KEY, blocking=True, description=description)
         for name, description in {**CHECK_DESCRIPTIONS, SOURCE_LAG_CHECK: SOURCE_LAG_DESCRIPTION}.items()
     ],
-    description="Verifies the newest backup file on disk in one read: stream validity, checksum, table of "
-    "contents and size. Any failure blocks (and aborts) the offsite copy.",
+    description="Verifies the run's backup file on disk: stream validity, the whole archive, checksum, table of "
+    "contents and size. The backup step reads the file back from disk while writing it; these checks hash the "
+    "file again and use that read's verdicts only while the file has exactly those bytes, else they read the "
+    "whole file. Any failure blocks (and aborts) the offsite copy.",
 )
 def backup_integrity_checks(
     context: dg.AssetCheckExecutionContext, postgres: PostgresTarget, backup_storage: BackupStorage, offsite: OffsiteStorage
