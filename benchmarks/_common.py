@@ -59,7 +59,8 @@ def sample_cluster(size_mb: float, database: str = "loyalty", cluster_dir: Optio
 
 
 @contextmanager
-def moto_process() -> Iterator[str]:
+def moto_server() -> Iterator[tuple[str, int]]:
+    """moto's S3 in its own process: (endpoint, pid), so its CPU can be read apart from ours."""
     port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
@@ -74,10 +75,16 @@ def moto_process() -> Iterator[str]:
                 break
             except OSError:
                 time.sleep(0.1)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextmanager
+def moto_process() -> Iterator[str]:
+    with moto_server() as (url, _pid):
+        yield url
 
 
 def s3_client(endpoint_url: str):

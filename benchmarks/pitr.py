@@ -32,13 +32,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
-from _common import REPO, machine_line, s3_client  # noqa: F401  (sets sys.path)
+from _common import REPO, machine_line, moto_server, s3_client  # noqa: F401  (sets sys.path)
 
 from devstack.postgres_cluster import LocalPostgres, archiving_settings, free_port, server_engine_dir  # noqa: E402
 from devstack.s3_endpoint import LOCAL_CREDENTIALS  # noqa: E402
@@ -82,26 +80,6 @@ def server_cpu(data_dir: Path) -> float:
             if int(fields[1]) == postmaster:
                 total += (int(fields[11]) + int(fields[12])) / TICK
     return total
-
-
-@contextmanager
-def moto_server() -> Iterator[tuple[str, int]]:
-    """moto's S3 in its own process: (endpoint, pid), so its CPU can be read apart from the engine's."""
-    port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 class Pgbench:
