@@ -134,21 +134,7 @@ def backup_integrity_checks(
         )
         results.append(_archive_complete_result(path, inspection))
 
-        sidecar = integrity.read_sidecar(path)
-        problems = []
-        if inspection.sha256 != meta["sha256"]:
-            problems.append(f"the file on disk hashes to {inspection.sha256}, but {meta['sha256']} was computed while writing")
-        if sidecar != meta["sha256"]:
-            problems.append(f"the sidecar {path.name}.sha256 says {sidecar or 'nothing'}")
-        results.append(
-            _result(
-                "backup_checksum_matches",
-                not problems,
-                "; ".join(problems) or f"sha256 {inspection.sha256} matches what was written and the sidecar",
-                sha256_on_disk=inspection.sha256,
-                sha256_written=meta["sha256"],
-            )
-        )
+        results.append(_checksum_result(path, inspection.sha256, meta))
 
         if manifest is None:
             results.append(_result("backup_toc_lists_all_tables", False, f"{path.name}.manifest.json is missing: "
@@ -195,13 +181,7 @@ def read_back_results(
     else:
         yield _result("backup_archive_complete", False, _incomplete_text(path, record["archive_message"]),
                       verify_seconds=float(record.get("seconds") or 0.0), read_back=True)
-    sidecar = integrity.read_sidecar(path)
-    problems = [p for p in (
-        f"the file on disk hashes to {sha}, but {meta['sha256']} was computed while writing" if sha != meta["sha256"] else "",
-        f"the sidecar {path.name}.sha256 says {sidecar or 'nothing'}" if sidecar != meta["sha256"] else "",
-    ) if p]
-    yield _result("backup_checksum_matches", not problems, "; ".join(problems) or f"sha256 {sha} matches what was "
-                  "written and the sidecar", sha256_on_disk=sha, sha256_written=meta["sha256"])
+    yield _checksum_result(path, sha, meta)
     toc_text, toc_error = toc
     missing = integrity.missing_from_toc(toc_text or "", manifest.table_refs()) if manifest is not None else []
     entries = sum(1 for line in (toc_text or "").splitlines() if line and not line.startswith(";"))
@@ -262,13 +242,7 @@ def sealed_results(path: Path, meta: dict, manifest) -> Iterator[dg.AssetCheckRe
                                         if missing else f"all {len(manifest.tables) if manifest else 0} tables and their data are in the archive; {note}"),
             toc_entries=int(record.get("toc_entries") or 0), encrypted=True,
         )
-    sidecar = integrity.read_sidecar(path)
-    problems = [p for p in (
-        f"the file on disk hashes to {sha}, but {meta['sha256']} was computed while writing" if sha != meta["sha256"] else "",
-        f"the sidecar {path.name}.sha256 says {sidecar or 'nothing'}" if sidecar != meta["sha256"] else "",
-    ) if p]
-    yield _result("backup_checksum_matches", not problems, "; ".join(problems) or f"sha256 {sha} (of the encrypted file) "
-                  "matches what was written and the sidecar", sha256_on_disk=sha, sha256_written=meta["sha256"])
+    yield _checksum_result(path, sha, meta, "(of the encrypted file) ")
     yield _size_result(path.stat().st_size, meta)
 
 
@@ -297,6 +271,17 @@ def _archive_complete_result(path: Path, inspection: integrity.ArchiveInspection
         archive_version=summary.version,
         verify_seconds=round(inspection.seconds, 3),
     )
+
+
+def _checksum_result(path: Path, sha: str, meta: dict, what: str = "") -> dg.AssetCheckResult:
+    """backup_checksum_matches from the SHA-256 of the whole file on disk (``sha``, just computed)."""
+    sidecar = integrity.read_sidecar(path)
+    problems = [p for p in (
+        f"the file on disk hashes to {sha}, but {meta['sha256']} was computed while writing" if sha != meta["sha256"] else "",
+        f"the sidecar {path.name}.sha256 says {sidecar or 'nothing'}" if sidecar != meta["sha256"] else "",
+    ) if p]
+    return _result("backup_checksum_matches", not problems, "; ".join(problems) or f"sha256 {sha} {what}matches what "
+                   "was written and the sidecar", sha256_on_disk=sha, sha256_written=meta["sha256"])
 
 
 def _incomplete_text(path: Path, why: str) -> str:

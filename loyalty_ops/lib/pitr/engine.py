@@ -81,13 +81,21 @@ def archive_command(server_bin_dir: str, location: PitrLocation, access: S3Acces
 
 
 def restore_command(server_bin_dir: str, location: PitrLocation, access: S3Access, spool_dir: Optional[str] = None,
-                    prefetch: int = 4) -> str:
+                    prefetch: int = 8) -> str:
     """``restore_command`` of a recovering instance: fetch one WAL file from the archive. With ``spool_dir`` the
-    engine also fetches the next ``prefetch`` segments in parallel (one process start per segment otherwise)."""
+    engine also fetches the next ``prefetch`` segments in parallel, and a segment already in the spool is moved
+    into place by the shell, without starting the engine (about 0.4 s of CPU for Python and boto3 per start).
+
+    The engine itself delivers from the spool the same way (a move, before anything else), and PostgreSQL
+    runs ``restore_command`` one call at a time, after the engine that filled the spool has waited for all its
+    downloads and exited, so a file in the spool is always whole when the next call finds it."""
     parallel = ["--parallel", str(prefetch), "--spool-dir", spool_dir] if spool_dir and prefetch > 0 else []
     argv = [f"{server_bin_dir.rstrip('/')}/barman-cloud-wal-restore", *access.endpoint_args(), *parallel,
             location.url, location.server_name, "%f", "%p"]
-    return _quoted(argv)
+    if not parallel:
+        return _quoted(argv)
+    spooled = f"{shlex.quote(spool_dir.rstrip('/'))}/%f"  # type: ignore[union-attr]
+    return f"{{ test -f {spooled} && mv -f {spooled} %p; }} || {_quoted(argv)}"
 
 
 def _parse_time(value: Optional[str]) -> Optional[datetime]:

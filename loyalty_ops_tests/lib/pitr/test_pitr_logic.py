@@ -95,7 +95,12 @@ def test_the_generated_commands_carry_no_secret_and_quote_their_arguments():
     assert archive_command("/opt/barman/bin", LOCATION, ACCESS, LEGACY_ARCHIVE) == (
         "/opt/barman/bin/barman-cloud-wal-archive --endpoint-url http://127.0.0.1:9000 -e AES256 --gzip --compression-level 6 "
         "s3://loyalty-offsite/pitr loyalty %p")  # what archive_command ran before the levers, at full priority
-    assert "--parallel 4 --spool-dir /tmp/x/walspool" in restore_command("/opt/barman/bin", LOCATION, ACCESS, "/tmp/x/walspool")
+    assert restore_command("/opt/barman/bin", LOCATION, ACCESS, "/tmp/x/wal spool") == (
+        "{ test -f '/tmp/x/wal spool'/%f && mv -f '/tmp/x/wal spool'/%f %p; } || /opt/barman/bin/barman-cloud-wal-restore "
+        "--endpoint-url http://127.0.0.1:9000 --parallel 8 --spool-dir '/tmp/x/wal spool' s3://loyalty-offsite/pitr loyalty %f %p"
+    )  # a prefetched segment is moved into place without starting the engine
+    assert restore_command("/opt/barman/bin", LOCATION, ACCESS) == (
+        "/opt/barman/bin/barman-cloud-wal-restore --endpoint-url http://127.0.0.1:9000 s3://loyalty-offsite/pitr loyalty %f %p")
     settings = server_settings("/opt/barman/bin", LOCATION, ACCESS, 60)
     assert settings["archive_timeout"] == "60s" and settings["archive_mode"] == "on"
     assert "s3cr3t" not in str(settings) + compose_change(settings) and "${AWS_SECRET_ACCESS_KEY}" in compose_change(settings)
