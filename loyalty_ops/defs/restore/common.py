@@ -36,6 +36,7 @@ def restore_environment(
         on_progress=lambda snap: context.log.info(snap.message()),
         progress_interval_s=progress_interval_s,
         compression=backup_storage.compression,
+        age_recipients=backup_storage.age_recipients if backup_storage.encrypts else None,
         identities=decryption_keys(backup_storage),
     )
 

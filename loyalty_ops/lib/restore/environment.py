@@ -33,6 +33,9 @@ class RestoreEnvironment:
     on_progress: Optional[Callable[[ProgressSnapshot], None]] = None
     progress_interval_s: float = 10.0
     compression: str = "gzip"  # for the safety backup
+    # age public keys the safety backup is encrypted to, like the nightly backups (LOYALTY_BACKUP_AGE_RECIPIENTS):
+    # the copy of the database a replace leaves behind is no less secret than they are. None: not encrypted.
+    age_recipients: Optional[str] = None
     # Verdicts of the integrity checks and drills of past backups; None or empty: no history to consult
     # (``latest`` then picks the newest backup whose own file verifies).
     history: Optional[BackupHistory] = None

@@ -57,13 +57,15 @@ def take_safety_backup(env: RestoreEnvironment, database: str) -> Path:
 
     It goes to ``<backup dir>/safety/``: beside the nightly backups it would pass for the newest one
     (``latest`` would pick it, and retention would see a backup with no verification history). Restore it
-    by file name ``safety/<file>``.
+    by file name ``safety/<file>``. Encrypted to the backups' recipients when they are (a ``.age`` file), so a
+    replace never leaves a plaintext copy of a database whose backups are encrypted.
     """
     spec = env.spec.with_database(database)
     result = take_backup(
         spec,
         env.runner,
-        BackupRequest(backup_dir=env.location.safety_dir, compression=env.compression, progress_interval_s=env.progress_interval_s),
+        BackupRequest(backup_dir=env.location.safety_dir, compression=env.compression, progress_interval_s=env.progress_interval_s,
+                      age_recipients=env.age_recipients),
         on_progress=env.on_progress,
         log=env.log,
     )

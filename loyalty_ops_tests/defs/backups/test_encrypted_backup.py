@@ -95,3 +95,40 @@ def test_an_encrypted_backup_is_unreadable_without_the_key_and_restores_with_sto
     assert all(check_evaluations(with_key).values())
     drill = materialization_metadata(with_key, "restore_drill")
     assert drill["passed"] is True and drill["backup_filename"].endswith(".dump.gz.age")
+
+
+def test_a_replace_keeps_its_safety_backup_encrypted_and_the_undo_restores_it(
+    ops_resources, age_key, dagster_instance, pg_cluster, loyalty_db, make_database
+):
+    from loyalty_ops.lib.backup.location import SAFETY_SUBDIR
+    from loyalty_ops_tests.defs.restore.conftest import failure_message, run_restore
+
+    key, public = age_key
+    storage = BackupStorage(backup_dir=ops_resources["backup_storage"].backup_dir, encryption="age",
+                            age_recipients=public, age_identity_file=str(key))
+    resources = {**ops_resources, "backup_storage": storage, "restore_settings": RestoreSettings()}
+    backup = materialization_metadata(dg.materialize([database_backup], resources=resources, instance=dagster_instance),
+                                      "database_backup")
+    target = make_database("replaced", sample_scale=None)
+    secret = b"card 4111-1111-1111-1111 of the replaced database"
+    with pg_cluster.connect(target) as conn:
+        conn.execute("CREATE TABLE only_before (note text)")
+        conn.execute("INSERT INTO only_before VALUES (%s)", (secret.decode(),))
+    before = table_fingerprints(pg_cluster, target)
+
+    replace = run_restore(resources, dagster_instance, backup=backup["filename"], target_database=target,
+                          mode="replace", confirm=target)
+    assert replace.success, failure_message(replace)
+    assert table_fingerprints(pg_cluster, target) == table_fingerprints(pg_cluster, loyalty_db)
+    # The copy of the replaced database left on disk is sealed like the nightly backups: no plaintext row in it.
+    safety = Path(replace.output_for_node("restore_database")["safety_backup"])
+    assert safety.parent.name == SAFETY_SUBDIR and safety.name.endswith(".dump.gz.age")
+    sealed = safety.read_bytes()
+    assert sealed.startswith(AGE_MAGIC) and secret not in sealed and b"only_before" not in sealed
+    assert safety.with_name(safety.name.replace(".dump.gz.age", ".globals.sql.gz.age")).exists()
+
+    # The documented undo decrypts it with the key and brings the replaced data back.
+    undo = run_restore(resources, dagster_instance, backup=f"safety/{safety.name}", target_database=target,
+                       mode="replace", confirm=target)
+    assert undo.success, failure_message(undo)
+    assert table_fingerprints(pg_cluster, target) == before
