@@ -12,8 +12,9 @@
 4. Achieved RPO under pgbench load with archive_timeout (new defaults): a probe commits a row every second; for
    each commit, the time until the WAL segment holding it is an object in the bucket (target: all within 60 s).
 5. PITR restore to a point LOAD_SECONDS after the base backup (pgbench writing in between) vs a logical restore
-   of the same data, the sample database and pgbench's (pg_restore -j2 of a pg_dump -Fc into a new database: the
-   core of restore_job; target <= 0.5x).
+   of the same data, the sample database and pgbench's (pg_restore -j2 of a pg_dump -Fc into a new database on a
+   new server without archiving: the core of restore_job; target <= 0.5x), in RESTORE_ROUNDS alternating rounds
+   with the medians compared; and the logical restore once on the live server, archiving its own WAL meanwhile.
 
 Run under the machine-wide lock:  flock /tmp/loyalty-bench.lock .venv/bin/python benchmarks/pitr.py --size-mb 1400
 A smoke run:  ... benchmarks/pitr.py --size-mb 150 --load-seconds 20 --tps-seconds 15
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -348,6 +350,10 @@ def main() -> None:
     parser.add_argument("--no-levers", dest="levers", action="store_false", help="skip the TPS runs of each lever alone")
     parser.add_argument("--base-backups", default="legacy,new", help="base backups to take: legacy, new, COMPRESSION[:JOBS]; "
                         "the PITR restore uses the last")
+    parser.add_argument("--prefetch", type=int, default=8, help="restore_command's prefetch (segments fetched ahead)")
+    parser.add_argument("--recovery-settings", default="", help="NAME=VALUE,... for the recovering instance (and the "
+                        "logical restore's server) in every second round: what a setting does to each")
+    parser.add_argument("--restore-rounds", type=int, default=3, help="PITR and logical restores, alternating (medians)")
     parser.add_argument("--only-archiving", action="store_true", help="stop after the archiving phases (1 and 2)")
     args = parser.parse_args()
     variants = backup_variants(args.base_backups)
@@ -420,44 +426,76 @@ def main() -> None:
                 f"p50 {p50:.1f} s, p99 {p99:.1f} s, max {worst:.1f} s; within {args.archive_timeout} s: "
                 f"{sum(r <= args.archive_timeout for r in rpos)}/{len(rpos)}")
 
-            instance = ScratchInstance(work / "recovered", free_port(), cluster.bin_dir, environment={**BIN_ENV, **bench.access.env()})
+            # 5. the PITR restore and the logical restore of the same data (the sample database and pgbench's: the
+            # PITR restore brings back the whole cluster, both of them), in alternating rounds: one pair of numbers
+            # moves with whatever else the machine did in those minutes, the medians of several do not.
             backup = next(b for b in engine.list_backups() if b.backup_id == backup_id)
             target = RecoveryTarget("time", time=target_time.astimezone(timezone.utc))
-            try:
-                result = recover(engine, instance, backup, target,
-                                 restore_command(server_engine_dir(), bench.location, bench.access, str(instance.spool_dir)),
-                                 cluster.spec(), say)
-            finally:
-                instance.remove()
-            pitr_s = result.rto_s
-            say(f"PITR restore to {args.load_seconds:.0f} s after the base backup: {pitr_s:.1f} s (download "
-                f"{result.timings['download_s']:.1f} s, replay of {result.segments_restored} segments "
-                f"{result.timings['recovery_s']:.1f} s)")
-
-            # 5. the logical restore of the same data: the sample database, and pgbench's (the PITR restore brought
-            # back the whole cluster, both of them)
-            logical: dict[str, float] = {}
+            dumps = {}
             for database in ("loyalty", "bench"):
-                dump = work / f"{database}.dump"
-                subprocess.run([f"{cluster.bin_dir}/pg_dump", "-Fc", "-f", str(dump), database],
+                dumps[database] = work / f"{database}.dump"
+                subprocess.run([f"{cluster.bin_dir}/pg_dump", "-Fc", "-f", str(dumps[database]), database],
                                env={**BIN_ENV, **cluster.env(database)}, check=True)
-                cluster.create_database(f"{database}_logical")
-                started = time.monotonic()
-                subprocess.run([f"{cluster.bin_dir}/pg_restore", "-j", "2", "--exit-on-error", "-d", f"{database}_logical",
-                                str(dump)], env={**BIN_ENV, **cluster.env(f"{database}_logical")}, check=True)
-                logical[database] = time.monotonic() - started
-                dump.unlink()
-            logical_s = sum(logical.values())
-            say(f"logical restore (pg_restore -j2 of pg_dump -Fc): {logical_s:.1f} s (the sample database "
-                f"{logical['loyalty']:.1f} s, pgbench's {logical['bench']:.1f} s)")
+            # The logical restore goes into a new server of its own without archiving, like the PITR restore's
+            # scratch instance (and, unlike it, with fsync off: the stricter baseline of the two).
+            fresh = LocalPostgres(password=os.urandom(8).hex(), base_dir=work / "logical", settings=bench.base_settings)
+            fresh.start()
+            rounds: list[dict] = []
+            try:
+                for number in range(1, args.restore_rounds + 1):
+                    # with --recovery-settings, every second round runs with them on the recovering instance
+                    extra = dict(x.split("=", 1) for x in args.recovery_settings.split(",") if x) if number % 2 == 0 else {}
+                    round_target = TunedTarget(target.kind, target.time, target.name, extra=tuple(extra.items()))
+                    if extra:
+                        say(f"round {number} with {extra} on the recovering instance")
+                    instance = ScratchInstance(work / "recovered", free_port(), cluster.bin_dir,
+                                               environment={**BIN_ENV, **bench.access.env()})
+                    try:
+                        result = recover(engine, instance, backup, round_target,
+                                         restore_command(server_engine_dir(), bench.location, bench.access,
+                                                         str(instance.spool_dir), prefetch=args.prefetch),
+                                         cluster.spec(), say)
+                        say("recovery, from the recovering instance's log: " + recovery_timeline(instance.log_file.read_text()))
+                    finally:
+                        instance.remove()
+                    wanted = (*bench.base_settings, *(f"{k}={v}" for k, v in extra.items()))
+                    if tuple(fresh.settings) != wanted:  # the logical restore's server gets the same settings
+                        fresh.stop()
+                        fresh.settings = wanted
+                        fresh.start()
+                    logical = {database: logical_restore(fresh, database, dump) for database, dump in dumps.items()}
+                    rounds.append({"pitr_s": result.rto_s, "download_s": result.timings["download_s"],
+                                   "replay_s": result.timings["recovery_s"], "segments": result.segments_restored,
+                                   "logical_s": sum(logical.values()), "logical_loyalty_s": logical["loyalty"],
+                                   "settings": ",".join(f"{k}={v}" for k, v in extra.items()) or "as backed up"})
+                    say(f"round {number}: PITR restore {result.rto_s:.1f} s (download {result.timings['download_s']:.1f} s, "
+                        f"replay of {result.segments_restored} segments {result.timings['recovery_s']:.1f} s); logical "
+                        f"restore {rounds[-1]['logical_s']:.1f} s (the sample database {logical['loyalty']:.1f} s); "
+                        f"{result.rto_s / rounds[-1]['logical_s']:.2f}x")
+            finally:
+                fresh.destroy()
+            # ... and once more on the live server as the first runs measured it (archiving its own WAL meanwhile)
+            live = logical_restore(cluster, "loyalty", dumps["loyalty"]) + logical_restore(cluster, "bench", dumps["bench"])
+            say(f"logical restore on the live, archiving server: {live:.1f} s")
 
             print_archiving(tps, cpu_rows)
             print(f"database {db_bytes / 1e6:.0f} MB, cluster {backups[-1]['cluster_mb']:.0f} MB")
             print(table(["base backup", "wall s", "vs pg_dump -Fc -Z0", "engine CPU s", "moto CPU s", "in bucket MB"],
                         [[b["label"], f"{b['wall_s']:.1f}", f"{b['wall_s'] / dump_floor:.2f}x ({dump_floor:.1f} s)",
                           f"{b['engine_cpu_s']:.1f}", f"{b['moto_cpu_s']:.1f}", f"{b['stored_mb']:.0f}"] for b in backups]))
-            print(f"PITR restore / logical restore:   {pitr_s:.1f} s / {logical_s:.1f} s = {pitr_s / logical_s:.2f}x (target <= 0.5x; "
-                  f"both databases; the sample database alone {logical['loyalty']:.1f} s)")
+            print(table(["round", "recovering instance", "PITR restore s", "download s", "replay s", "segments",
+                         "logical restore s", "sample db alone s", "PITR / logical"],
+                        [[str(i), r["settings"], f"{r['pitr_s']:.1f}", f"{r['download_s']:.1f}", f"{r['replay_s']:.1f}",
+                          str(r["segments"]), f"{r['logical_s']:.1f}", f"{r['logical_loyalty_s']:.1f}",
+                          f"{r['pitr_s'] / r['logical_s']:.2f}x"] for i, r in enumerate(rounds, 1)]))
+            for settings in dict.fromkeys(r["settings"] for r in rounds):
+                group = [r for r in rounds if r["settings"] == settings]
+                pitr_s = statistics.median(r["pitr_s"] for r in group)
+                logical_s = statistics.median(r["logical_s"] for r in group)
+                print(f"PITR restore / logical restore, {settings} (medians of {len(group)} rounds):   {pitr_s:.1f} s / "
+                      f"{logical_s:.1f} s = {pitr_s / logical_s:.2f}x (target <= 0.5x; both databases, the logical one "
+                      f"into a new server without archiving)")
+            print(f"logical restore on the live, archiving server: {live:.1f} s")
             print(f"RPO under load (archive_timeout {args.archive_timeout} s, new defaults, {load_tps:.0f} tps): p50 {p50:.1f} s, "
                   f"p99 {p99:.1f} s, max {worst:.1f} s (target: max <= {args.archive_timeout} s)")
             print(f"machine: {machine_line()}  (at the end)")
@@ -465,6 +503,68 @@ def main() -> None:
         finally:
             cluster.destroy()
             shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class TunedTarget(RecoveryTarget):
+    """A recovery target whose settings carry extra server settings for the recovering instance."""
+
+    extra: tuple = ()
+
+    def settings(self) -> dict[str, str]:
+        return {**super().settings(), **dict(self.extra)}
+
+
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \S+ \[\d+\] LOG:  (.*)$")
+
+
+def recovery_timeline(log_text: str) -> str:
+    """Where the replay's time went, from the server log (log_line_prefix '%m [%p] '): seconds from the start
+    to the first restored segment, the gaps between restored segments (each is the previous segment's replay
+    plus the next restore_command), then from the last one to the end of redo, the end-of-recovery checkpoint
+    and the server accepting connections."""
+    events = []
+    for line in log_text.splitlines():
+        found = LOG_LINE.match(line)
+        if found:
+            events.append((datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp(), found.group(2)))
+    if not events:
+        return "(no timestamped lines)"
+
+    def first(prefix: str, after: float = 0.0) -> Optional[float]:
+        return next((at for at, message in events if at >= after and message.startswith(prefix)), None)
+
+    start = events[0][0]
+    restored = [at for at, message in events if message.startswith("restored log file")]
+    if not restored:
+        return "no segment restored"
+    gaps = sorted((b - a for a, b in zip(restored, restored[1:])), reverse=True)
+    out = (f"{restored[0] - start:.1f} s to the first segment; {len(restored)} segments, gaps between them "
+           f"{sum(gaps):.1f} s in all (largest {', '.join(f'{g:.2f}' for g in gaps[:4])}; median "
+           f"{statistics.median(gaps) if gaps else 0:.2f})")
+    redo_done = first("redo done at", restored[-1])
+    checkpoint = first("checkpoint starting: end-of-recovery", restored[-1])
+    checkpoint_done = first("checkpoint complete", checkpoint) if checkpoint else None
+    ready = first("database system is ready to accept connections", restored[-1])
+    if redo_done:
+        out += f"; last segment to redo done {redo_done - restored[-1]:.1f} s"
+    if checkpoint and checkpoint_done:
+        out += f"; end-of-recovery checkpoint {checkpoint_done - checkpoint:.1f} s"
+    if ready:
+        out += f"; ready {ready - start:.1f} s after the start"
+    return out
+
+
+def logical_restore(server: LocalPostgres, database: str, dump: Path) -> float:
+    """Seconds of ``pg_restore -j2`` (the core of restore_job) of ``dump`` into a new database on ``server``."""
+    target = f"{database}_logical"
+    server.create_database(target, drop_existing=True)
+    started = time.monotonic()
+    subprocess.run([f"{server.bin_dir}/pg_restore", "-j", "2", "--exit-on-error", "-d", target, str(dump)],
+                   env={**BIN_ENV, **server.env(target)}, check=True)
+    elapsed = time.monotonic() - started
+    server.drop_database(target)
+    return elapsed
 
 
 def print_archiving(tps: list[dict], cpu_rows: list[dict]) -> None:
