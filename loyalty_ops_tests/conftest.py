@@ -34,6 +34,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)  # stable: tests keep their order within a file
 
 
+# Files that share one engine held for a worker's whole session (the container engine's lock) go to one
+# worker as one unit; split across the two, the second worker would wait for the first one's session to end.
+ONE_WORKER_DIRS = ("loyalty_ops_tests/docker/",)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile``, except that each of ONE_WORKER_DIRS is one unit of work."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LoadFileKeepingEngineFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return next((d for d in ONE_WORKER_DIRS if path.startswith(d)), path)
+
+    return LoadFileKeepingEngineFilesTogether(config, log)
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[LocalPostgres]:
     """One PostgreSQL 15 cluster for the session; TCP connections need the superuser's password."""
