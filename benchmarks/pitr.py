@@ -521,8 +521,7 @@ LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \S+ \[\d+\] LOG: 
 def recovery_timeline(log_text: str) -> str:
     """Where the replay's time went, from the server log (log_line_prefix '%m [%p] '): seconds from the start
     to the first restored segment, the gaps between restored segments (each is the previous segment's replay
-    plus the next restore_command), then from the last one to the end of redo, the end-of-recovery checkpoint
-    and the server accepting connections."""
+    plus the next restore_command), the end-of-recovery checkpoint and the server accepting connections."""
     events = []
     for line in log_text.splitlines():
         found = LOG_LINE.match(line)
@@ -542,12 +541,9 @@ def recovery_timeline(log_text: str) -> str:
     out = (f"{restored[0] - start:.1f} s to the first segment; {len(restored)} segments, gaps between them "
            f"{sum(gaps):.1f} s in all (largest {', '.join(f'{g:.2f}' for g in gaps[:4])}; median "
            f"{statistics.median(gaps) if gaps else 0:.2f})")
-    redo_done = first("redo done at", restored[-1])
     checkpoint = first("checkpoint starting: end-of-recovery", restored[-1])
     checkpoint_done = first("checkpoint complete", checkpoint) if checkpoint else None
     ready = first("database system is ready to accept connections", restored[-1])
-    if redo_done:
-        out += f"; last segment to redo done {redo_done - restored[-1]:.1f} s"
     if checkpoint and checkpoint_done:
         out += f"; end-of-recovery checkpoint {checkpoint_done - checkpoint:.1f} s"
     if ready:

@@ -131,7 +131,10 @@ class CpuByParty:
             if pid == self.me:
                 continue
             key = (pid, fields[19])
-            party = self.seen[key][0] if key in self.seen else self._party(pid, ppid)
+            # a server process's party is known once it has set its title; until then (and for a postmaster)
+            # it is asked again at the next sample
+            known = self.seen.get(key, (None, 0.0))[0]
+            party = known if known not in (None, "other server") else self._party(pid, ppid)
             if party is not None:
                 self.seen[key] = (party, (int(fields[11]) + int(fields[12])) / TICK)
 

@@ -27,6 +27,7 @@ from devstack.postgres_cluster import server_engine_dir
 from loyalty_ops.lib.pitr.archive import segment_in_bucket
 from loyalty_ops.lib.pitr.drill import wait_in_bucket
 from loyalty_ops.lib.pitr.engine import archive_argv
+from loyalty_ops.lib.pitr.instance import ScratchInstance, free_port
 from loyalty_ops.lib.pitr.options import LEGACY_ARCHIVE
 from loyalty_ops_tests.defs.pitr.conftest import pitr_test_resource, scratch_dir
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
@@ -122,7 +123,7 @@ def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(
     target_dir = scratch_dir()
     # t3's segment as archive_command wrote it before the compression changed: recovery reads .gz and .zst alike
     assert archive_as_before_the_change(s3_server.client(), pitr_location, s3_access, segment, target_dir).endswith(".gz")
-    port = __import__("loyalty_ops.lib.pitr.instance", fromlist=["free_port"]).free_port()
+    port = free_port()
     try:
         result = run_restore(pitr_resources, pitr_instance, target_time=target.replace(tzinfo=None).isoformat(),
                              target_dir=str(target_dir / "new"), port=port, progress_interval_seconds=2)
@@ -138,7 +139,7 @@ def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(
         assert written["t2"] <= recovered <= target and meta["rto_s"] > 0 and meta["restored_bytes"] > 1_000_000
         assert meta["segments_restored"] >= 1 and meta["running"] is True and meta["port"] == port
     finally:
-        stop = __import__("loyalty_ops.lib.pitr.instance", fromlist=["ScratchInstance"]).ScratchInstance(
+        stop = ScratchInstance(
             target_dir / "new", port, archiving_cluster.bin_dir, environment={"PATH": "/usr/bin:/bin"})
         stop.remove()
         shutil.rmtree(target_dir, ignore_errors=True)
@@ -151,7 +152,7 @@ def test_a_restore_point_the_archive_does_not_hold_fails_saying_what_that_means(
     promoting. The run fails, says what that means and where to look, and leaves the directory for inspection."""
     assert base_backup_run.success
     target_dir = scratch_dir()
-    port = __import__("loyalty_ops.lib.pitr.instance", fromlist=["free_port"]).free_port()
+    port = free_port()
     try:
         result = run_restore(pitr_resources, pitr_instance, target_name="before_the_migraton",
                              target_dir=str(target_dir / "new"), port=port, progress_interval_seconds=2)
@@ -173,7 +174,7 @@ def test_refusals_name_the_problem_and_change_nothing(case, base_backup_run, arc
     target_dir = scratch_dir()
     (target_dir / "keep.txt").write_text("operator's file")
     config = {"target_dir": str(target_dir / "new"), "port": 1, "latest": True}
-    config["port"] = __import__("loyalty_ops.lib.pitr.instance", fromlist=["free_port"]).free_port()
+    config["port"] = free_port()
     expected = {
         "future": ({"latest": False, "target_time": (datetime.now(HARARE) + timedelta(hours=1)).replace(tzinfo=None).isoformat()},
                    "is in the future"),
