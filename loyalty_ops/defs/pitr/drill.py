@@ -77,10 +77,7 @@ def pitr_drill(context: dg.AssetExecutionContext, pitr: PitrResource, postgres: 
         with instance.connect(postgres.spec(), postgres.database_name) as conn:
             found = read_marks(conn, drill_id)
         meta.update({"marker_present": "marker" in found, "after_target_absent": "after_target" not in found,
-                     "recovered_to": result.recovered_to.isoformat() if result.recovered_to else "",
-                     "segments_restored": result.segments_restored, "restored_bytes": int(result.restored_bytes),
-                     "download_s": round(result.timings.get("download_s", 0.0), 3),
-                     "recovery_s": round(result.timings.get("recovery_s", 0.0), 3)})
+                     **result.metadata()})
         passed = "marker" in found and "after_target" not in found
         message = ("recovered exactly to the restore point: marker present, later row absent" if passed else
                    f"recovered database does not match the restore point: rows found {sorted(found) or 'none'} "

@@ -67,13 +67,9 @@ def pitr_restore(context: dg.OpExecutionContext, config: PitrRestoreConfig, pitr
         instance.stop()
     return dg.Output(None, metadata={
         "target": target.describe(),
-        "recovered_to": result.recovered_to.isoformat() if result.recovered_to else "",
+        **result.metadata(),
         "base_backup_id": backup.backup_id,
         "rto_s": round(result.rto_s, 3),
-        "download_s": round(result.timings.get("download_s", 0.0), 3),
-        "recovery_s": round(result.timings.get("recovery_s", 0.0), 3),
-        "restored_bytes": int(result.restored_bytes),
-        "segments_restored": result.segments_restored,
         "replay_lsn": result.replay_lsn or "",
         "data_dir": str(instance.data_dir),
         "port": config.port,

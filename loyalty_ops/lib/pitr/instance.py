@@ -159,13 +159,25 @@ class ScratchInstance:
                                dbname=dbname, sslmode="disable", connect_timeout=5)
         return psycopg.connect(**local.psycopg_kwargs(), autocommit=True)  # type: ignore[arg-type]
 
+    def promote(self) -> None:
+        """Asks the instance to end recovery now (``pg_ctl promote`` signals the postmaster; no database
+        privilege is needed, unlike ``pg_promote()``)."""
+        done = subprocess.run(self._as_user() + [f"{self.server_bin_dir}/pg_ctl", "-D", str(self.data_dir), "-W", "promote"],
+                              env=dict(self.environment), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RecoveryFailed(f"pg_ctl promote failed with exit code {done.returncode}: {(done.stderr or done.stdout).strip()}\n"
+                                 f"{self.log_tail()}")
+
     def wait_until_promoted(self, spec: ConnectionSpec, *, tick: Optional[Callable[[str], None]] = None,
-                            interval_s: float = 10.0, timeout_s: float = 6 * 3600) -> dict:
+                            interval_s: float = 10.0, timeout_s: float = 6 * 3600, promote_when_paused: bool = False) -> dict:
         """Waits until recovery has reached its target and the instance accepts writes. Reports progress (WAL
-        segments restored, replay position and time) at least every ``interval_s``. Returns what was recovered."""
+        segments restored, replay position and time) at least every ``interval_s``. With ``promote_when_paused``
+        (``recovery_target_action = pause``) it promotes the instance once recovery has paused at the target.
+        Returns what was recovered (and ``promote_s``: from the pause to accepting writes)."""
         started = time.monotonic()
         last_tick = started
         replay: dict = {}
+        promoted_at: Optional[float] = None
         while True:
             elapsed = time.monotonic() - started
             if not self.running() and elapsed > 1.0:
@@ -174,14 +186,23 @@ class ScratchInstance:
                 raise RecoveryFailed(f"recovery did not finish within {timeout_s:.0f} s:\n{self.log_tail()}")
             try:
                 with self.connect(spec) as conn:
-                    in_recovery, lsn, replayed_at = conn.execute(
-                        "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()"
+                    in_recovery, lsn, replayed_at, pause_state = conn.execute(
+                        "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(), "
+                        "CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END"
                     ).fetchone()
                 replay = {"replay_lsn": lsn, "replayed_to": replayed_at}
                 if not in_recovery:
-                    return {**replay, "segments_restored": self.restored_segments(), "wait_s": elapsed}
+                    promote_s = time.monotonic() - promoted_at if promoted_at is not None else 0.0
+                    return {**replay, "segments_restored": self.restored_segments(), "wait_s": elapsed, "promote_s": promote_s}
+                if promote_when_paused and pause_state == "paused" and promoted_at is None:
+                    promoted_at = time.monotonic()
+                    if tick is not None:
+                        tick(f"recovery paused at its target (replayed to {replayed_at}, LSN {lsn}): promoting")
+                    self.promote()
             except psycopg.OperationalError:
                 pass  # not consistent yet: connections are refused until then
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                pass  # promoted between the two calls of the query ("recovery is not in progress"): asked again
             if tick is not None and time.monotonic() - last_tick >= interval_s:
                 last_tick = time.monotonic()
                 where = f", replayed to {replay['replayed_to']} (LSN {replay['replay_lsn']})" if replay.get("replay_lsn") else ""

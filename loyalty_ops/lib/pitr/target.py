@@ -30,15 +30,24 @@ class RecoveryTarget:
             return f"restore point {self.name!r}"
         return "the end of the archive (latest)"
 
+    @property
+    def pauses(self) -> bool:
+        """Whether recovery pauses when it reaches the target (and waits to be promoted): every target but latest."""
+        return self.kind != "latest"
+
     def settings(self) -> dict[str, str]:
-        """The recovery_target_* settings (promote when reached)."""
+        """The recovery_target_* settings. A time or a restore point pauses when reached, and the instance is then
+        promoted by request (``pg_ctl promote``): a promotion asked for ends recovery without waiting for the
+        end-of-recovery checkpoint (PostgreSQL writes an end-of-recovery record and checkpoints in the
+        background), where ``recovery_target_action = promote`` would wait for it. ``latest`` ends at the end of
+        the archive, with that checkpoint."""
         out = {"recovery_target_timeline": "latest"}
         if self.kind == "time":
             out["recovery_target_time"] = self.time.astimezone(timezone.utc).isoformat(sep=" ")  # type: ignore[union-attr]
         elif self.kind == "name":
             out["recovery_target_name"] = self.name  # type: ignore[assignment]
-        if self.kind != "latest":
-            out["recovery_target_action"] = "promote"
+        if self.pauses:
+            out["recovery_target_action"] = "pause"
         return out
 
 

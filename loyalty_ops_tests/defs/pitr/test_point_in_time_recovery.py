@@ -29,6 +29,7 @@ from loyalty_ops.lib.pitr.drill import wait_in_bucket
 from loyalty_ops.lib.pitr.engine import archive_argv
 from loyalty_ops.lib.pitr.instance import ScratchInstance, free_port
 from loyalty_ops.lib.pitr.options import LEGACY_ARCHIVE
+from loyalty_ops.lib.pitr.recover import WalPrefetch
 from loyalty_ops_tests.defs.pitr.conftest import pitr_test_resource, scratch_dir
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
 from loyalty_ops_tests.lib.alerting.fixtures import webhook_server  # noqa: F401
@@ -138,11 +139,36 @@ def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(
         recovered = datetime.fromisoformat(meta["recovered_to"])
         assert written["t2"] <= recovered <= target and meta["rto_s"] > 0 and meta["restored_bytes"] > 1_000_000
         assert meta["segments_restored"] >= 1 and meta["running"] is True and meta["port"] == port
+        # the first segments were fetched while the base backup downloaded; the spool is gone once promoted
+        assert meta["wal_prefetched_segments"] >= 1 and not (target_dir / "new" / "walspool").exists()
+        # paused at the target, then promoted on request: no end-of-recovery checkpoint waited for
+        server_log = (target_dir / "new" / "server.log").read_text()
+        assert "pausing at the end of recovery" in server_log and "received promote request" in server_log
+        assert "checkpoint starting: end-of-recovery" not in server_log and meta["promote_s"] > 0
     finally:
         stop = ScratchInstance(
             target_dir / "new", port, archiving_cluster.bin_dir, environment={"PATH": "/usr/bin:/bin"})
         stop.remove()
         shutil.rmtree(target_dir, ignore_errors=True)
+
+
+def test_wal_fetched_ahead_is_whole_segments_and_a_failed_fetch_leaves_an_empty_spool(base_backup_run, pitr_resources, tmp_path):
+    """What the recovering instance finds in its spool before it starts: whole segments from the base backup's
+    first one on, or (when fetching ahead fails) nothing, and the log says recovery fetches each itself."""
+    engine = pitr_resources["pitr"].engine(pitr_resources["offsite"], pitr_resources["postgres"])
+    begin_wal = materialization_metadata(base_backup_run, "base_backup")["begin_wal"]
+    lines: list[str] = []
+    ahead = WalPrefetch(engine, begin_wal, tmp_path / "spool", 4)
+    ahead.start()
+    fetched = ahead.join(lines.append)
+    files = sorted((tmp_path / "spool").iterdir())
+    assert fetched == len(files) >= 1 and files[0].name == begin_wal, lines
+    assert all(f.stat().st_size == 16 * 1024 * 1024 for f in files) and "fetched ahead" in lines[-1]
+    never_archived = begin_wal[:16] + "000000FE"
+    failed = WalPrefetch(engine, never_archived, tmp_path / "spool2", 4)
+    failed.start()
+    assert failed.join(lines.append) == 0 and list((tmp_path / "spool2").iterdir()) == []
+    assert f"fetching WAL ahead from {never_archived} failed (recovery fetches each segment itself)" in lines[-1]
 
 
 def test_a_restore_point_the_archive_does_not_hold_fails_saying_what_that_means(
