@@ -11,10 +11,13 @@
    its CPU split (the engine's processes, moto's) vs the floor of a logical dump (pg_dump -Fc -Z0 to a pipe).
 4. Achieved RPO under pgbench load with archive_timeout (new defaults): a probe commits a row every second; for
    each commit, the time until the WAL segment holding it is an object in the bucket (target: all within 60 s).
-5. PITR restore to a point LOAD_SECONDS after the base backup (pgbench writing in between) vs a logical restore
-   of the same data, the sample database and pgbench's (pg_restore -j2 of a pg_dump -Fc into a new database on a
-   new server without archiving: the core of restore_job; target <= 0.5x), in RESTORE_ROUNDS alternating rounds
-   with the medians compared; and the logical restore once on the live server, archiving its own WAL meanwhile.
+5. PITR restore to a point LOAD_SECONDS after the base backup (pgbench writing in between) vs the logical
+   restore_job of the same data, the sample database and pgbench's: restore_job in new_server mode from S3
+   alone (the nightly backup and its offsite copy taken at the target; download, checksum, decompress, globals,
+   pg_restore -j2, row counts against the manifest) into a new server without archiving, like the PITR
+   restore's new instance (target <= 0.5x); and the bare floor of a logical restore (pg_restore -j2 of a local
+   pg_dump -Fc file, nothing checked). In RESTORE_ROUNDS alternating rounds with the medians compared; and
+   the bare logical restore once on the live server, archiving its own WAL meanwhile.
 
 Run under the machine-wide lock:  flock /tmp/loyalty-bench.lock .venv/bin/python benchmarks/pitr.py --size-mb 1400
 A smoke run:  ... benchmarks/pitr.py --size-mb 150 --load-seconds 20 --tps-seconds 15
@@ -50,6 +53,14 @@ from loyalty_ops.lib.pitr.location import PitrLocation  # noqa: E402
 from loyalty_ops.lib.pitr.options import LEGACY_ARCHIVE, LEGACY_BACKUP, ArchiveOptions, BackupOptions  # noqa: E402
 from loyalty_ops.lib.pitr.recover import recover  # noqa: E402
 from loyalty_ops.lib.pitr.target import RecoveryTarget  # noqa: E402
+
+import dagster as dg  # noqa: E402
+from dagster_aws.s3 import S3Resource  # noqa: E402
+from loyalty_ops.defs.backups.assets import database_backup  # noqa: E402
+from loyalty_ops.defs.backups.checks import BACKUP_CHECKS  # noqa: E402
+from loyalty_ops.defs.backups.offsite_copy import offsite_backup_copy  # noqa: E402
+from loyalty_ops.defs.resources import BackupStorage, OffsiteStorage, PostgresTarget  # noqa: E402
+from loyalty_ops.defs.restore.resources import RestoreSettings  # noqa: E402
 
 PROGRESS = re.compile(r"progress: ([0-9.]+) s, ([0-9.]+) tps")
 BIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -350,7 +361,7 @@ def main() -> None:
     parser.add_argument("--no-levers", dest="levers", action="store_false", help="skip the TPS runs of each lever alone")
     parser.add_argument("--base-backups", default="legacy,new", help="base backups to take: legacy, new, COMPRESSION[:JOBS]; "
                         "the PITR restore uses the last")
-    parser.add_argument("--prefetch", type=int, default=8, help="restore_command's prefetch (segments fetched ahead)")
+    parser.add_argument("--prefetch", type=int, default=16, help="restore_command's prefetch (segments fetched ahead)")
     parser.add_argument("--recovery-settings", default="", help="NAME=VALUE,... for the recovering instance (and the "
                         "logical restore's server) in every second round: what a setting does to each")
     parser.add_argument("--restore-rounds", type=int, default=3, help="PITR and logical restores, alternating (medians)")
@@ -436,6 +447,9 @@ def main() -> None:
                 dumps[database] = work / f"{database}.dump"
                 subprocess.run([f"{cluster.bin_dir}/pg_dump", "-Fc", "-f", str(dumps[database]), database],
                                env={**BIN_ENV, **cluster.env(database)}, check=True)
+            nightly = NightlyBackups(bench, work)
+            for database in ("loyalty", "bench"):
+                nightly.take(cluster, database)
             # The logical restore goes into a new server of its own without archiving, like the PITR restore's
             # scratch instance (and, unlike it, with fsync off: the stricter baseline of the two).
             fresh = LocalPostgres(password=os.urandom(8).hex(), base_dir=work / "logical", settings=bench.base_settings)
@@ -464,14 +478,19 @@ def main() -> None:
                         fresh.settings = wanted
                         fresh.start()
                     logical = {database: logical_restore(fresh, database, dump) for database, dump in dumps.items()}
+                    job = {database: nightly.restore_job(fresh, database) for database in dumps}
                     rounds.append({"pitr_s": result.rto_s, "download_s": result.timings["download_s"],
-                                   "replay_s": result.timings["recovery_s"], "segments": result.segments_restored,
+                                   "replay_s": result.timings["recovery_s"], "promote_s": result.timings["promote_s"],
+                                   "segments": result.segments_restored, "prefetched": result.prefetched_segments,
                                    "logical_s": sum(logical.values()), "logical_loyalty_s": logical["loyalty"],
+                                   "job_s": sum(job.values()), "job_loyalty_s": job["loyalty"],
                                    "settings": ",".join(f"{k}={v}" for k, v in extra.items()) or "as backed up"})
                     say(f"round {number}: PITR restore {result.rto_s:.1f} s (download {result.timings['download_s']:.1f} s, "
-                        f"replay of {result.segments_restored} segments {result.timings['recovery_s']:.1f} s); logical "
-                        f"restore {rounds[-1]['logical_s']:.1f} s (the sample database {logical['loyalty']:.1f} s); "
-                        f"{result.rto_s / rounds[-1]['logical_s']:.2f}x")
+                        f"replay of {result.segments_restored} segments {result.timings['recovery_s']:.1f} s, of which "
+                        f"promotion {result.timings['promote_s']:.1f} s; {result.prefetched_segments} fetched ahead); "
+                        f"restore_job {rounds[-1]['job_s']:.1f} s (the sample database {job['loyalty']:.1f} s) = "
+                        f"{result.rto_s / rounds[-1]['job_s']:.2f}x; bare logical restore {rounds[-1]['logical_s']:.1f} s "
+                        f"(the sample database {logical['loyalty']:.1f} s) = {result.rto_s / rounds[-1]['logical_s']:.2f}x")
             finally:
                 fresh.destroy()
             # ... and once more on the live server as the first runs measured it (archiving its own WAL meanwhile)
@@ -483,18 +502,22 @@ def main() -> None:
             print(table(["base backup", "wall s", "vs pg_dump -Fc -Z0", "engine CPU s", "moto CPU s", "in bucket MB"],
                         [[b["label"], f"{b['wall_s']:.1f}", f"{b['wall_s'] / dump_floor:.2f}x ({dump_floor:.1f} s)",
                           f"{b['engine_cpu_s']:.1f}", f"{b['moto_cpu_s']:.1f}", f"{b['stored_mb']:.0f}"] for b in backups]))
-            print(table(["round", "recovering instance", "PITR restore s", "download s", "replay s", "segments",
-                         "logical restore s", "sample db alone s", "PITR / logical"],
+            print(table(["round", "recovering instance", "PITR restore s", "download s", "replay s", "promote s",
+                         "segments (ahead)", "restore_job s", "sample db alone s", "PITR / restore_job", "bare logical s",
+                         "PITR / bare"],
                         [[str(i), r["settings"], f"{r['pitr_s']:.1f}", f"{r['download_s']:.1f}", f"{r['replay_s']:.1f}",
-                          str(r["segments"]), f"{r['logical_s']:.1f}", f"{r['logical_loyalty_s']:.1f}",
+                          f"{r['promote_s']:.1f}", f"{r['segments']} ({r['prefetched']})", f"{r['job_s']:.1f}",
+                          f"{r['job_loyalty_s']:.1f}", f"{r['pitr_s'] / r['job_s']:.2f}x", f"{r['logical_s']:.1f}",
                           f"{r['pitr_s'] / r['logical_s']:.2f}x"] for i, r in enumerate(rounds, 1)]))
             for settings in dict.fromkeys(r["settings"] for r in rounds):
                 group = [r for r in rounds if r["settings"] == settings]
                 pitr_s = statistics.median(r["pitr_s"] for r in group)
+                job_s = statistics.median(r["job_s"] for r in group)
                 logical_s = statistics.median(r["logical_s"] for r in group)
-                print(f"PITR restore / logical restore, {settings} (medians of {len(group)} rounds):   {pitr_s:.1f} s / "
-                      f"{logical_s:.1f} s = {pitr_s / logical_s:.2f}x (target <= 0.5x; both databases, the logical one "
-                      f"into a new server without archiving)")
+                print(f"PITR restore / logical restore_job, {settings} (medians of {len(group)} rounds):   {pitr_s:.1f} s / "
+                      f"{job_s:.1f} s = {pitr_s / job_s:.2f}x (target <= 0.5x; both databases, restore_job new_server "
+                      f"from S3 into a new server without archiving); against the bare pg_restore -j2 of a local file "
+                      f"{logical_s:.1f} s: {pitr_s / logical_s:.2f}x")
             print(f"logical restore on the live, archiving server: {live:.1f} s")
             print(f"RPO under load (archive_timeout {args.archive_timeout} s, new defaults, {load_tps:.0f} tps): p50 {p50:.1f} s, "
                   f"p99 {p99:.1f} s, max {worst:.1f} s (target: max <= {args.archive_timeout} s)")
@@ -543,12 +566,63 @@ def recovery_timeline(log_text: str) -> str:
            f"{statistics.median(gaps) if gaps else 0:.2f})")
     checkpoint = first("checkpoint starting: end-of-recovery", restored[-1])
     checkpoint_done = first("checkpoint complete", checkpoint) if checkpoint else None
+    paused = first("pausing at the end of recovery", restored[-1])
     ready = first("database system is ready to accept connections", restored[-1])
     if checkpoint and checkpoint_done:
         out += f"; end-of-recovery checkpoint {checkpoint_done - checkpoint:.1f} s"
+    if paused and ready:
+        out += f"; paused at the target {paused - start:.1f} s after the start, promoted {ready - paused:.1f} s later"
     if ready:
         out += f"; ready {ready - start:.1f} s after the start"
     return out
+
+
+class NightlyBackups:
+    """The logical side as on-call runs it: the nightly backup job's backup of a database and its offsite copy
+    (with their blocking checks), and ``restore_job`` in ``new_server`` mode from S3 alone (an empty backup
+    directory, as on the day the database host is gone)."""
+
+    PREFIX = "logical/"
+
+    def __init__(self, bench: "Bench", work: Path):
+        self.work = work
+        self.offsite = OffsiteStorage(s3=S3Resource(endpoint_url=bench.access.endpoint_url, region_name=bench.access.region,
+                                                    aws_access_key_id=bench.access.credentials["AWS_ACCESS_KEY_ID"],
+                                                    aws_secret_access_key=bench.access.credentials["AWS_SECRET_ACCESS_KEY"]),
+                                      bucket=BUCKET, prefix=self.PREFIX)
+        self.instance = dg.DagsterInstance.ephemeral()
+
+    @staticmethod
+    def target(server: LocalPostgres, database: str) -> PostgresTarget:
+        return PostgresTarget(host="127.0.0.1", port=server.port, user=server.user, password=server.password, database=database)
+
+    def take(self, source: LocalPostgres, database: str) -> None:
+        backup_dir = self.work / "nightly" / database
+        backup_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        result = dg.materialize([database_backup, offsite_backup_copy, *BACKUP_CHECKS], instance=self.instance, resources={
+            "postgres": self.target(source, database), "backup_storage": BackupStorage(backup_dir=str(backup_dir)),
+            "offsite": self.offsite, "restore_settings": RestoreSettings(drill_every_n_backups="0")})
+        assert result.success, f"nightly backup of {database} failed"
+        shutil.rmtree(backup_dir)  # the restore reads S3 alone
+        say(f"nightly backup of {database} and its offsite copy: {time.monotonic() - started:.1f} s")
+
+    def restore_job(self, server: LocalPostgres, database: str) -> float:
+        """Seconds ``restore_job`` reports (its rto_s) for restoring ``database`` onto ``server`` (new_server mode,
+        ``latest`` from S3); the restored database is dropped after."""
+        from loyalty_ops.definitions import defs
+
+        empty = self.work / "nightly" / "restore-box"
+        empty.mkdir(parents=True, exist_ok=True)
+        result = defs.resolve_job_def("restore_job").execute_in_process(
+            run_config={"ops": {"restore_database": {"config": {"mode": "new_server"}}}}, instance=self.instance,
+            resources={"postgres": self.target(server, database), "backup_storage": BackupStorage(backup_dir=str(empty)),
+                       "offsite": self.offsite, "restore_settings": RestoreSettings(drill_every_n_backups="0")})
+        assert result.success, f"restore_job of {database} failed"
+        summary = result.output_for_node("restore_database")
+        assert summary["downloaded_from_s3"] is True
+        server.drop_database(database)
+        return float(summary["rto_s"])
 
 
 def logical_restore(server: LocalPostgres, database: str, dump: Path) -> float:

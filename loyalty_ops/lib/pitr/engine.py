@@ -80,11 +80,18 @@ def archive_command(server_bin_dir: str, location: PitrLocation, access: S3Acces
     return _quoted(archive_argv(server_bin_dir, location, access, options))
 
 
+# Timeline 1 is where every cluster starts; a history file is only ever written for a timeline a promotion
+# created (2 and up), so recovery's question for 00000001.history is answered "no" without asking the bucket.
+FIRST_TIMELINE_HISTORY = "00000001.history"
+
+
 def restore_command(server_bin_dir: str, location: PitrLocation, access: S3Access, spool_dir: Optional[str] = None,
-                    prefetch: int = 8) -> str:
+                    prefetch: int = 16) -> str:
     """``restore_command`` of a recovering instance: fetch one WAL file from the archive. With ``spool_dir`` the
-    engine also fetches the next ``prefetch`` segments in parallel, and a segment already in the spool is moved
-    into place by the shell, without starting the engine (about 0.4 s of CPU for Python and boto3 per start).
+    engine fetches ``prefetch`` segments at a time in parallel (the one asked for and the next ones into the
+    spool), a segment already in the spool is moved into place by the shell without starting the engine
+    (about 0.4 s of CPU for Python and boto3 per start), and timeline 1's history file, which cannot exist, is
+    not asked for.
 
     The engine itself delivers from the spool the same way (a move, before anything else), and PostgreSQL
     runs ``restore_command`` one call at a time, after the engine that filled the spool has waited for all its
@@ -95,7 +102,8 @@ def restore_command(server_bin_dir: str, location: PitrLocation, access: S3Acces
     if not parallel:
         return _quoted(argv)
     spooled = f"{shlex.quote(spool_dir.rstrip('/'))}/%f"  # type: ignore[union-attr]
-    return f"{{ test -f {spooled} && mv -f {spooled} %p; }} || {_quoted(argv)}"
+    return (f"test %f != {FIRST_TIMELINE_HISTORY} && {{ {{ test -f {spooled} && mv -f {spooled} %p; }} || "
+            f"{_quoted(argv)}; }}")
 
 
 def _parse_time(value: Optional[str]) -> Optional[datetime]:

@@ -3,6 +3,7 @@ base backup serves them, the engine's dry-run read, the generated server setting
 
 from __future__ import annotations
 
+import subprocess
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -96,15 +97,37 @@ def test_the_generated_commands_carry_no_secret_and_quote_their_arguments():
         "/opt/barman/bin/barman-cloud-wal-archive --endpoint-url http://127.0.0.1:9000 -e AES256 --gzip --compression-level 6 "
         "s3://loyalty-offsite/pitr loyalty %p")  # what archive_command ran before the levers, at full priority
     assert restore_command("/opt/barman/bin", LOCATION, ACCESS, "/tmp/x/wal spool") == (
-        "{ test -f '/tmp/x/wal spool'/%f && mv -f '/tmp/x/wal spool'/%f %p; } || /opt/barman/bin/barman-cloud-wal-restore "
-        "--endpoint-url http://127.0.0.1:9000 --parallel 8 --spool-dir '/tmp/x/wal spool' s3://loyalty-offsite/pitr loyalty %f %p"
-    )  # a prefetched segment is moved into place without starting the engine
+        "test %f != 00000001.history && { { test -f '/tmp/x/wal spool'/%f && mv -f '/tmp/x/wal spool'/%f %p; } || "
+        "/opt/barman/bin/barman-cloud-wal-restore --endpoint-url http://127.0.0.1:9000 --parallel 16 "
+        "--spool-dir '/tmp/x/wal spool' s3://loyalty-offsite/pitr loyalty %f %p; }"
+    )  # a prefetched segment is moved into place without starting the engine; timeline 1 has no history file
     assert restore_command("/opt/barman/bin", LOCATION, ACCESS) == (
         "/opt/barman/bin/barman-cloud-wal-restore --endpoint-url http://127.0.0.1:9000 s3://loyalty-offsite/pitr loyalty %f %p")
     settings = server_settings("/opt/barman/bin", LOCATION, ACCESS, 60)
     assert settings["archive_timeout"] == "60s" and settings["archive_mode"] == "on"
     assert "s3cr3t" not in str(settings) + compose_change(settings) and "${AWS_SECRET_ACCESS_KEY}" in compose_change(settings)
     assert ACCESS.env() == {"AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+
+
+def test_the_recovering_instances_restore_command_as_the_shell_runs_it(tmp_path):
+    """What PostgreSQL gets from the restore_command with a spool, run by /bin/sh as the server runs it, with an
+    engine that is not installed (exit 127 says the engine was started): a spooled segment is moved into
+    place without the engine; anything else goes to the engine; timeline 1's history file is "not there" (1)."""
+    spool, wal = tmp_path / "walspool", tmp_path / "pg_wal"
+    spool.mkdir()
+    wal.mkdir()
+    command = restore_command(str(tmp_path / "no-engine"), LOCATION, ACCESS, str(spool))
+
+    def run(name: str) -> int:
+        line = command.replace("%f", name).replace("%p", str(wal / "RECOVERYXLOG"))
+        return subprocess.run(["/bin/sh", "-c", line], capture_output=True).returncode
+
+    segment = "000000010000000000000007"
+    (spool / segment).write_bytes(b"w" * 1024)
+    assert run(segment) == 0 and (wal / "RECOVERYXLOG").read_bytes() == b"w" * 1024 and not (spool / segment).exists()
+    assert run(segment) == 127  # not in the spool (any more): the engine is asked
+    assert run("00000002.history") == 127  # a later timeline's history may exist: the engine is asked
+    assert run("00000001.history") == 1  # never exists: answered without the engine
 
 
 def test_location_rules():
