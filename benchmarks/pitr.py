@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -459,13 +458,12 @@ def main() -> None:
                 for number in range(1, args.restore_rounds + 1):
                     # with --recovery-settings, every second round runs with them on the recovering instance
                     extra = dict(x.split("=", 1) for x in args.recovery_settings.split(",") if x) if number % 2 == 0 else {}
-                    round_target = TunedTarget(target.kind, target.time, target.name, extra=tuple(extra.items()))
                     if extra:
                         say(f"round {number} with {extra} on the recovering instance")
-                    instance = ScratchInstance(work / "recovered", free_port(), cluster.bin_dir,
+                    instance = ScratchInstance(work / "recovered", free_port(), cluster.bin_dir, settings=extra,
                                                environment={**BIN_ENV, **bench.access.env()})
                     try:
-                        result = recover(engine, instance, backup, round_target,
+                        result = recover(engine, instance, backup, target,
                                          restore_command(server_engine_dir(), bench.location, bench.access,
                                                          str(instance.spool_dir), prefetch=args.prefetch),
                                          cluster.spec(), say)
@@ -528,16 +526,6 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class TunedTarget(RecoveryTarget):
-    """A recovery target whose settings carry extra server settings for the recovering instance."""
-
-    extra: tuple = ()
-
-    def settings(self) -> dict[str, str]:
-        return {**super().settings(), **dict(self.extra)}
-
-
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \S+ \[\d+\] LOG:  (.*)$")
 
 
@@ -590,7 +578,7 @@ class NightlyBackups:
                                                     aws_access_key_id=bench.access.credentials["AWS_ACCESS_KEY_ID"],
                                                     aws_secret_access_key=bench.access.credentials["AWS_SECRET_ACCESS_KEY"]),
                                       bucket=BUCKET, prefix=self.PREFIX)
-        self.instance = dg.DagsterInstance.ephemeral()
+        self.instances: dict[str, dg.DagsterInstance] = {}  # one history per database (as one deployment has)
 
     @staticmethod
     def target(server: LocalPostgres, database: str) -> PostgresTarget:
@@ -600,7 +588,8 @@ class NightlyBackups:
         backup_dir = self.work / "nightly" / database
         backup_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        result = dg.materialize([database_backup, offsite_backup_copy, *BACKUP_CHECKS], instance=self.instance, resources={
+        self.instances[database] = dg.DagsterInstance.ephemeral()
+        result = dg.materialize([database_backup, offsite_backup_copy, *BACKUP_CHECKS], instance=self.instances[database], resources={
             "postgres": self.target(source, database), "backup_storage": BackupStorage(backup_dir=str(backup_dir)),
             "offsite": self.offsite, "restore_settings": RestoreSettings(drill_every_n_backups="0")})
         assert result.success, f"nightly backup of {database} failed"
@@ -615,7 +604,7 @@ class NightlyBackups:
         empty = self.work / "nightly" / "restore-box"
         empty.mkdir(parents=True, exist_ok=True)
         result = defs.resolve_job_def("restore_job").execute_in_process(
-            run_config={"ops": {"restore_database": {"config": {"mode": "new_server"}}}}, instance=self.instance,
+            run_config={"ops": {"restore_database": {"config": {"mode": "new_server"}}}}, instance=self.instances[database],
             resources={"postgres": self.target(server, database), "backup_storage": BackupStorage(backup_dir=str(empty)),
                        "offsite": self.offsite, "restore_settings": RestoreSettings(drill_every_n_backups="0")})
         assert result.success, f"restore_job of {database} failed"

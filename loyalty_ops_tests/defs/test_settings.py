@@ -103,6 +103,8 @@ REFUSED = [
     ("LOYALTY_PITR_SERVER_WAL_COMPRESSION", "on", ["'lz4', 'zstd', 'pglz' or 'off'", "'on'", "LOYALTY_PITR_SERVER_WAL_COMPRESSION=lz4"]),
     ("LOYALTY_PITR_BASE_BACKUP_COMPRESSION", "zstd", ["'lz4', 'gzip', 'snappy' or 'none'", "'zstd'", "LOYALTY_PITR_BASE_BACKUP_COMPRESSION=lz4"]),
     ("LOYALTY_PITR_BASE_BACKUP_JOBS", "0", ["at least 1", "'0'", "LOYALTY_PITR_BASE_BACKUP_JOBS=2"]),
+    ("LOYALTY_PITR_INSTANCE_SETTINGS", "shared_buffers", ["is not NAME=VALUE", "'shared_buffers'", "shared_buffers=1GB"]),
+    ("LOYALTY_PITR_INSTANCE_SETTINGS", "shared_buffers=1GB,port=5433", ["port is set by loyalty_ops", "remove it"]),
 ]
 
 # Taken as given (names, paths, ids, secrets used as they are): nothing to refuse.

@@ -14,12 +14,10 @@ import dagster as dg
 from loyalty_ops.defs.backups.history import BACKUP_ASSET_KEY
 from loyalty_ops.defs.pitr.resources import PitrResource
 from loyalty_ops.defs.resources import OffsiteStorage, PostgresTarget
-from loyalty_ops.defs.settings import tool_base_environment
 from loyalty_ops.lib.concurrency import DATABASE_POOL
 from loyalty_ops.lib.pg.session import connect
 from loyalty_ops.lib.pitr.drill import new_drill_id, read_marks, wait_in_bucket, write_marks
-from loyalty_ops.lib.pitr.engine import restore_command
-from loyalty_ops.lib.pitr.instance import ScratchInstance, free_port
+from loyalty_ops.lib.pitr.instance import free_port
 from loyalty_ops.lib.pitr.recover import recover
 from loyalty_ops.lib.pitr.target import RecoveryTarget, choose_base_backup
 
@@ -48,6 +46,7 @@ def pitr_drill(context: dg.AssetExecutionContext, pitr: PitrResource, postgres: 
     instance = None
     try:
         engine = pitr.engine(offsite, postgres)
+        settings = pitr.recovery_settings()  # settings that cannot work fail here, before the marker is written
         backups = engine.list_backups()
         step = "marker"
         with connect(postgres.spec(), connect_timeout=10) as conn:
@@ -68,11 +67,10 @@ def pitr_drill(context: dg.AssetExecutionContext, pitr: PitrResource, postgres: 
         if work:
             work.mkdir(parents=True, exist_ok=True)
         base = Path(tempfile.mkdtemp(prefix="loyalty_pitr_drill_", dir=work))
-        instance = ScratchInstance(base, free_port(), pitr.server_bin_dir(postgres), environment={**tool_base_environment(), **engine.access.env()})
-        meta["scratch_port"] = instance.port
-        result = recover(engine, instance, backup, target, restore_command(pitr.server_engine_dir(), engine.location, engine.access,
-                                                 str(instance.spool_dir)),
-                         postgres.spec(), context.log.info)
+        instance = pitr.recovering_instance(base, free_port(), postgres, engine, settings)
+        meta.update({"scratch_port": instance.port, "instance_settings": ",".join(f"{k}={v}" for k, v in settings.items())})
+        result = recover(engine, instance, backup, target, pitr.restore_command_for(engine, instance), postgres.spec(),
+                         context.log.info)
         step = "verify"
         with instance.connect(postgres.spec(), postgres.database_name) as conn:
             found = read_marks(conn, drill_id)

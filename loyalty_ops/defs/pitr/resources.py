@@ -4,7 +4,7 @@ access built from them and the shared ``offsite`` resource (same bucket and AWS 
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import dagster as dg
 from pydantic import Field
@@ -12,11 +12,12 @@ from pydantic import Field
 from loyalty_ops.defs.resources import OffsiteStorage, PostgresTarget
 from loyalty_ops.defs.settings import tool_base_environment
 from loyalty_ops.lib.pg.tools import find_bin_dir
-from loyalty_ops.lib.pitr.engine import BarmanCloud, S3Access
+from loyalty_ops.lib.pitr.engine import BarmanCloud, S3Access, restore_command
+from loyalty_ops.lib.pitr.instance import ScratchInstance
 from loyalty_ops.lib.pitr.location import DEFAULT_PITR_PREFIX, PitrConfigError, PitrLocation
 from loyalty_ops.lib.pitr.options import (DEFAULT_ARCHIVE_NICE, DEFAULT_BACKUP_COMPRESSION, DEFAULT_BACKUP_JOBS,
                                           DEFAULT_SERVER_WAL_COMPRESSION, DEFAULT_WAL_COMPRESSION, ArchiveOptions,
-                                          BackupOptions)
+                                          BackupOptions, parse_instance_settings)
 
 
 def installed_engine_dir() -> str:
@@ -42,6 +43,8 @@ class PitrResource(dg.ConfigurableResource):
     barman_bin_dir: Optional[str] = Field(
         default=None, description="barman-cloud-* as the PostgreSQL OS user runs them (LOYALTY_PITR_BARMAN_BIN_DIR).")
     work_dir: Optional[str] = Field(default=None, description="Scratch instances of the drill (LOYALTY_PITR_WORK_DIR).")
+    instance_settings: Optional[str] = Field(default=None, description="Server settings of recovered instances over the "
+                                             "source's (LOYALTY_PITR_INSTANCE_SETTINGS): NAME=VALUE,...")
     wal_compression: str = Field(default=DEFAULT_WAL_COMPRESSION, description="WAL compression of archive_command "
                                  "(LOYALTY_PITR_WAL_COMPRESSION): zstd, lz4, gzip, snappy or none.")
     wal_compression_level: Optional[int] = Field(default=None, description="Its level (LOYALTY_PITR_WAL_COMPRESSION_LEVEL); "
@@ -91,6 +94,24 @@ class PitrResource(dg.ConfigurableResource):
         except PitrConfigError as exc:
             raise dg.Failure(str(exc)) from None
 
+    def recovery_settings(self, override: Optional[str] = None) -> dict[str, str]:
+        """Server settings of a recovered instance over the source's configuration: ``override`` (a job's
+        server_settings) or LOYALTY_PITR_INSTANCE_SETTINGS. Raises PitrConfigError naming the one that is wrong."""
+        if override is not None:
+            return parse_instance_settings(override, "server_settings")
+        return parse_instance_settings(self.instance_settings, "LOYALTY_PITR_INSTANCE_SETTINGS")
+
+    def recovering_instance(self, base: Path, port: int, postgres: PostgresTarget, engine: BarmanCloud,
+                            settings: Mapping[str, str]) -> ScratchInstance:
+        """A new instance that recovers from this archive into ``base``: the database server's binaries, the
+        engine's S3 access in its environment, ``settings`` (``recovery_settings``) over the source's configuration."""
+        return ScratchInstance(base, port, self.server_bin_dir(postgres), settings=dict(settings),
+                               environment={**tool_base_environment(), **engine.access.env()})
+
+    def restore_command_for(self, engine: BarmanCloud, instance: ScratchInstance) -> str:
+        """The instance's restore_command: the server's engine, fetching ahead into the instance's spool."""
+        return restore_command(self.server_engine_dir(), engine.location, engine.access, str(instance.spool_dir))
+
     def server_engine_dir(self) -> str:
         """barman-cloud-* for archive_command and restore_command."""
         return self.barman_bin_dir or installed_engine_dir()
@@ -116,6 +137,7 @@ def pitr_resource(settings) -> PitrResource:
         "recovery_window_days": pitr.recovery_window_days,
         "barman_bin_dir": pitr.barman_bin_dir,
         "work_dir": pitr.work_dir,
+        "instance_settings": pitr.instance_settings,
         "wal_compression": pitr.wal_compression,
         "wal_compression_level": pitr.wal_compression_level,
         "archive_nice": pitr.archive_nice,

@@ -12,10 +12,10 @@ from pydantic import Field
 from loyalty_ops.defs.pitr.health import require_enabled
 from loyalty_ops.defs.pitr.resources import PitrResource
 from loyalty_ops.defs.resources import OffsiteStorage, PostgresTarget
-from loyalty_ops.defs.settings import tool_base_environment
 from loyalty_ops.lib.concurrency import job_tags
-from loyalty_ops.lib.pitr.engine import EngineError, restore_command
-from loyalty_ops.lib.pitr.instance import RecoveryFailed, ScratchInstance, check_destination
+from loyalty_ops.lib.pitr.engine import EngineError
+from loyalty_ops.lib.pitr.instance import RecoveryFailed, check_destination
+from loyalty_ops.lib.pitr.location import PitrConfigError
 from loyalty_ops.lib.pitr.recover import recover
 from loyalty_ops.lib.pitr.target import RecoveryRefused, choose_base_backup, make_target
 
@@ -33,6 +33,10 @@ class PitrRestoreConfig(dg.Config):
     backup_id: Optional[str] = Field(default=None, description="Start from this base backup; empty: the newest that fits.")
     keep_running: bool = Field(default=True, description="Leave the recovered instance running (stop it with pg_ctl -D "
                                "target_dir/data stop); false: stop it once verified.")
+    server_settings: Optional[str] = Field(default=None, description="Server settings of the new instance over the "
+                                           "source's configuration, NAME=VALUE,... (shared_buffers=4GB,huge_pages=off; "
+                                           "shared_preload_libraries= sets one empty); not given: "
+                                           "LOYALTY_PITR_INSTANCE_SETTINGS.")
     progress_interval_seconds: float = Field(default=10.0, description="How often the run log reports progress (<= 10 s).")
 
 
@@ -48,17 +52,16 @@ def pitr_restore(context: dg.OpExecutionContext, config: PitrRestoreConfig, pitr
         target = make_target(config.target_time, config.target_name, config.latest)
         check_destination(base, config.port)
         engine = pitr.engine(offsite, postgres)
+        instance = pitr.recovering_instance(base, config.port, postgres, engine, pitr.recovery_settings(config.server_settings))
         backup = choose_base_backup(engine.list_backups(), target, datetime.now(timezone.utc), config.backup_id)
-    except (RecoveryRefused, EngineError) as exc:
+    except (RecoveryRefused, EngineError, PitrConfigError) as exc:
         raise dg.Failure(f"pitr_restore refused, nothing was changed: {exc}") from None
-    instance = ScratchInstance(base, config.port, pitr.server_bin_dir(postgres), environment={**tool_base_environment(), **engine.access.env()})
     context.log.info(f"recovering to {target.describe()} from base backup {backup.backup_id} into {instance.data_dir} "
                      f"on port {config.port}")
     interval = min(max(config.progress_interval_seconds, 0.5), 10.0)
     try:
-        result = recover(engine, instance, backup, target, restore_command(pitr.server_engine_dir(), engine.location, engine.access,
-                                                 str(instance.spool_dir)),
-                         postgres.spec(), context.log.info, interval_s=interval)
+        result = recover(engine, instance, backup, target, pitr.restore_command_for(engine, instance), postgres.spec(),
+                         context.log.info, interval_s=interval)
     except (RecoveryFailed, EngineError) as exc:
         instance.stop()
         raise dg.Failure(f"pitr_restore failed: {exc}\nThe new directory {base} is left for inspection; remove it "
@@ -71,6 +74,7 @@ def pitr_restore(context: dg.OpExecutionContext, config: PitrRestoreConfig, pitr
         "base_backup_id": backup.backup_id,
         "rto_s": round(result.rto_s, 3),
         "replay_lsn": result.replay_lsn or "",
+        "server_settings": ",".join(f"{k}={v}" for k, v in instance.settings.items()),
         "data_dir": str(instance.data_dir),
         "port": config.port,
         "running": config.keep_running,

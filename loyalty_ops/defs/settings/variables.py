@@ -18,7 +18,7 @@ from loyalty_ops.lib.backup.encryption import EncryptionConfigError, load_identi
 from loyalty_ops.lib.backup.location import upload_settings_problems
 from loyalty_ops.lib.pg.connection import ConnectionConfigError, ConnectionSpec
 from loyalty_ops.lib.pitr.location import PitrConfigError, check_cron, check_server_name, normalise_prefix
-from loyalty_ops.lib.pitr.options import check_wal_compression
+from loyalty_ops.lib.pitr.options import check_wal_compression, parse_instance_settings
 from loyalty_ops.lib.restore.plan import DRILL_EVERY_ENV, RestoreConfigError, parse_drill_every
 
 
@@ -486,6 +486,10 @@ class PitrVariables(DomainVariables):
         "restore_command); default: this installation's.", "/usr/local/bin")
     work_dir: Optional[str] = variable(
         "LOYALTY_PITR_WORK_DIR", "Where the drill's scratch instance lives (default: the system temp dir).", "/var/tmp/loyalty-pitr")
+    instance_settings: Optional[str] = variable(
+        "LOYALTY_PITR_INSTANCE_SETTINGS", "Server settings of the PITR drill's scratch instance, and of "
+        "pitr_restore_job's new instance unless its server_settings says otherwise, over the source's configuration "
+        "(default: none; NAME=VALUE,...; an empty value sets it empty).", "shared_buffers=1GB,huge_pages=off")
     wal_compression: Optional[Literal["zstd", "lz4", "gzip", "snappy", "none"]] = variable(
         "LOYALTY_PITR_WAL_COMPRESSION", "How archive_command compresses each WAL segment (default zstd; zstd, lz4 and "
         "snappy need their Python library beside the engine on the server).", "zstd")
@@ -524,6 +528,11 @@ class PitrVariables(DomainVariables):
     @classmethod
     def check_server(cls, value: Optional[str]) -> Optional[str]:
         return _pitr_rule(check_server_name, value)
+
+    @field_validator("instance_settings")
+    @classmethod
+    def check_instance_settings(cls, value: Optional[str]) -> Optional[str]:
+        return _pitr_rule(lambda v: parse_instance_settings(v, "LOYALTY_PITR_INSTANCE_SETTINGS"), value)
 
     @field_validator("base_backup_cron")
     @classmethod

@@ -83,6 +83,9 @@ class ScratchInstance:
     os_user: Optional[str] = field(default_factory=default_os_user)
     # The server's whole environment (PATH, HOME, locale and restore_command's AWS settings): given, never inherited.
     environment: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Server settings that win over the source's configuration (parse_instance_settings): memory for this
+    # machine, preload libraries it does not have.
+    settings: Mapping[str, str] = field(default_factory=dict)
     started_at: Optional[float] = None
 
     @property
@@ -106,8 +109,10 @@ class ScratchInstance:
         return [RUNUSER, "-u", self.os_user, "--"] if self.os_user and os.geteuid() == 0 else []
 
     def configure(self, restore_command: str, target_settings: Mapping[str, str]) -> None:
-        """Writes the recovery settings (they win over the source's: appended last) and ``recovery.signal``."""
+        """Writes the instance's settings and the recovery settings (they win over the source's: appended last)
+        and ``recovery.signal``."""
         lines = ["", "# point-in-time recovery (loyalty_ops): a scratch instance, never archiving into the live archive",
+                 *(f"{k} = {_quote_setting(v)}" for k, v in self.settings.items()),
                  f"restore_command = {_quote_setting(restore_command)}", "archive_mode = off", "hot_standby = on",
                  "ssl = off", "listen_addresses = '127.0.0.1'", f"port = {int(self.port)}",
                  f"unix_socket_directories = {_quote_setting(str(self.socket_dir))}"]

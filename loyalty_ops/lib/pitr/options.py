@@ -5,10 +5,14 @@ on the server's own CPUs). The defaults are chosen by measurement (docs/pitr.md,
 Each compression needs its library where the engine runs: gzip is in every Python; zstd needs ``zstandard``,
 lz4 ``lz4``, snappy ``python-snappy`` (``ENGINE_PACKAGES``). A restore reads every compression, whatever the
 setting was when a segment or a base backup was written: the engine recognises it by the object's suffix.
+
+And what a recovered instance runs with besides the source's configuration (``parse_instance_settings``): the
+memory of the machine it recovers on, the preload libraries that machine has.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -130,3 +134,29 @@ class BackupOptions:
 
 
 LEGACY_BACKUP = BackupOptions("gzip", 2)
+
+
+# What loyalty_ops sets on every recovering instance and no setting may change: where it listens, that it never
+# archives into the live archive, how it fetches WAL, and (from the job's target) where recovery stops.
+CONTROLLED_SETTINGS = ("port", "listen_addresses", "unix_socket_directories", "archive_mode", "archive_command",
+                       "archive_library", "restore_command", "hot_standby", "ssl")
+SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+
+
+def parse_instance_settings(text: Optional[str], field: str) -> dict[str, str]:
+    """``NAME=VALUE,NAME=VALUE`` (``shared_buffers=1GB,huge_pages=off,shared_preload_libraries=``): server settings
+    of a recovered instance that win over the source's configuration files (an empty value sets it empty). Refuses
+    a malformed item and the settings loyalty_ops controls, naming ``field`` and the fix."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, eq, value = item.partition("=")
+        name = name.strip().lower()
+        if not eq or not SETTING_NAME.match(name):
+            raise PitrConfigError(f"{field}: {item.strip()!r} is not NAME=VALUE; example: shared_buffers=1GB,huge_pages=off")
+        if name in CONTROLLED_SETTINGS or name.startswith("recovery_target"):
+            raise PitrConfigError(f"{field}: {name} is set by loyalty_ops on every recovered instance (and the target by "
+                                  "the job's target_time, target_name or latest); remove it")
+        out[name] = value.strip()
+    return out

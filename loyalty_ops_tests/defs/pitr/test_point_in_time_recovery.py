@@ -127,7 +127,8 @@ def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(
     port = free_port()
     try:
         result = run_restore(pitr_resources, pitr_instance, target_time=target.replace(tzinfo=None).isoformat(),
-                             target_dir=str(target_dir / "new"), port=port, progress_interval_seconds=2)
+                             target_dir=str(target_dir / "new"), port=port, progress_interval_seconds=2,
+                             server_settings="shared_buffers=48MB,shared_preload_libraries=")  # a smaller machine, no preload libraries
         assert result.success, failure_message(result)
         meta = op_metadata(result)
         with psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=archiving_cluster.password,
@@ -135,6 +136,8 @@ def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(
             members = {row[0] for row in conn.execute("SELECT member FROM points_ledger WHERE id >= 10000")}
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False  # promoted: a usable server
             assert conn.execute("SELECT count(*) FROM points_ledger WHERE id <= 1000").fetchone()[0] == 1000
+            assert conn.execute("SHOW shared_buffers").fetchone()[0] == "48MB"  # the job's server_settings won
+        assert meta["server_settings"] == "shared_buffers=48MB,shared_preload_libraries="
         assert members == {"t1", "t2"}
         recovered = datetime.fromisoformat(meta["recovered_to"])
         assert written["t2"] <= recovered <= target and meta["rto_s"] > 0 and meta["restored_bytes"] > 1_000_000
@@ -195,7 +198,7 @@ def test_a_restore_point_the_archive_does_not_hold_fails_saying_what_that_means(
         shutil.rmtree(target_dir, ignore_errors=True)
 
 
-@pytest.mark.parametrize("case", ["future", "before_oldest", "not_empty", "port_in_use", "two_targets"])
+@pytest.mark.parametrize("case", ["future", "before_oldest", "not_empty", "port_in_use", "two_targets", "controlled_setting"])
 def test_refusals_name_the_problem_and_change_nothing(case, base_backup_run, archiving_cluster, pitr_resources, pitr_instance):
     target_dir = scratch_dir()
     (target_dir / "keep.txt").write_text("operator's file")
@@ -208,6 +211,8 @@ def test_refusals_name_the_problem_and_change_nothing(case, base_backup_run, arc
         "not_empty": ({"target_dir": str(target_dir)}, "is not empty"),
         "port_in_use": ({"port": archiving_cluster.port}, f"port {archiving_cluster.port} is in use"),
         "two_targets": ({"target_name": "x"}, "give exactly one of target_time, target_name or latest"),
+        "controlled_setting": ({"server_settings": "shared_buffers=64MB,listen_addresses=*"},
+                               "server_settings: listen_addresses is set by loyalty_ops"),
     }[case]
     config.update(expected[0])
     try:
