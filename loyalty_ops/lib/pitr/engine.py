@@ -249,12 +249,12 @@ class BarmanCloud:
         return self.run("restore", self.location.url, self.location.server_name, backup_id, str(destination),
                         tick=tick, interval_s=interval_s)
 
-    def prefetch_wal(self, wal_name: str, spool_dir: Path, count: int) -> EngineRun:
-        """Fetches WAL segment ``wal_name`` and the ``count - 1`` after it into ``spool_dir``, where
-        ``restore_command`` finds them (the engine's own ``--parallel`` download). Files in the spool are whole
-        only once this has returned: run it before the instance starts, never while it recovers."""
-        return self.run("wal-restore", "--parallel", str(max(count, 1)), "--spool-dir", str(spool_dir), self.location.url,
-                        self.location.server_name, wal_name, str(Path(spool_dir) / wal_name), check=False)
+    def fetch_wal(self, wal_name: str, directory: Path, count: int) -> EngineRun:
+        """Fetches WAL segment ``wal_name`` and up to ``count - 1`` after it (those in the bucket) into
+        ``directory`` (the engine's own ``--parallel`` download). The files are whole only once this has returned
+        with exit code 0."""
+        return self.run("wal-restore", "--parallel", str(max(count, 1)), "--spool-dir", str(directory), self.location.url,
+                        self.location.server_name, wal_name, str(Path(directory) / wal_name), check=False)
 
     def retention_dry_run(self, window_days: int) -> EngineRun:
         """What the engine's own recovery-window policy would delete (``--dry-run``: nothing is deleted)."""

@@ -4,6 +4,7 @@ target, with progress at least every 10 s, and the result measured (recovered ti
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Callable, Optional
 
 from loyalty_ops.lib.pg.connection import ConnectionSpec
 from loyalty_ops.lib.backup.tempfiles import directory_bytes
+from loyalty_ops.lib.pitr.archive import DEFAULT_SEGMENT_BYTES, segment_name, segment_parts
 from loyalty_ops.lib.pitr.engine import BarmanCloud, BaseBackup, EngineRun
 from loyalty_ops.lib.pitr.instance import RecoveryFailed, ScratchInstance, recovered_time_from_log
 from loyalty_ops.lib.pitr.target import RecoveryTarget
@@ -31,8 +33,8 @@ class RecoveryResult:
     segments_restored: int = 0
     restored_bytes: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-
-    prefetched_segments: int = 0
+    prefetched_segments: int = 0  # WAL segments fetched ahead into the spool (restore_command found them there)
+    prefetch_runs: int = 0  # engine processes that fetched them
 
     @property
     def rto_s(self) -> float:
@@ -44,6 +46,7 @@ class RecoveryResult:
             "recovered_to": self.recovered_to.isoformat() if self.recovered_to else "",
             "segments_restored": self.segments_restored,
             "wal_prefetched_segments": self.prefetched_segments,
+            "wal_prefetch_runs": self.prefetch_runs,
             "restored_bytes": int(self.restored_bytes),
             "download_s": round(self.timings.get("download_s", 0.0), 3),
             "recovery_s": round(self.timings.get("recovery_s", 0.0), 3),
@@ -51,8 +54,8 @@ class RecoveryResult:
         }
 
 
-# Segments fetched ahead while the base backup downloads (about 4 MB each in the bucket with lz4 wal_compression,
-# 16 MB each on disk until replayed): the first minutes of replay without waiting for the engine.
+# Segments fetched ahead while the base backup downloads (a few MB each in the bucket, 16 MB each on disk until
+# replayed): the first minutes of replay without waiting for the engine.
 PREFETCH_AT_START = 16
 
 TARGET_NOT_REACHED = "recovery ended before configured recovery target was reached"
@@ -75,45 +78,98 @@ def explain_unreached_target(message: str, target: RecoveryTarget) -> str:
 
 
 class WalPrefetch:
-    """The first WAL segments recovery will ask for (from the base backup's first segment on), fetched by the
-    engine into the spool directory while the base backup downloads, so that the recovering instance starts
-    replaying at once instead of waiting for the engine to start and fetch them. Finished (joined) before the
-    instance starts: a file in the spool is whole only once the engine has exited. When it fails, the spool is
-    emptied and recovery fetches every segment itself through ``restore_command``."""
+    """WAL segments fetched ahead of recovery by the engine into the instance's spool, where ``restore_command``
+    takes them without starting the engine: the first ``count`` (from the base backup's first segment on) while
+    the base backup downloads, then, while the instance recovers (``follow``), more whenever no more than half
+    of that waits in the spool, so replay never stops for an engine start.
+
+    The engine writes into a staging directory beside the spool, and only after it has exited with success
+    is each of its files renamed into the spool (atomic on one filesystem): ``restore_command`` only ever finds
+    whole segments there. A failed run's files are discarded. Fetching ahead ends at the end of the archive (the
+    engine finds no next segment) or when stopped; ``restore_command`` fetches whatever it did not."""
 
     def __init__(self, engine: BarmanCloud, first_wal: Optional[str], spool_dir: Path, count: int):
-        self.engine, self.first_wal, self.spool_dir, self.count = engine, first_wal, spool_dir, count
-        self.run: Optional[EngineRun] = None
-        self.error: Optional[BaseException] = None
-        self.started = False
-        self.thread = threading.Thread(target=self._fetch, name="wal-prefetch", daemon=True)
+        self.engine, self.spool_dir, self.count = engine, spool_dir, count
+        self.staging = spool_dir.with_name(spool_dir.name + ".incoming")
+        self.next_wal = first_wal
+        self.segment_bytes = DEFAULT_SEGMENT_BYTES
+        self.fetched = 0  # segments put into the spool
+        self.runs = 0  # engine processes started
+        self.failure = ""  # why the last run fetched nothing
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
 
-    def _fetch(self) -> None:
+    def _fetch_batch(self, count: int) -> bool:
+        """One engine run from ``next_wal``; False when it fetched nothing (the end of the archive, or a failure)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True)
         try:
-            self.run = self.engine.prefetch_wal(self.first_wal, self.spool_dir, self.count)  # type: ignore[arg-type]
-        except BaseException as exc:  # reported by join()
-            self.error = exc
+            run: Optional[EngineRun] = self.engine.fetch_wal(self.next_wal, self.staging, count)  # type: ignore[arg-type]
+        except Exception as exc:  # the engine could not be started: restore_command will say more
+            run, self.failure = None, str(exc)
+        self.runs += 1
+        names = sorted(p.name for p in self.staging.iterdir() if segment_parts(p.name))
+        if run is None or run.returncode != 0 or not names:
+            if run is not None:
+                self.failure = "\n".join(run.output.strip().splitlines()[-3:]) or f"exit code {run.returncode}"
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return False
+        for name in names:
+            os.replace(self.staging / name, self.spool_dir / name)
+        self.segment_bytes = (self.spool_dir / names[-1]).stat().st_size  # the cluster's wal_segment_size
+        self.next_wal = self._successor(names[-1])
+        self.fetched += len(names)
+        return True
+
+    def _waiting(self) -> list[str]:
+        return sorted(p.name for p in self.spool_dir.iterdir() if segment_parts(p.name))
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            waiting = self._waiting()
+            if len(waiting) > self.count // 2:
+                self._stop.wait(0.2)
+                continue
+            if waiting and waiting[-1] >= (self.next_wal or ""):  # restore_command's own engine got further
+                self.next_wal = self._successor(waiting[-1])
+            if not self._fetch_batch(self.count - len(waiting)):
+                return
+
+    def _successor(self, name: str) -> str:
+        timeline, number = segment_parts(name, self.segment_bytes)  # type: ignore[misc]
+        return segment_name(timeline, number + 1, self.segment_bytes)
 
     def start(self) -> None:
-        if self.first_wal and self.count > 0:
+        """Fetches the first ``count`` segments in the background (``join`` waits for them)."""
+        if self.next_wal and self.count > 0:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
-            self.thread.start()
-            self.started = True
+            self._thread = threading.Thread(target=self._fetch_batch, args=(self.count,), name="wal-fetch-ahead", daemon=True)
+            self._thread.start()
 
     def join(self, log: Callable[[str], None]) -> int:
-        """Waits for the engine; returns how many segments are in the spool (0 after a failure, spool emptied)."""
-        if not self.started:
+        """Waits for the first segments; logs and returns how many are in the spool (0 when fetching failed)."""
+        if self._thread is None:
             return 0
-        self.thread.join()
-        if self.error is None and self.run is not None and self.run.returncode == 0:
-            count = sum(1 for _ in self.spool_dir.iterdir())
-            log(f"{count} WAL segment(s) from {self.first_wal} on fetched ahead in {self.run.duration_s:.1f} s")
-            return count
-        why = str(self.error) if self.error else "\n".join(self.run.output.strip().splitlines()[-3:])  # type: ignore[union-attr]
-        log(f"fetching WAL ahead from {self.first_wal} failed (recovery fetches each segment itself): {why}")
-        shutil.rmtree(self.spool_dir, ignore_errors=True)
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        return 0
+        self._thread.join()
+        self._thread = None
+        if self.fetched:
+            log(f"{self.fetched} WAL segment(s) fetched ahead, the next from {self.next_wal} on while recovery runs")
+        else:
+            log(f"fetching WAL ahead failed (recovery fetches each segment itself): {self.failure}")
+        return self.fetched
+
+    def follow(self) -> None:
+        """Keeps fetching ahead in the background while the instance recovers, until ``stop``."""
+        if self.fetched and self._thread is None:
+            self._thread = threading.Thread(target=self._follow, name="wal-fetch-ahead", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """Stops fetching ahead (an engine run under way finishes first) and removes the staging directory."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def recover(engine: BarmanCloud, instance: ScratchInstance, backup: BaseBackup, target: RecoveryTarget,
@@ -132,24 +188,29 @@ def recover(engine: BarmanCloud, instance: ScratchInstance, backup: BaseBackup, 
         log(snapshot.message())
 
     log(f"downloading base backup {backup.backup_id} (consistent from {backup.end_time}) into {instance.data_dir}")
-    prefetch = WalPrefetch(engine, backup.begin_wal, instance.spool_dir, prefetch_segments)
-    prefetch.start()
+    ahead = WalPrefetch(engine, backup.begin_wal, instance.spool_dir, prefetch_segments)
+    ahead.start()
     try:
         engine.restore(backup.backup_id, instance.data_dir, tick=download_tick, interval_s=interval_s)
     finally:
-        result.prefetched_segments = prefetch.join(log)
+        ahead.join(log)
     result.timings["download_s"] = time.monotonic() - started
     instance.configure(restore_command, target.settings())
     log(f"starting the recovering instance on port {instance.port}, target: {target.describe()}")
     instance.start()
     recovery_started = time.monotonic()
+    ahead.follow()
     try:
         info = instance.wait_until_promoted(spec, tick=log, interval_s=interval_s, promote_when_paused=target.pauses)
     except RecoveryFailed as exc:
+        ahead.stop()
         raise RecoveryFailed(explain_unreached_target(str(exc), target)) from exc
     result.timings["recovery_s"] = time.monotonic() - recovery_started
     result.timings["promote_s"] = float(info.get("promote_s") or 0.0)
+    promoted_s = time.monotonic() - started
+    ahead.stop()
     shutil.rmtree(instance.spool_dir, ignore_errors=True)  # segments fetched ahead past the target: never needed now
+    result.prefetched_segments, result.prefetch_runs = ahead.fetched, ahead.runs
     result.replay_lsn = info.get("replay_lsn")
     result.segments_restored = int(info.get("segments_restored") or 0)
     try:
@@ -158,7 +219,7 @@ def recover(engine: BarmanCloud, instance: ScratchInstance, backup: BaseBackup, 
         log_text = ""
     result.recovered_to = recovered_time_from_log(log_text) or info.get("replayed_to")
     result.restored_bytes = directory_bytes(instance.data_dir)
-    result.timings["total_s"] = time.monotonic() - started
+    result.timings["total_s"] = promoted_s  # until the promoted instance accepted connections
     log(f"promoted at {target.describe()}: recovered to {result.recovered_to}, {result.segments_restored} WAL segment(s) "
         f"replayed, RTO {result.rto_s:.1f} s")
     return result

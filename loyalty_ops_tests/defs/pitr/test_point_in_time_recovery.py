@@ -155,23 +155,48 @@ def test_restore_to_a_second_between_t2_and_t3_has_t1_and_t2_and_not_t3(
         shutil.rmtree(target_dir, ignore_errors=True)
 
 
-def test_wal_fetched_ahead_is_whole_segments_and_a_failed_fetch_leaves_an_empty_spool(base_backup_run, pitr_resources, tmp_path):
-    """What the recovering instance finds in its spool before it starts: whole segments from the base backup's
-    first one on, or (when fetching ahead fails) nothing, and the log says recovery fetches each itself."""
+def test_wal_is_fetched_ahead_as_whole_segments_and_refilled_as_recovery_takes_them(
+    base_backup_run, archiving_cluster, pitr_resources, pitr_location, s3_server, tmp_path
+):
+    """What the recovering instance finds in its spool: whole segments from the base backup's first one on,
+    two at first, then (following recovery) refilled in order as it takes them, until the end of the archive;
+    a fetch that fails leaves nothing, and the log says recovery fetches each segment itself."""
     engine = pitr_resources["pitr"].engine(pitr_resources["offsite"], pitr_resources["postgres"])
     begin_wal = materialization_metadata(base_backup_run, "base_backup")["begin_wal"]
+    with archiving_cluster.connect("loyalty") as conn:  # at least five segments from the base backup on
+        conn.execute("CREATE TABLE IF NOT EXISTS wal_fetch_ahead (n int)")
+        for n in range(5):
+            conn.execute("INSERT INTO wal_fetch_ahead VALUES (%s)", (n,))
+            (segment,) = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+            conn.execute("SELECT pg_switch_wal()")
+    wait_in_bucket(s3_server.client(), pitr_location, segment, timeout_s=60)
+    spool = tmp_path / "walspool"
     lines: list[str] = []
-    ahead = WalPrefetch(engine, begin_wal, tmp_path / "spool", 4)
+    ahead = WalPrefetch(engine, begin_wal, spool, 2)
     ahead.start()
-    fetched = ahead.join(lines.append)
-    files = sorted((tmp_path / "spool").iterdir())
-    assert fetched == len(files) >= 1 and files[0].name == begin_wal, lines
-    assert all(f.stat().st_size == 16 * 1024 * 1024 for f in files) and "fetched ahead" in lines[-1]
+    assert ahead.join(lines.append) == 2 and sorted(p.name for p in spool.iterdir())[0] == begin_wal, lines
+    taken = []
+    ahead.follow()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not taken or taken[-1] < segment):  # recovery takes the oldest
+            waiting = sorted(p.name for p in spool.iterdir())
+            if waiting:
+                assert (spool / waiting[0]).stat().st_size == 16 * 1024 * 1024  # whole, never a file being written
+                (spool / waiting[0]).rename(tmp_path / "RECOVERYXLOG")
+                taken.append(waiting[0])
+            time.sleep(0.05)
+    finally:
+        ahead.stop()
+    first = int(begin_wal[16:], 16)
+    assert taken[:6] == [begin_wal[:16] + f"{n:08X}" for n in range(first, first + 6)], taken  # in order, none missed
+    assert segment in taken and ahead.runs >= 3 and ahead.fetched == len(taken) + len(list(spool.iterdir()))
+    assert not (tmp_path / "walspool.incoming").exists()
     never_archived = begin_wal[:16] + "000000FE"
     failed = WalPrefetch(engine, never_archived, tmp_path / "spool2", 4)
     failed.start()
     assert failed.join(lines.append) == 0 and list((tmp_path / "spool2").iterdir()) == []
-    assert f"fetching WAL ahead from {never_archived} failed (recovery fetches each segment itself)" in lines[-1]
+    assert "fetching WAL ahead failed (recovery fetches each segment itself)" in lines[-1] and never_archived in lines[-1]
 
 
 def test_a_restore_point_the_archive_does_not_hold_fails_saying_what_that_means(
