@@ -5,6 +5,7 @@ target, with progress at least every 10 s, and the result measured (recovered ti
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import threading
 import time
@@ -88,8 +89,11 @@ class WalPrefetch:
     whole segments there. A failed run's files are discarded. Fetching ahead ends at the end of the archive (the
     engine finds no next segment) or when stopped; ``restore_command`` fetches whatever it did not."""
 
-    def __init__(self, engine: BarmanCloud, first_wal: Optional[str], spool_dir: Path, count: int):
+    def __init__(self, engine: BarmanCloud, first_wal: Optional[str], spool_dir: Path, count: int,
+                 os_user: Optional[str] = None):
         self.engine, self.spool_dir, self.count = engine, spool_dir, count
+        # the instance's OS user (when this process is root): the segments become theirs before the spool has them
+        self.owner = (pwd.getpwnam(os_user).pw_uid, pwd.getpwnam(os_user).pw_gid) if os_user and os.geteuid() == 0 else None
         self.staging = spool_dir.with_name(spool_dir.name + ".incoming")
         self.next_wal = first_wal
         self.segment_bytes = DEFAULT_SEGMENT_BYTES
@@ -115,6 +119,8 @@ class WalPrefetch:
             shutil.rmtree(self.staging, ignore_errors=True)
             return False
         for name in names:
+            if self.owner:
+                os.chown(self.staging / name, *self.owner)
             os.replace(self.staging / name, self.spool_dir / name)
         self.segment_bytes = (self.spool_dir / names[-1]).stat().st_size  # the cluster's wal_segment_size
         self.next_wal = self._successor(names[-1])
@@ -188,7 +194,7 @@ def recover(engine: BarmanCloud, instance: ScratchInstance, backup: BaseBackup, 
         log(snapshot.message())
 
     log(f"downloading base backup {backup.backup_id} (consistent from {backup.end_time}) into {instance.data_dir}")
-    ahead = WalPrefetch(engine, backup.begin_wal, instance.spool_dir, prefetch_segments)
+    ahead = WalPrefetch(engine, backup.begin_wal, instance.spool_dir, prefetch_segments, instance.os_user)
     ahead.start()
     try:
         engine.restore(backup.backup_id, instance.data_dir, tick=download_tick, interval_s=interval_s)

@@ -26,10 +26,11 @@ from loyalty_ops.defs.pitr.health import wal_archive_health, wal_archive_setting
 from devstack.postgres_cluster import server_engine_dir
 from loyalty_ops.lib.pitr.archive import segment_in_bucket
 from loyalty_ops.lib.pitr.drill import wait_in_bucket
-from loyalty_ops.lib.pitr.engine import archive_argv
-from loyalty_ops.lib.pitr.instance import ScratchInstance, free_port
+from loyalty_ops.lib.pitr.engine import archive_argv, restore_command
+from loyalty_ops.lib.pitr.instance import ScratchInstance, default_os_user, free_port
 from loyalty_ops.lib.pitr.options import LEGACY_ARCHIVE
-from loyalty_ops.lib.pitr.recover import WalPrefetch
+from loyalty_ops.lib.pitr.recover import WalPrefetch, recover
+from loyalty_ops.lib.pitr.target import RecoveryTarget
 from loyalty_ops_tests.defs.pitr.conftest import pitr_test_resource, scratch_dir
 from loyalty_ops_tests.helpers import check_evaluations, materialization_metadata
 from loyalty_ops_tests.lib.alerting.fixtures import webhook_server  # noqa: F401
@@ -172,7 +173,7 @@ def test_wal_is_fetched_ahead_as_whole_segments_and_refilled_as_recovery_takes_t
     wait_in_bucket(s3_server.client(), pitr_location, segment, timeout_s=60)
     spool = tmp_path / "walspool"
     lines: list[str] = []
-    ahead = WalPrefetch(engine, begin_wal, spool, 2)
+    ahead = WalPrefetch(engine, begin_wal, spool, 2, default_os_user())
     ahead.start()
     assert ahead.join(lines.append) == 2 and sorted(p.name for p in spool.iterdir())[0] == begin_wal, lines
     taken = []
@@ -183,6 +184,8 @@ def test_wal_is_fetched_ahead_as_whole_segments_and_refilled_as_recovery_takes_t
             waiting = sorted(p.name for p in spool.iterdir())
             if waiting:
                 assert (spool / waiting[0]).stat().st_size == 16 * 1024 * 1024  # whole, never a file being written
+                if default_os_user():  # the recovering instance's OS user reads it, not root
+                    assert (spool / waiting[0]).owner() == default_os_user()
                 (spool / waiting[0]).rename(tmp_path / "RECOVERYXLOG")
                 taken.append(waiting[0])
             time.sleep(0.05)
@@ -197,6 +200,36 @@ def test_wal_is_fetched_ahead_as_whole_segments_and_refilled_as_recovery_takes_t
     failed.start()
     assert failed.join(lines.append) == 0 and list((tmp_path / "spool2").iterdir()) == []
     assert "fetching WAL ahead failed (recovery fetches each segment itself)" in lines[-1] and never_archived in lines[-1]
+
+
+def test_a_recovery_longer_than_its_first_fetch_replays_the_segments_fetched_while_it_runs(
+    base_backup_run, archiving_cluster, pitr_resources, tmp_path
+):
+    """The whole recovery, with two segments fetched at first: the rest are fetched while the instance (the
+    postgres OS user when the tests run as root) recovers, and it replays every one of them to the end."""
+    engine = pitr_resources["pitr"].engine(pitr_resources["offsite"], pitr_resources["postgres"])
+    backup = max(engine.list_backups(), key=lambda b: b.end_time)
+    with archiving_cluster.connect("loyalty") as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS wal_fetch_ahead (n int)")
+        for n in range(100, 106):  # six more segments after the base backup
+            conn.execute("INSERT INTO wal_fetch_ahead VALUES (%s)", (n,))
+            (segment,) = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+            conn.execute("SELECT pg_switch_wal()")
+    wait_in_bucket(pitr_resources["offsite"].client(), engine.location, segment, timeout_s=60)
+    instance = ScratchInstance(scratch_dir() / "recovered", free_port(), archiving_cluster.bin_dir,
+                               environment={"PATH": "/usr/bin:/bin", **engine.access.env()})
+    try:
+        result = recover(engine, instance, backup, RecoveryTarget("latest"),
+                         restore_command(server_engine_dir(), engine.location, engine.access, str(instance.spool_dir)),
+                         pitr_resources["postgres"].spec(), print, interval_s=2, prefetch_segments=2)
+        assert result.prefetch_runs >= 2 and result.prefetched_segments > 2, result  # more than the first fetch
+        with instance.connect(pitr_resources["postgres"].spec(), "loyalty") as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+            assert conn.execute("SELECT count(*) FROM wal_fetch_ahead WHERE n >= 100").fetchone()[0] == 6
+        assert not instance.spool_dir.exists() and not instance.spool_dir.with_name("walspool.incoming").exists()
+    finally:
+        instance.remove()
+        shutil.rmtree(instance.base_dir.parent, ignore_errors=True)
 
 
 def test_a_restore_point_the_archive_does_not_hold_fails_saying_what_that_means(
