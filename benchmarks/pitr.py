@@ -554,8 +554,8 @@ def recovery_timeline(log_text: str) -> str:
            f"{statistics.median(gaps) if gaps else 0:.2f})")
     checkpoint = first("checkpoint starting: end-of-recovery", restored[-1])
     checkpoint_done = first("checkpoint complete", checkpoint) if checkpoint else None
-    paused = first("pausing at the end of recovery", restored[-1])
-    ready = first("database system is ready to accept connections", restored[-1])
+    paused = first("pausing at the end of recovery")  # the last segment is restored once more after the pause
+    ready = first("database system is ready to accept connections", paused or restored[-1])
     if checkpoint and checkpoint_done:
         out += f"; end-of-recovery checkpoint {checkpoint_done - checkpoint:.1f} s"
     if paused and ready:
