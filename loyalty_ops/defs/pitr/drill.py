@@ -18,6 +18,7 @@ from loyalty_ops.lib.concurrency import DATABASE_POOL
 from loyalty_ops.lib.pg.session import connect
 from loyalty_ops.lib.pitr.drill import new_drill_id, read_marks, wait_in_bucket, write_marks
 from loyalty_ops.lib.pitr.instance import free_port
+from loyalty_ops.lib.pitr.options import format_instance_settings
 from loyalty_ops.lib.pitr.recover import recover
 from loyalty_ops.lib.pitr.target import RecoveryTarget, choose_base_backup
 
@@ -68,7 +69,7 @@ def pitr_drill(context: dg.AssetExecutionContext, pitr: PitrResource, postgres: 
             work.mkdir(parents=True, exist_ok=True)
         base = Path(tempfile.mkdtemp(prefix="loyalty_pitr_drill_", dir=work))
         instance = pitr.recovering_instance(base, free_port(), postgres, engine, settings)
-        meta.update({"scratch_port": instance.port, "instance_settings": ",".join(f"{k}={v}" for k, v in settings.items())})
+        meta.update({"scratch_port": instance.port, "instance_settings": format_instance_settings(settings)})
         result = recover(engine, instance, backup, target, pitr.restore_command_for(engine, instance), postgres.spec(),
                          context.log.info)
         step = "verify"

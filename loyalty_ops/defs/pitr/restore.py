@@ -16,6 +16,7 @@ from loyalty_ops.lib.concurrency import job_tags
 from loyalty_ops.lib.pitr.engine import EngineError
 from loyalty_ops.lib.pitr.instance import RecoveryFailed, check_destination
 from loyalty_ops.lib.pitr.location import PitrConfigError
+from loyalty_ops.lib.pitr.options import format_instance_settings
 from loyalty_ops.lib.pitr.recover import recover
 from loyalty_ops.lib.pitr.target import RecoveryRefused, choose_base_backup, make_target
 
@@ -74,7 +75,7 @@ def pitr_restore(context: dg.OpExecutionContext, config: PitrRestoreConfig, pitr
         "base_backup_id": backup.backup_id,
         "rto_s": round(result.rto_s, 3),
         "replay_lsn": result.replay_lsn or "",
-        "server_settings": ",".join(f"{k}={v}" for k, v in instance.settings.items()),
+        "server_settings": format_instance_settings(instance.settings),
         "data_dir": str(instance.data_dir),
         "port": config.port,
         "running": config.keep_running,

@@ -170,8 +170,10 @@ class ScratchInstance:
         done = subprocess.run(self._as_user() + [f"{self.server_bin_dir}/pg_ctl", "-D", str(self.data_dir), "-W", "promote"],
                               env=dict(self.environment), capture_output=True, text=True)
         if done.returncode != 0:
-            raise RecoveryFailed(f"pg_ctl promote failed with exit code {done.returncode}: {(done.stderr or done.stdout).strip()}\n"
-                                 f"{self.log_tail()}")
+            raise RecoveryFailed(f"recovery reached its target and paused there, but pg_ctl promote failed with exit code "
+                                 f"{done.returncode}: {(done.stderr or done.stdout).strip()}. The data directory is whole "
+                                 f"at the target: start it (pg_ctl -D {self.data_dir} start; it pauses at the target again) "
+                                 f"and run pg_ctl -D {self.data_dir} promote as the server's OS user.\n{self.log_tail()}")
 
     def wait_until_promoted(self, spec: ConnectionSpec, *, tick: Optional[Callable[[str], None]] = None,
                             interval_s: float = 10.0, timeout_s: float = 6 * 3600, promote_when_paused: bool = False) -> dict:
@@ -191,15 +193,15 @@ class ScratchInstance:
                 raise RecoveryFailed(f"recovery did not finish within {timeout_s:.0f} s:\n{self.log_tail()}")
             try:
                 with self.connect(spec) as conn:
-                    in_recovery, lsn, replayed_at, pause_state = conn.execute(
+                    in_recovery, lsn, replayed_at, paused = conn.execute(
                         "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(), "
-                        "CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END"
+                        "CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END"
                     ).fetchone()
                 replay = {"replay_lsn": lsn, "replayed_to": replayed_at}
                 if not in_recovery:
                     promote_s = time.monotonic() - promoted_at if promoted_at is not None else 0.0
                     return {**replay, "segments_restored": self.restored_segments(), "wait_s": elapsed, "promote_s": promote_s}
-                if promote_when_paused and pause_state == "paused" and promoted_at is None:
+                if promote_when_paused and paused and promoted_at is None:  # only ever at the target
                     promoted_at = time.monotonic()
                     if tick is not None:
                         tick(f"recovery paused at its target (replayed to {replayed_at}, LSN {lsn}): promoting")

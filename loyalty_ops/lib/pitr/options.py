@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 from loyalty_ops.lib.pitr.location import PitrConfigError
 
@@ -154,9 +154,15 @@ def parse_instance_settings(text: Optional[str], field: str) -> dict[str, str]:
         name, eq, value = item.partition("=")
         name = name.strip().lower()
         if not eq or not SETTING_NAME.match(name):
-            raise PitrConfigError(f"{field}: {item.strip()!r} is not NAME=VALUE; example: shared_buffers=1GB,huge_pages=off")
+            raise PitrConfigError(f"{field}: {item.strip()!r} is not NAME=VALUE (items are separated by commas, so a "
+                                  "value cannot hold one); example: shared_buffers=1GB,huge_pages=off")
         if name in CONTROLLED_SETTINGS or name.startswith("recovery_target"):
             raise PitrConfigError(f"{field}: {name} is set by loyalty_ops on every recovered instance (and the target by "
                                   "the job's target_time, target_name or latest); remove it")
         out[name] = value.strip()
     return out
+
+
+def format_instance_settings(settings: Mapping[str, str]) -> str:
+    """The settings as ``parse_instance_settings`` reads them (for metadata and logs)."""
+    return ",".join(f"{name}={value}" for name, value in settings.items())

@@ -208,13 +208,13 @@ def recover(engine: BarmanCloud, instance: ScratchInstance, backup: BaseBackup, 
     ahead.follow()
     try:
         info = instance.wait_until_promoted(spec, tick=log, interval_s=interval_s, promote_when_paused=target.pauses)
+        promoted_s = time.monotonic() - started
     except RecoveryFailed as exc:
-        ahead.stop()
         raise RecoveryFailed(explain_unreached_target(str(exc), target)) from exc
-    result.timings["recovery_s"] = time.monotonic() - recovery_started
+    finally:
+        ahead.stop()  # whatever happened: nothing keeps writing into the instance's directory
+    result.timings["recovery_s"] = promoted_s - (recovery_started - started)
     result.timings["promote_s"] = float(info.get("promote_s") or 0.0)
-    promoted_s = time.monotonic() - started
-    ahead.stop()
     shutil.rmtree(instance.spool_dir, ignore_errors=True)  # segments fetched ahead past the target: never needed now
     result.prefetched_segments, result.prefetch_runs = ahead.fetched, ahead.runs
     result.replay_lsn = info.get("replay_lsn")

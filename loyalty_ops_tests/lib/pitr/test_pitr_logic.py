@@ -12,7 +12,7 @@ from loyalty_ops.lib.pitr.archive import ServerArchiver, WalObject, bucket_wal, 
 from loyalty_ops.lib.pitr.config import compose_change, server_settings
 from loyalty_ops.lib.pitr.engine import BaseBackup, S3Access, archive_command, restore_command
 from loyalty_ops.lib.pitr.location import PitrConfigError, PitrLocation, check_cron, normalise_prefix
-from loyalty_ops.lib.pitr.options import LEGACY_ARCHIVE, ArchiveOptions, BackupOptions, parse_instance_settings
+from loyalty_ops.lib.pitr.options import LEGACY_ARCHIVE, ArchiveOptions, BackupOptions, format_instance_settings, parse_instance_settings
 from loyalty_ops.lib.pitr.retention import backups_in_dry_run, plan_retention
 from loyalty_ops.lib.pitr.target import RecoveryRefused, choose_base_backup, make_target, parse_target_time
 
@@ -135,7 +135,10 @@ def test_a_recovered_instances_settings_are_parsed_and_the_ones_loyalty_ops_sets
         "shared_buffers": "1GB", "huge_pages": "off", "shared_preload_libraries": ""}  # an empty value sets it empty
     assert parse_instance_settings(None, "F") == {} and parse_instance_settings("", "F") == {}
     assert parse_instance_settings("pg_stat_statements.max=500", "F") == {"pg_stat_statements.max": "500"}
+    settings = parse_instance_settings("shared_buffers=1GB,shared_preload_libraries=", "F")
+    assert parse_instance_settings(format_instance_settings(settings), "F") == settings  # metadata reads back
     for bad, words in [("shared_buffers", "'shared_buffers' is not NAME=VALUE"), ("1x=2", "'1x=2' is not NAME=VALUE"),
+                       ("shared_preload_libraries=pg_stat_statements,auto_explain", "so a value cannot hold one"),
                        ("port=5433", "port is set by loyalty_ops"), ("archive_mode=on", "archive_mode is set by loyalty_ops"),
                        ("restore_command=cp", "restore_command is set by loyalty_ops"),
                        ("recovery_target_time=now", "the job's target_time, target_name or latest")]:
