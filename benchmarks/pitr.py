@@ -17,7 +17,10 @@
    pg_restore -j2, row counts against the manifest) into a new server without archiving, like the PITR
    restore's new instance (target <= 0.5x); and the bare floor of a logical restore (pg_restore -j2 of a local
    pg_dump -Fc file, nothing checked). In RESTORE_ROUNDS alternating rounds with the medians compared; and
-   the bare logical restore once on the live server, archiving its own WAL meanwhile.
+   the bare logical restore once on the live server, archiving its own WAL meanwhile. The source runs with
+   fsync and synchronous_commit off (a throwaway's settings, given on its command line, so not in the base
+   backup); --durable-load turns both on from the base backups on, so the load commits as production's does;
+   --source-settings sets more with ALTER SYSTEM, so they are in the base backup as production's are.
 
 Run under the machine-wide lock:  flock /tmp/loyalty-bench.lock .venv/bin/python benchmarks/pitr.py --size-mb 1400
 A smoke run:  ... benchmarks/pitr.py --size-mb 150 --load-seconds 20 --tps-seconds 15
@@ -365,6 +368,10 @@ def main() -> None:
                         "logical restore's server) in every second round: what a setting does to each")
     parser.add_argument("--restore-rounds", type=int, default=3, help="PITR and logical restores, alternating (medians)")
     parser.add_argument("--only-archiving", action="store_true", help="stop after the archiving phases (1 and 2)")
+    parser.add_argument("--durable-load", action="store_true", help="from the base backups on, the source commits as "
+                        "production does (fsync=on, synchronous_commit=on; the archiving phases keep them off)")
+    parser.add_argument("--source-settings", default="", help="NAME=VALUE,... set on the source with ALTER SYSTEM before "
+                        "the base backups (so they are in the backup, as production's are) and on the logical restore's server")
     args = parser.parse_args()
     variants = backup_variants(args.base_backups)
     say(f"machine: {machine_line()}")
@@ -388,6 +395,11 @@ def main() -> None:
                 return
 
             bench.restart(ArchiveOptions())  # the new defaults from here on
+            source_settings = dict(x.split("=", 1) for x in args.source_settings.split(",") if x)
+            if source_settings:  # in postgresql.auto.conf, so in the base backup: the recovering instance "as backed up"
+                with cluster.connect("postgres") as conn:
+                    for name, value in source_settings.items():
+                        conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
             cluster.create_database("loyalty")
             started = time.monotonic()
             with cluster.connect("loyalty") as conn:
@@ -395,6 +407,13 @@ def main() -> None:
                 conn.execute("CHECKPOINT")
                 db_bytes = conn.execute("SELECT pg_database_size('loyalty')").fetchone()[0]
             say(f"sample database {db_bytes / 1e6:.0f} MB in {time.monotonic() - started:.0f} s")
+            durable = ("fsync=on", "synchronous_commit=on") if args.durable_load else ()
+            if durable or source_settings:
+                bench.restart(ArchiveOptions(), durable)
+                with cluster.connect("postgres") as conn:
+                    shown = {name: conn.execute(f"SHOW {name}").fetchone()[0]
+                             for name in ("fsync", "synchronous_commit", "shared_buffers", *source_settings)}
+                say(f"the source from here on: {', '.join(f'{k}={v}' for k, v in shown.items())}")
             env = {**BIN_ENV, **cluster.env("loyalty")}
 
             # 3. base backups vs pg_dump -Fc -Z0 floor
@@ -451,7 +470,8 @@ def main() -> None:
                 nightly.take(cluster, database)
             # The logical restore goes into a new server of its own without archiving, like the PITR restore's
             # scratch instance (and, unlike it, with fsync off: the stricter baseline of the two).
-            fresh = LocalPostgres(password=os.urandom(8).hex(), base_dir=work / "logical", settings=bench.base_settings)
+            logical_base = (*bench.base_settings, *(f"{k}={v}" for k, v in source_settings.items()))
+            fresh = LocalPostgres(password=os.urandom(8).hex(), base_dir=work / "logical", settings=logical_base)
             fresh.start()
             rounds: list[dict] = []
             try:
@@ -470,7 +490,7 @@ def main() -> None:
                         say("recovery, from the recovering instance's log: " + recovery_timeline(instance.log_file.read_text()))
                     finally:
                         instance.remove()
-                    wanted = (*bench.base_settings, *(f"{k}={v}" for k, v in extra.items()))
+                    wanted = (*logical_base, *(f"{k}={v}" for k, v in extra.items()))
                     if tuple(fresh.settings) != wanted:  # the logical restore's server gets the same settings
                         fresh.stop()
                         fresh.settings = wanted
