@@ -52,11 +52,13 @@ from loyalty_ops.lib.pitr.archive import wal_file_name  # noqa: E402
 from loyalty_ops.lib.pitr.engine import BarmanCloud, S3Access, archive_argv, archive_command, restore_command  # noqa: E402
 from loyalty_ops.lib.pitr.instance import ScratchInstance  # noqa: E402
 from loyalty_ops.lib.pitr.location import PitrLocation  # noqa: E402
-from loyalty_ops.lib.pitr.options import LEGACY_ARCHIVE, LEGACY_BACKUP, ArchiveOptions, BackupOptions  # noqa: E402
+from loyalty_ops.lib.pitr.options import (LEGACY_ARCHIVE, LEGACY_BACKUP, ArchiveOptions, BackupOptions,  # noqa: E402
+                                          format_instance_settings, parse_instance_settings)
 from loyalty_ops.lib.pitr.recover import recover  # noqa: E402
 from loyalty_ops.lib.pitr.target import RecoveryTarget  # noqa: E402
 
 import dagster as dg  # noqa: E402
+from psycopg import sql  # noqa: E402
 from dagster_aws.s3 import S3Resource  # noqa: E402
 from loyalty_ops.defs.backups.assets import database_backup  # noqa: E402
 from loyalty_ops.defs.backups.checks import BACKUP_CHECKS  # noqa: E402
@@ -374,6 +376,7 @@ def main() -> None:
                         "the base backups (so they are in the backup, as production's are) and on the logical restore's server")
     args = parser.parse_args()
     variants = backup_variants(args.base_backups)
+    recovery_settings = parse_instance_settings(args.recovery_settings, "--recovery-settings")  # refused before anything runs
     say(f"machine: {machine_line()}")
     work = Path(tempfile.mkdtemp(prefix="loyalty-bench-pitr-"))
     os.chmod(work, 0o755)
@@ -395,11 +398,11 @@ def main() -> None:
                 return
 
             bench.restart(ArchiveOptions())  # the new defaults from here on
-            source_settings = dict(x.split("=", 1) for x in args.source_settings.split(",") if x)
+            source_settings = parse_instance_settings(args.source_settings, "--source-settings")
             if source_settings:  # in postgresql.auto.conf, so in the base backup: the recovering instance "as backed up"
                 with cluster.connect("postgres") as conn:
                     for name, value in source_settings.items():
-                        conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+                        conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
             cluster.create_database("loyalty")
             started = time.monotonic()
             with cluster.connect("loyalty") as conn:
@@ -477,7 +480,7 @@ def main() -> None:
             try:
                 for number in range(1, args.restore_rounds + 1):
                     # with --recovery-settings, every second round runs with them on the recovering instance
-                    extra = dict(x.split("=", 1) for x in args.recovery_settings.split(",") if x) if number % 2 == 0 else {}
+                    extra = recovery_settings if number % 2 == 0 else {}
                     if extra:
                         say(f"round {number} with {extra} on the recovering instance")
                     instance = ScratchInstance(work / "recovered", free_port(), cluster.bin_dir, settings=extra,
@@ -502,7 +505,7 @@ def main() -> None:
                                    "segments": result.segments_restored, "prefetched": result.prefetched_segments,
                                    "logical_s": sum(logical.values()), "logical_loyalty_s": logical["loyalty"],
                                    "job_s": sum(job.values()), "job_loyalty_s": job["loyalty"],
-                                   "settings": ",".join(f"{k}={v}" for k, v in extra.items()) or "as backed up"})
+                                   "settings": format_instance_settings(extra) or "as backed up"})
                     say(f"round {number}: PITR restore {result.rto_s:.1f} s (download {result.timings['download_s']:.1f} s, "
                         f"replay of {result.segments_restored} segments {result.timings['recovery_s']:.1f} s, of which "
                         f"promotion {result.timings['promote_s']:.1f} s; {result.prefetched_segments} fetched ahead); "
