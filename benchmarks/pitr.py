@@ -490,7 +490,7 @@ def main() -> None:
                                          restore_command(server_engine_dir(), bench.location, bench.access,
                                                          str(instance.spool_dir), prefetch=args.prefetch),
                                          cluster.spec(), say)
-                        say("recovery, from the recovering instance's log: " + recovery_timeline(instance.log_file.read_text()))
+                        say("recovery, from the recovering instance's log: " + recovery_timeline(instance.log_text()))
                     finally:
                         instance.remove()
                     wanted = (*logical_base, *(f"{k}={v}" for k, v in extra.items()))

@@ -83,6 +83,8 @@ def archive_command(server_bin_dir: str, location: PitrLocation, access: S3Acces
 # Timeline 1 is where every cluster starts; a history file is only ever written for a timeline a promotion
 # created (2 and up), so recovery's question for 00000001.history is answered "no" without asking the bucket.
 FIRST_TIMELINE_HISTORY = "00000001.history"
+# The suffix of the segment restore_command last took from the spool (kept for PostgreSQL's second request).
+TAKEN_SUFFIX = ".taken"
 
 
 def restore_command(server_bin_dir: str, location: PitrLocation, access: S3Access, spool_dir: Optional[str] = None,
@@ -93,6 +95,11 @@ def restore_command(server_bin_dir: str, location: PitrLocation, access: S3Acces
     (about 0.4 s of CPU for Python and boto3 per start), and timeline 1's history file, which cannot exist, is
     not asked for.
 
+    The segment last taken from the spool stays there as ``<name>.taken`` (a hard link, the one before it is
+    removed): at the end of recovery PostgreSQL asks for the last segment once more, and gets it from there
+    without an engine start either. A segment's content never changes under its name, so that copy is the
+    segment.
+
     The engine itself delivers from the spool the same way (a move, before anything else), and PostgreSQL
     runs ``restore_command`` one call at a time, after the engine that filled the spool has waited for all its
     downloads and exited, so a file in the spool is always whole when the next call finds it."""
@@ -101,9 +108,11 @@ def restore_command(server_bin_dir: str, location: PitrLocation, access: S3Acces
             location.url, location.server_name, "%f", "%p"]
     if not parallel:
         return _quoted(argv)
-    spooled = f"{shlex.quote(spool_dir.rstrip('/'))}/%f"  # type: ignore[union-attr]
-    return (f"test %f != {FIRST_TIMELINE_HISTORY} && {{ {{ test -f {spooled} && mv -f {spooled} %p; }} || "
-            f"{_quoted(argv)}; }}")
+    spool = shlex.quote(spool_dir.rstrip('/'))  # type: ignore[union-attr]
+    spooled, taken = f"{spool}/%f", f"{spool}/%f{TAKEN_SUFFIX}"
+    return (f"test %f != {FIRST_TIMELINE_HISTORY} && {{ {{ test -f {spooled} && {{ rm -f {spool}/*{TAKEN_SUFFIX}; "
+            f"ln -f {spooled} {taken} 2>/dev/null; mv -f {spooled} %p; }}; }} || "
+            f"{{ test -f {taken} && cp {taken} %p; }} || {_quoted(argv)}; }}")
 
 
 def _parse_time(value: Optional[str]) -> Optional[datetime]:

@@ -23,11 +23,19 @@ import psycopg
 from loyalty_ops.lib.backup.tempfiles import pid_alive
 from loyalty_ops.lib.pg.tools import RUNUSER
 from loyalty_ops.lib.pg.connection import ConnectionSpec
+from loyalty_ops.lib.pitr.options import INSTANCE_LOG_SETTINGS, REPLAY_SETTINGS
 from loyalty_ops.lib.pitr.target import RecoveryRefused
 
 RESTORED_LINE = re.compile(r'restored log file "([0-9A-F]{24})" from archive')
 RESTORE_POINT_LINE = re.compile(r"recovery stopping at restore point .*, time ([0-9-]+ [0-9:.]+[+-][0-9]+)")
+TIMESTAMPED_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:  (.*)$")
 LAST_COMMIT_LINE = re.compile(r"last completed transaction was at log time ([0-9-]+ [0-9:.]+[+-][0-9]+)")
+
+
+# How often recovery's progress is read while it runs (one query on an open connection), and how often a
+# connection is tried until the instance accepts one (each refused try is a line in the server log).
+POLL_S = 0.1
+CONNECT_RETRY_S = 0.25
 
 
 class RecoveryFailed(RuntimeError):
@@ -115,7 +123,8 @@ class ScratchInstance:
                  *(f"{k} = {_quote_setting(v)}" for k, v in self.settings.items()),
                  f"restore_command = {_quote_setting(restore_command)}", "archive_mode = off", "hot_standby = on",
                  "ssl = off", "listen_addresses = '127.0.0.1'", f"port = {int(self.port)}",
-                 f"unix_socket_directories = {_quote_setting(str(self.socket_dir))}"]
+                 f"unix_socket_directories = {_quote_setting(str(self.socket_dir))}",
+                 *(f"{k} = {_quote_setting(v)}" for k, v in {**INSTANCE_LOG_SETTINGS, **REPLAY_SETTINGS}.items())]
         lines += [f"{k} = {_quote_setting(v)}" for k, v in target_settings.items()]
         with open(self.data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
@@ -147,28 +156,43 @@ class ScratchInstance:
             return False
         return pid_alive(pid)
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_text(self) -> str:
         try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+            return self.log_file.read_text(errors="replace")
         except OSError:
-            return "(no server log)"
+            return ""
 
-    def restored_segments(self) -> int:
-        try:
-            return len(set(RESTORED_LINE.findall(self.log_file.read_text(errors="replace"))))
-        except OSError:
-            return 0
+    def log_tail(self, lines: int = 15) -> str:
+        text = self.log_text()
+        return "\n".join(text.splitlines()[-lines:]) if text else "(no server log)"
+
+    def restored_segments(self, log_text: Optional[str] = None) -> int:
+        return len(set(RESTORED_LINE.findall(self.log_text() if log_text is None else log_text)))
 
     def connect(self, spec: ConnectionSpec, dbname: str = "postgres") -> psycopg.Connection:
         local = ConnectionSpec(host="127.0.0.1", port=self.port, user=spec.user, password=spec.password or spec.passfile_password(),
                                dbname=dbname, sslmode="disable", connect_timeout=5)
         return psycopg.connect(**local.psycopg_kwargs(), autocommit=True)  # type: ignore[arg-type]
 
+    def _pg_ctl_promote(self) -> subprocess.CompletedProcess:
+        return subprocess.run(self._as_user() + [f"{self.server_bin_dir}/pg_ctl", "-D", str(self.data_dir), "-W", "promote"],
+                              env=dict(self.environment), capture_output=True, text=True)
+
+    def request_promotion_ahead(self) -> Optional[str]:
+        """Asks a recovering instance to promote once recovery has reached its target (None, or why it could not).
+
+        In archive recovery (``recovery.signal``, not a standby) PostgreSQL reads a promotion request only where
+        replay waits: at the target, where ``recovery_target_action = pause`` stops, it finds the request at
+        once and ends recovery as a promotion (without waiting for an end-of-recovery checkpoint), instead of
+        noticing one sent after the pause on its next one-second check. Replay up to the target goes on as
+        before, and a target the WAL does not reach still fails recovery."""
+        done = self._pg_ctl_promote()
+        return None if done.returncode == 0 else (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
+
     def promote(self) -> None:
         """Asks the instance to end recovery now (``pg_ctl promote`` signals the postmaster; no database
         privilege is needed, unlike ``pg_promote()``)."""
-        done = subprocess.run(self._as_user() + [f"{self.server_bin_dir}/pg_ctl", "-D", str(self.data_dir), "-W", "promote"],
-                              env=dict(self.environment), capture_output=True, text=True)
+        done = self._pg_ctl_promote()
         if done.returncode != 0:
             raise RecoveryFailed(f"recovery reached its target and paused there, but pg_ctl promote failed with exit code "
                                  f"{done.returncode}: {(done.stderr or done.stdout).strip()}. The data directory is whole "
@@ -176,45 +200,60 @@ class ScratchInstance:
                                  f"and run pg_ctl -D {self.data_dir} promote as the server's OS user.\n{self.log_tail()}")
 
     def wait_until_promoted(self, spec: ConnectionSpec, *, tick: Optional[Callable[[str], None]] = None,
-                            interval_s: float = 10.0, timeout_s: float = 6 * 3600, promote_when_paused: bool = False) -> dict:
+                            interval_s: float = 10.0, timeout_s: float = 6 * 3600, promote_at_target: bool = False) -> dict:
         """Waits until recovery has reached its target and the instance accepts writes. Reports progress (WAL
-        segments restored, replay position and time) at least every ``interval_s``. With ``promote_when_paused``
-        (``recovery_target_action = pause``) it promotes the instance once recovery has paused at the target.
-        Returns what was recovered (and ``promote_s``: from the pause to accepting writes)."""
+        segments restored, replay position and time) at least every ``interval_s``. With ``promote_at_target``
+        (``recovery_target_action = pause``) the promotion is requested as soon as the instance accepts
+        connections, so PostgreSQL promotes the moment it reaches the target; should recovery be found paused
+        there all the same, it is promoted then. Returns what was recovered, with ``promote_s`` (from the
+        target reached to accepting writes, from the server log)."""
         started = time.monotonic()
         last_tick = started
         replay: dict = {}
-        promoted_at: Optional[float] = None
-        while True:
-            elapsed = time.monotonic() - started
-            if not self.running() and elapsed > 1.0:
-                raise RecoveryFailed(f"the recovering instance stopped before reaching its target:\n{self.log_tail()}")
-            if elapsed > timeout_s:
-                raise RecoveryFailed(f"recovery did not finish within {timeout_s:.0f} s:\n{self.log_tail()}")
-            try:
-                with self.connect(spec) as conn:
+        requested_ahead = promoted_at_pause = False
+        conn: Optional[psycopg.Connection] = None  # one connection, once the instance accepts them
+        try:
+            while True:
+                elapsed = time.monotonic() - started
+                if not self.running() and elapsed > 1.0:
+                    raise RecoveryFailed(f"the recovering instance stopped before reaching its target:\n{self.log_tail()}")
+                if elapsed > timeout_s:
+                    raise RecoveryFailed(f"recovery did not finish within {timeout_s:.0f} s:\n{self.log_tail()}")
+                try:
+                    if conn is None or conn.closed:
+                        conn = self.connect(spec)
                     in_recovery, lsn, replayed_at, paused = conn.execute(
                         "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(), "
                         "CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END"
                     ).fetchone()
-                replay = {"replay_lsn": lsn, "replayed_to": replayed_at}
-                if not in_recovery:
-                    promote_s = time.monotonic() - promoted_at if promoted_at is not None else 0.0
-                    return {**replay, "segments_restored": self.restored_segments(), "wait_s": elapsed, "promote_s": promote_s}
-                if promote_when_paused and paused and promoted_at is None:  # only ever at the target
-                    promoted_at = time.monotonic()
-                    if tick is not None:
-                        tick(f"recovery paused at its target (replayed to {replayed_at}, LSN {lsn}): promoting")
-                    self.promote()
-            except psycopg.OperationalError:
-                pass  # not consistent yet: connections are refused until then
-            except psycopg.errors.ObjectNotInPrerequisiteState:
-                pass  # promoted between the two calls of the query ("recovery is not in progress"): asked again
-            if tick is not None and time.monotonic() - last_tick >= interval_s:
-                last_tick = time.monotonic()
-                where = f", replayed to {replay['replayed_to']} (LSN {replay['replay_lsn']})" if replay.get("replay_lsn") else ""
-                tick(f"recovering: {self.restored_segments()} WAL segment(s) restored{where}, {elapsed:.0f} s elapsed")
-            time.sleep(0.25)
+                    replay = {"replay_lsn": lsn, "replayed_to": replayed_at}
+                    if not in_recovery:
+                        log_text = self.log_text()
+                        return {**replay, "segments_restored": self.restored_segments(log_text), "wait_s": elapsed,
+                                "promote_s": promotion_seconds(log_text) or 0.0}
+                    if promote_at_target and not requested_ahead:
+                        requested_ahead = True
+                        refused = self.request_promotion_ahead()
+                        if tick is not None and refused:
+                            tick(f"requesting the promotion ahead failed ({refused}); it is requested at the target")
+                    if promote_at_target and paused and not promoted_at_pause:  # only ever at the target
+                        promoted_at_pause = True
+                        if tick is not None:
+                            tick(f"recovery paused at its target (replayed to {replayed_at}, LSN {lsn}): promoting")
+                        self.promote()
+                except psycopg.OperationalError:
+                    if conn is not None:  # not consistent yet (connections are refused until then), or the connection was lost
+                        conn.close()
+                except psycopg.errors.ObjectNotInPrerequisiteState:
+                    pass  # promoted between the two calls of the query ("recovery is not in progress"): asked again
+                if tick is not None and time.monotonic() - last_tick >= interval_s:
+                    last_tick = time.monotonic()
+                    where = f", replayed to {replay['replayed_to']} (LSN {replay['replay_lsn']})" if replay.get("replay_lsn") else ""
+                    tick(f"recovering: {self.restored_segments()} WAL segment(s) restored{where}, {elapsed:.0f} s elapsed")
+                time.sleep(POLL_S if conn is not None and not conn.closed else CONNECT_RETRY_S)
+        finally:
+            if conn is not None:
+                conn.close()
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():
@@ -225,6 +264,23 @@ class ScratchInstance:
         """Stops the instance and deletes its directory (the whole ``base_dir``)."""
         self.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def promotion_seconds(log_text: str) -> Optional[float]:
+    """Seconds from the end of replay (the target reached: "recovery stopping ...", else "redo done") to the
+    server accepting connections, from the log lines' timestamps (INSTANCE_LOG_SETTINGS: stamped in UTC);
+    None when the log does not say."""
+    stamps = []
+    for line in log_text.splitlines():
+        found = TIMESTAMPED_LINE.match(line)
+        if found:
+            stamps.append((datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S.%f"), found.group(2)))
+    ended = next((at for at, message in stamps if message.startswith("recovery stopping")), None) or \
+        next((at for at, message in stamps if message.startswith("redo done")), None)
+    if ended is None:
+        return None
+    ready = next((at for at, message in stamps if at >= ended and message.startswith("database system is ready to accept connections")), None)
+    return (ready - ended).total_seconds() if ready else None
 
 
 def recovered_time_from_log(log_text: str) -> Optional[datetime]:

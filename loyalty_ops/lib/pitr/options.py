@@ -136,10 +136,16 @@ class BackupOptions:
 LEGACY_BACKUP = BackupOptions("gzip", 2)
 
 
+# The recovered instance logs into its own file (server.log beside the data directory), whatever the source's
+# logging: every line stamped in UTC, which is how the job reads how far recovery went and what it took.
+INSTANCE_LOG_SETTINGS = {"logging_collector": "off", "log_destination": "stderr", "log_line_prefix": "%m [%p] ",
+                         "log_timezone": "UTC"}
+# Replay never waits on purpose: a delayed standby's setting in the source's configuration does not apply here.
+REPLAY_SETTINGS = {"recovery_min_apply_delay": "0"}
 # What loyalty_ops sets on every recovering instance and no setting may change: where it listens, that it never
-# archives into the live archive, how it fetches WAL, and (from the job's target) where recovery stops.
+# archives into the live archive, how it fetches WAL, where it logs, and (from the job's target) where recovery stops.
 CONTROLLED_SETTINGS = ("port", "listen_addresses", "unix_socket_directories", "archive_mode", "archive_command",
-                       "archive_library", "restore_command", "hot_standby", "ssl")
+                       "archive_library", "restore_command", "hot_standby", "ssl", *INSTANCE_LOG_SETTINGS, *REPLAY_SETTINGS)
 SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
 
 

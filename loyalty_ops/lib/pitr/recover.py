@@ -207,7 +207,7 @@ def recover(engine: BarmanCloud, instance: ScratchInstance, backup: BaseBackup, 
     recovery_started = time.monotonic()
     ahead.follow()
     try:
-        info = instance.wait_until_promoted(spec, tick=log, interval_s=interval_s, promote_when_paused=target.pauses)
+        info = instance.wait_until_promoted(spec, tick=log, interval_s=interval_s, promote_at_target=target.pauses)
         promoted_s = time.monotonic() - started
     except RecoveryFailed as exc:
         raise RecoveryFailed(explain_unreached_target(str(exc), target)) from exc
@@ -219,11 +219,7 @@ def recover(engine: BarmanCloud, instance: ScratchInstance, backup: BaseBackup, 
     result.prefetched_segments, result.prefetch_runs = ahead.fetched, ahead.runs
     result.replay_lsn = info.get("replay_lsn")
     result.segments_restored = int(info.get("segments_restored") or 0)
-    try:
-        log_text = instance.log_file.read_text(errors="replace")
-    except OSError:
-        log_text = ""
-    result.recovered_to = recovered_time_from_log(log_text) or info.get("replayed_to")
+    result.recovered_to = recovered_time_from_log(instance.log_text()) or info.get("replayed_to")
     result.restored_bytes = directory_bytes(instance.data_dir)
     result.timings["total_s"] = promoted_s  # until the promoted instance accepted connections
     log(f"promoted at {target.describe()}: recovered to {result.recovered_to}, {result.segments_restored} WAL segment(s) "

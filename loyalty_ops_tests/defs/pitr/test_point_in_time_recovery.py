@@ -232,6 +232,51 @@ def test_a_recovery_longer_than_its_first_fetch_replays_the_segments_fetched_whi
         shutil.rmtree(instance.base_dir.parent, ignore_errors=True)
 
 
+def test_the_promotion_asked_for_ahead_is_taken_at_the_restore_point_and_never_before_it(
+    base_backup_run, archiving_cluster, pitr_resources, tmp_path
+):
+    """The promotion is requested as soon as the recovering instance accepts connections, long before the
+    target (each segment is held back half a second here; the source's own logging does not move the log). PostgreSQL still replays up to the restore point,
+    the row before it is there and the row after it is not, and it promotes the moment it pauses there,
+    without the job having to promote it at the pause."""
+    engine = pitr_resources["pitr"].engine(pitr_resources["offsite"], pitr_resources["postgres"])
+    backup = max(engine.list_backups(), key=lambda b: b.end_time)
+    with archiving_cluster.connect("loyalty") as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS promoted_ahead (n int)")
+        for n in range(4):  # segments to replay after the instance accepts connections
+            conn.execute("INSERT INTO promoted_ahead VALUES (%s)", (n,))
+            conn.execute("SELECT pg_switch_wal()")
+        conn.execute("INSERT INTO promoted_ahead VALUES (10)")
+        conn.execute("SELECT pg_create_restore_point('promoted_ahead')")
+        conn.execute("INSERT INTO promoted_ahead VALUES (11)")  # after the target
+        (segment,) = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+        conn.execute("SELECT pg_switch_wal()")
+    wait_in_bucket(pitr_resources["offsite"].client(), engine.location, segment, timeout_s=60)
+    # a source that logs through its own collector with its own prefix: the recovered instance's log stays ours
+    source_logging = {"logging_collector": "on", "log_line_prefix": "%t %u ", "log_timezone": "Africa/Harare"}
+    instance = ScratchInstance(scratch_dir() / "recovered", free_port(), archiving_cluster.bin_dir, settings=source_logging,
+                               environment={"PATH": "/usr/bin:/bin", **engine.access.env()})
+    lines: list[str] = []
+    try:
+        slow = "sleep 0.5; " + restore_command(server_engine_dir(), engine.location, engine.access, str(instance.spool_dir))
+        result = recover(engine, instance, backup, RecoveryTarget("name", name="promoted_ahead"), slow,
+                         pitr_resources["postgres"].spec(), lines.append, interval_s=2)
+        with instance.connect(pitr_resources["postgres"].spec(), "loyalty") as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+            assert [n for (n,) in conn.execute("SELECT n FROM promoted_ahead ORDER BY n")] == [0, 1, 2, 3, 10]
+        server_log = instance.log_text()
+        assert "recovery stopping at restore point \"promoted_ahead\"" in server_log
+        # the request was there when recovery paused: read at once, not promoted by the job at the pause
+        paused = server_log.index("pausing at the end of recovery")
+        assert "received promote request" in server_log[paused:paused + 400], server_log[paused:paused + 400]
+        assert not any("recovery paused at its target" in line for line in lines), lines
+        assert "checkpoint starting: end-of-recovery" not in server_log and 0 < result.timings["promote_s"] < 5
+        assert result.segments_restored >= 5 and not (instance.data_dir / "log").exists()  # read from server.log
+    finally:
+        instance.remove()
+        shutil.rmtree(instance.base_dir.parent, ignore_errors=True)
+
+
 def test_a_restore_point_the_archive_does_not_hold_fails_saying_what_that_means(
     base_backup_run, archiving_cluster, pitr_resources, pitr_instance
 ):

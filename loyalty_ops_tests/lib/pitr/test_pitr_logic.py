@@ -11,6 +11,7 @@ import pytest
 from loyalty_ops.lib.pitr.archive import ServerArchiver, WalObject, bucket_wal, judge, segment_name, segment_parts
 from loyalty_ops.lib.pitr.config import compose_change, server_settings
 from loyalty_ops.lib.pitr.engine import BaseBackup, S3Access, archive_command, restore_command
+from loyalty_ops.lib.pitr.instance import promotion_seconds
 from loyalty_ops.lib.pitr.location import PitrConfigError, PitrLocation, check_cron, normalise_prefix
 from loyalty_ops.lib.pitr.options import LEGACY_ARCHIVE, ArchiveOptions, BackupOptions, format_instance_settings, parse_instance_settings
 from loyalty_ops.lib.pitr.retention import backups_in_dry_run, plan_retention
@@ -97,10 +98,13 @@ def test_the_generated_commands_carry_no_secret_and_quote_their_arguments():
         "/opt/barman/bin/barman-cloud-wal-archive --endpoint-url http://127.0.0.1:9000 -e AES256 --gzip --compression-level 6 "
         "s3://loyalty-offsite/pitr loyalty %p")  # what archive_command ran before the levers, at full priority
     assert restore_command("/opt/barman/bin", LOCATION, ACCESS, "/tmp/x/wal spool") == (
-        "test %f != 00000001.history && { { test -f '/tmp/x/wal spool'/%f && mv -f '/tmp/x/wal spool'/%f %p; } || "
+        "test %f != 00000001.history && { { test -f '/tmp/x/wal spool'/%f && { rm -f '/tmp/x/wal spool'/*.taken; "
+        "ln -f '/tmp/x/wal spool'/%f '/tmp/x/wal spool'/%f.taken 2>/dev/null; mv -f '/tmp/x/wal spool'/%f %p; }; } || "
+        "{ test -f '/tmp/x/wal spool'/%f.taken && cp '/tmp/x/wal spool'/%f.taken %p; } || "
         "/opt/barman/bin/barman-cloud-wal-restore --endpoint-url http://127.0.0.1:9000 --parallel 16 "
         "--spool-dir '/tmp/x/wal spool' s3://loyalty-offsite/pitr loyalty %f %p; }"
-    )  # a prefetched segment is moved into place without starting the engine; timeline 1 has no history file
+    )  # a prefetched segment is moved into place without starting the engine (and the last one kept for a second
+    # request); timeline 1 has no history file
     assert restore_command("/opt/barman/bin", LOCATION, ACCESS) == (
         "/opt/barman/bin/barman-cloud-wal-restore --endpoint-url http://127.0.0.1:9000 s3://loyalty-offsite/pitr loyalty %f %p")
     settings = server_settings("/opt/barman/bin", LOCATION, ACCESS, 60)
@@ -122,10 +126,17 @@ def test_the_recovering_instances_restore_command_as_the_shell_runs_it(tmp_path)
         line = command.replace("%f", name).replace("%p", str(wal / "RECOVERYXLOG"))
         return subprocess.run(["/bin/sh", "-c", line], capture_output=True).returncode
 
-    segment = "000000010000000000000007"
+    segment, following = "000000010000000000000007", "000000010000000000000008"
     (spool / segment).write_bytes(b"w" * 1024)
+    (spool / following).write_bytes(b"x" * 1024)
     assert run(segment) == 0 and (wal / "RECOVERYXLOG").read_bytes() == b"w" * 1024 and not (spool / segment).exists()
-    assert run(segment) == 127  # not in the spool (any more): the engine is asked
+    (wal / "RECOVERYXLOG").rename(wal / segment)  # as PostgreSQL keeps a restored segment
+    # PostgreSQL asks for the last segment again when recovery ends: the copy kept beside the spool answers
+    assert run(segment) == 0 and (wal / "RECOVERYXLOG").read_bytes() == b"w" * 1024
+    assert (wal / segment).read_bytes() == b"w" * 1024  # a copy: PostgreSQL's own file is untouched
+    assert run(following) == 0 and (wal / "RECOVERYXLOG").read_bytes() == b"x" * 1024
+    assert sorted(p.name for p in spool.iterdir()) == [following + ".taken"]  # only the last taken is kept
+    assert run(segment) == 127  # neither in the spool nor the last taken: the engine is asked
     assert run("00000002.history") == 127  # a later timeline's history may exist: the engine is asked
     assert run("00000001.history") == 1  # never exists: answered without the engine
 
@@ -141,10 +152,31 @@ def test_a_recovered_instances_settings_are_parsed_and_the_ones_loyalty_ops_sets
                        ("shared_preload_libraries=pg_stat_statements,auto_explain", "so a value cannot hold one"),
                        ("port=5433", "port is set by loyalty_ops"), ("archive_mode=on", "archive_mode is set by loyalty_ops"),
                        ("restore_command=cp", "restore_command is set by loyalty_ops"),
+                       ("logging_collector=on", "logging_collector is set by loyalty_ops"),
+                       ("recovery_min_apply_delay=5min", "recovery_min_apply_delay is set by loyalty_ops"),
                        ("recovery_target_time=now", "the job's target_time, target_name or latest")]:
         with pytest.raises(PitrConfigError) as refused:
             parse_instance_settings(bad, "server_settings")
         assert str(refused.value).startswith("server_settings: ") and words in str(refused.value), str(refused.value)
+
+
+def test_the_promotion_is_timed_from_the_target_reached_to_accepting_connections():
+    """From the recovered instance's own log (stamped in UTC, whatever the source's logging): the end of replay
+    (the target reached, or for ``latest`` the end of the WAL) to the server accepting connections."""
+    log = """2026-12-02 22:29:42.639 UTC [1322] LOG:  database system is ready to accept read-only connections
+2026-12-02 22:29:43.837 UTC [1328] LOG:  restored log file "000000010000000000000017" from archive
+2026-12-02 22:29:44.383 UTC [1328] LOG:  recovery stopping before commit of transaction 125648, time 2026-12-02 22:29:38.441326+00
+2026-12-02 22:29:44.383 UTC [1328] LOG:  pausing at the end of recovery
+2026-12-02 22:29:44.383 UTC [1328] LOG:  received promote request
+2026-12-02 22:29:44.383 UTC [1328] LOG:  redo done at 0/17792870 system usage: CPU: user: 0.50 s, system: 0.70 s, elapsed: 1.75 s
+2026-12-02 22:29:44.721 UTC [1328] LOG:  selected new timeline ID: 2
+2026-12-02 22:29:44.793 UTC [1322] LOG:  database system is ready to accept connections
+"""
+    assert promotion_seconds(log) == pytest.approx(0.41)
+    latest = "\n".join(line for line in log.splitlines() if "recovery stopping" not in line)
+    assert promotion_seconds(latest) == pytest.approx(0.41)  # from "redo done"
+    assert promotion_seconds(log.replace("ready to accept connections", "shutting down")) is None  # never ready
+    assert promotion_seconds("LOG:  redo done at 0/1") is None  # no timestamps: not guessed
 
 
 def test_location_rules():
