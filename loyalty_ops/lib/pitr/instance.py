@@ -205,8 +205,7 @@ class ScratchInstance:
         segments restored, replay position and time) at least every ``interval_s``. With ``promote_at_target``
         (``recovery_target_action = pause``) the promotion is requested as soon as the instance accepts
         connections, so PostgreSQL promotes the moment it reaches the target; should recovery be found paused
-        there all the same, it is promoted then. Returns what was recovered, with ``promote_s`` (from the
-        target reached to accepting writes, from the server log)."""
+        there all the same, it is promoted then. Returns what was recovered."""
         started = time.monotonic()
         last_tick = started
         replay: dict = {}
@@ -228,9 +227,7 @@ class ScratchInstance:
                     ).fetchone()
                     replay = {"replay_lsn": lsn, "replayed_to": replayed_at}
                     if not in_recovery:
-                        log_text = self.log_text()
-                        return {**replay, "segments_restored": self.restored_segments(log_text), "wait_s": elapsed,
-                                "promote_s": promotion_seconds(log_text) or 0.0}
+                        return {**replay, "segments_restored": self.restored_segments(), "wait_s": elapsed}
                     if promote_at_target and not requested_ahead:
                         requested_ahead = True
                         refused = self.request_promotion_ahead()
@@ -254,6 +251,16 @@ class ScratchInstance:
         finally:
             if conn is not None:
                 conn.close()
+
+    def promotion_seconds(self, wait_s: float = 5.0) -> Optional[float]:
+        """``promotion_seconds`` of the server log, once the postmaster has logged that it accepts connections
+        (a moment after recovery has ended: waited for up to ``wait_s``); None when the log does not say."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            seconds = promotion_seconds(self.log_text())
+            if seconds is not None or time.monotonic() >= deadline:
+                return seconds
+            time.sleep(POLL_S)
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():

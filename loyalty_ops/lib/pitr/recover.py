@@ -51,7 +51,8 @@ class RecoveryResult:
             "restored_bytes": int(self.restored_bytes),
             "download_s": round(self.timings.get("download_s", 0.0), 3),
             "recovery_s": round(self.timings.get("recovery_s", 0.0), 3),
-            "promote_s": round(self.timings.get("promote_s", 0.0), 3),
+            # from the target reached to accepting connections; left out when the server log does not say
+            **({"promote_s": round(self.timings["promote_s"], 3)} if "promote_s" in self.timings else {}),
         }
 
 
@@ -214,7 +215,9 @@ def recover(engine: BarmanCloud, instance: ScratchInstance, backup: BaseBackup, 
     finally:
         ahead.stop()  # whatever happened: nothing keeps writing into the instance's directory
     result.timings["recovery_s"] = promoted_s - (recovery_started - started)
-    result.timings["promote_s"] = float(info.get("promote_s") or 0.0)
+    promote_s = instance.promotion_seconds()  # read after the RTO's end: the log line may come a moment later
+    if promote_s is not None:
+        result.timings["promote_s"] = promote_s
     shutil.rmtree(instance.spool_dir, ignore_errors=True)  # segments fetched ahead past the target: never needed now
     result.prefetched_segments, result.prefetch_runs = ahead.fetched, ahead.runs
     result.replay_lsn = info.get("replay_lsn")
