@@ -166,8 +166,8 @@ class ScratchInstance:
         text = self.log_text()
         return "\n".join(text.splitlines()[-lines:]) if text else "(no server log)"
 
-    def restored_segments(self, log_text: Optional[str] = None) -> int:
-        return len(set(RESTORED_LINE.findall(self.log_text() if log_text is None else log_text)))
+    def restored_segments(self) -> int:
+        return len(set(RESTORED_LINE.findall(self.log_text())))
 
     def connect(self, spec: ConnectionSpec, dbname: str = "postgres") -> psycopg.Connection:
         local = ConnectionSpec(host="127.0.0.1", port=self.port, user=spec.user, password=spec.password or spec.passfile_password(),
