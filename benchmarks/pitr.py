@@ -215,6 +215,8 @@ class Bench:
             phases += [(f"on, one lever alone ({options.describe()})", options, ()) for options in alone]
             phases += [(f"off, wal_compression {new.server_wal_compression} (the server alone)", None,
                         (f"wal_compression={new.server_wal_compression}",))]
+        for number in range(2, self.args.tps_rounds + 1):  # off and the new defaults again, alternating: medians
+            phases += [(f"off (round {number})", None, ()), (f"on, new defaults (round {number})", new, ())]
         out = []
         for index, (label, options, server) in enumerate(phases):
             self.restart(options, server)
@@ -369,6 +371,8 @@ def main() -> None:
     parser.add_argument("--recovery-settings", default="", help="NAME=VALUE,... for the recovering instance (and the "
                         "logical restore's server) in every second round: what a setting does to each")
     parser.add_argument("--restore-rounds", type=int, default=3, help="PITR and logical restores, alternating (medians)")
+    parser.add_argument("--tps-rounds", type=int, default=1, help="pgbench with archiving off and with the new defaults, "
+                        "alternating, this many times (the TPS ratio by the medians: a shared machine's TPS moves by 20%%)")
     parser.add_argument("--only-archiving", action="store_true", help="stop after the archiving phases (1 and 2)")
     parser.add_argument("--durable-load", action="store_true", help="from the base backups on, the source commits as "
                         "production does (fsync=on, synchronous_commit=on; the archiving phases keep them off)")
@@ -665,6 +669,12 @@ def print_archiving(tps: list[dict], cpu_rows: list[dict]) -> None:
                   f"{r['archiver_cpu_s'] * 1e3 / max(r['transactions'], 1):.3f}",
                   f"{r['archiver_cpu_s'] / r['elapsed_s']:.2f}", f"{r['moto_cpu_s']:.1f}", str(r["backlog"]),
                   f"{r['catch_up_s']:.1f}"] for r in tps]))
+    offs = [r["tps"] for r in tps if r["label"].split(" (")[0] == "off"]
+    news = [r["tps"] for r in tps if r["label"].startswith("on, new defaults")]
+    if len(offs) > 1 and len(news) == len(offs):
+        print(f"TPS, new defaults / off, medians of {len(offs)} alternating rounds: {statistics.median(news):.0f} / "
+              f"{statistics.median(offs):.0f} = {statistics.median(news) / statistics.median(offs):.2f}x (rounds: "
+              f"{', '.join(f'{n / o:.2f}x' for n, o in zip(news, offs))})")
     print("(target: TPS with archiving on >= 0.9x off. CPU per segment and per transaction, and WAL per transaction, "
           "hold on a busy machine; TPS does not. 'cores' = archive_command CPU / run time; 'waiting at end' = segments "
           "not yet archived when pgbench stopped)")
