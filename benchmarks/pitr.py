@@ -372,7 +372,7 @@ def main() -> None:
                         "logical restore's server) in every second round: what a setting does to each")
     parser.add_argument("--restore-rounds", type=int, default=3, help="PITR and logical restores, alternating (medians)")
     parser.add_argument("--tps-rounds", type=int, default=1, help="pgbench with archiving off and with the new defaults, "
-                        "alternating, this many times (the TPS ratio by the medians: a shared machine's TPS moves by 20%%)")
+                        "alternating, this many times (the TPS ratio by the medians: one run's TPS moves by 20-30%% on a shared machine)")
     parser.add_argument("--only-archiving", action="store_true", help="stop after the archiving phases (1 and 2)")
     parser.add_argument("--durable-load", action="store_true", help="from the base backups on, the source commits as "
                         "production does (fsync=on, synchronous_commit=on; the archiving phases keep them off)")

@@ -233,12 +233,13 @@ def test_a_recovery_longer_than_its_first_fetch_replays_the_segments_fetched_whi
 
 
 def test_the_promotion_asked_for_ahead_is_taken_at_the_restore_point_and_never_before_it(
-    base_backup_run, archiving_cluster, pitr_resources, tmp_path
+    base_backup_run, archiving_cluster, pitr_resources
 ):
     """The promotion is requested as soon as the recovering instance accepts connections, long before the
-    target (each segment is held back half a second here; the source's own logging does not move the log). PostgreSQL still replays up to the restore point,
+    target (each segment is held back half a second here). PostgreSQL still replays up to the restore point,
     the row before it is there and the row after it is not, and it promotes the moment it pauses there,
-    without the job having to promote it at the pause."""
+    without the job having to promote it at the pause. The source's own logging settings do not move the
+    recovered instance's log, which the job reads."""
     engine = pitr_resources["pitr"].engine(pitr_resources["offsite"], pitr_resources["postgres"])
     backup = max(engine.list_backups(), key=lambda b: b.end_time)
     with archiving_cluster.connect("loyalty") as conn:
