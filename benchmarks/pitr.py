@@ -50,7 +50,7 @@ from devstack.s3_endpoint import LOCAL_CREDENTIALS  # noqa: E402
 from devstack.sample_data import create_sample_schema  # noqa: E402
 from loyalty_ops.lib.pitr.archive import wal_file_name  # noqa: E402
 from loyalty_ops.lib.pitr.engine import BarmanCloud, S3Access, archive_argv, archive_command, restore_command  # noqa: E402
-from loyalty_ops.lib.pitr.instance import ScratchInstance  # noqa: E402
+from loyalty_ops.lib.pitr.instance import ScratchInstance, first_event, log_events  # noqa: E402
 from loyalty_ops.lib.pitr.location import PitrLocation  # noqa: E402
 from loyalty_ops.lib.pitr.options import (LEGACY_ARCHIVE, LEGACY_BACKUP, ArchiveOptions, BackupOptions,  # noqa: E402
                                           format_instance_settings, parse_instance_settings)
@@ -556,23 +556,13 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \S+ \[\d+\] LOG:  (.*)$")
-
-
 def recovery_timeline(log_text: str) -> str:
-    """Where the replay's time went, from the server log (log_line_prefix '%m [%p] '): seconds from the start
+    """Where the replay's time went, from the recovered instance's server log: seconds from the start
     to the first restored segment, the gaps between restored segments (each is the previous segment's replay
     plus the next restore_command), the end-of-recovery checkpoint and the server accepting connections."""
-    events = []
-    for line in log_text.splitlines():
-        found = LOG_LINE.match(line)
-        if found:
-            events.append((datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp(), found.group(2)))
+    events = log_events(log_text)
     if not events:
         return "(no timestamped lines)"
-
-    def first(prefix: str, after: float = 0.0) -> Optional[float]:
-        return next((at for at, message in events if at >= after and message.startswith(prefix)), None)
 
     start = events[0][0]
     restored = [at for at, message in events if message.startswith("restored log file")]
@@ -582,10 +572,10 @@ def recovery_timeline(log_text: str) -> str:
     out = (f"{restored[0] - start:.1f} s to the first segment; {len(restored)} segments, gaps between them "
            f"{sum(gaps):.1f} s in all (largest {', '.join(f'{g:.2f}' for g in gaps[:4])}; median "
            f"{statistics.median(gaps) if gaps else 0:.2f})")
-    checkpoint = first("checkpoint starting: end-of-recovery", restored[-1])
-    checkpoint_done = first("checkpoint complete", checkpoint) if checkpoint else None
-    paused = first("pausing at the end of recovery")  # the last segment is restored once more after the pause
-    ready = first("database system is ready to accept connections", paused or restored[-1])
+    checkpoint = first_event(events, "checkpoint starting: end-of-recovery", restored[-1])
+    checkpoint_done = first_event(events, "checkpoint complete", checkpoint) if checkpoint else None
+    paused = first_event(events, "pausing at the end of recovery")  # the last segment is restored once more after the pause
+    ready = first_event(events, "database system is ready to accept connections", paused or restored[-1])
     if checkpoint and checkpoint_done:
         out += f"; end-of-recovery checkpoint {checkpoint_done - checkpoint:.1f} s"
     if paused and ready:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
@@ -273,21 +273,30 @@ class ScratchInstance:
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
-def promotion_seconds(log_text: str) -> Optional[float]:
-    """Seconds from the end of replay (the target reached: "recovery stopping ...", else "redo done") to the
-    server accepting connections, from the log lines' timestamps (INSTANCE_LOG_SETTINGS: stamped in UTC);
-    None when the log does not say."""
-    stamps = []
+def log_events(log_text: str) -> list[tuple[float, str]]:
+    """(seconds since the epoch, message) of each LOG line of a recovered instance's log, in order
+    (INSTANCE_LOG_SETTINGS: every line stamped in UTC)."""
+    events = []
     for line in log_text.splitlines():
         found = TIMESTAMPED_LINE.match(line)
         if found:
-            stamps.append((datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S.%f"), found.group(2)))
-    ended = next((at for at, message in stamps if message.startswith("recovery stopping")), None) or \
-        next((at for at, message in stamps if message.startswith("redo done")), None)
-    if ended is None:
-        return None
-    ready = next((at for at, message in stamps if at >= ended and message.startswith("database system is ready to accept connections")), None)
-    return (ready - ended).total_seconds() if ready else None
+            at = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+            events.append((at.timestamp(), found.group(2)))
+    return events
+
+
+def first_event(events: list[tuple[float, str]], prefix: str, after: float = 0.0) -> Optional[float]:
+    """When the first message starting with ``prefix`` was logged, at or after ``after`` (None: never)."""
+    return next((at for at, message in events if at >= after and message.startswith(prefix)), None)
+
+
+def promotion_seconds(log_text: str) -> Optional[float]:
+    """Seconds from the end of replay (the target reached: "recovery stopping ...", else "redo done") to the
+    server accepting connections, from the log's timestamps; None when the log does not say."""
+    events = log_events(log_text)
+    ended = first_event(events, "recovery stopping") or first_event(events, "redo done")
+    ready = first_event(events, "database system is ready to accept connections", ended) if ended else None
+    return ready - ended if ready else None
 
 
 def recovered_time_from_log(log_text: str) -> Optional[datetime]:
