@@ -32,6 +32,7 @@ import argparse
 import os
 import re
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -70,6 +71,7 @@ PROGRESS = re.compile(r"progress: ([0-9.]+) s, ([0-9.]+) tps")
 BIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 TICK = os.sysconf("SC_CLK_TCK")
 BUCKET = "bench-pitr"
+PGBACKREST_LABEL = "on, pgBackRest archive-push (zst 1, posix repository)"
 
 
 def say(message: str) -> None:
@@ -151,6 +153,35 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), *(line(r) for r in rows)])
 
 
+class PgBackRest:
+    """pgBackRest's archive-push (--engine-compare), the engine the issue allows instead of barman-cloud: one C
+    process per segment where barman-cloud-wal-archive starts Python and boto3. A stanza of this cluster with a
+    posix repository in the work directory (pgBackRest's TLS client does not take moto's ad-hoc TLS endpoint, so
+    the segment goes to local disk, fsynced, instead of over HTTP), zst level 1 like ours."""
+
+    def __init__(self, cluster: LocalPostgres, work: Path):
+        self.cluster = cluster
+        self.conf = work / "pgbackrest.conf"
+        repo, lock = work / "pgbackrest-repo", work / "pgbackrest-lock"
+        for directory in (repo, lock):
+            directory.mkdir()
+            if os.geteuid() == 0:
+                shutil.chown(directory, cluster.user)
+        self.conf.write_text(
+            f"[global]\nrepo1-type=posix\nrepo1-path={repo}\nlock-path={lock}\nlog-level-file=off\n"
+            f"log-level-console=warn\ncompress-type=zst\ncompress-level=1\n\n[loyalty]\npg1-path={cluster.data_dir}\n"
+            f"pg1-port={cluster.port}\npg1-socket-path={cluster.socket_dir}\n")
+        self.conf.chmod(0o644)
+        subprocess.run(self.cluster._as_os_user() + self.argv("stanza-create"), env=BIN_ENV, check=True,
+                       capture_output=True)
+
+    def argv(self, *command: str) -> list[str]:
+        return ["pgbackrest", f"--config={self.conf}", "--stanza=loyalty", *command]
+
+    def archive_command(self, options: ArchiveOptions) -> str:
+        return " ".join([*options.priority_prefix(), *(shlex.quote(a) for a in self.argv("archive-push")), "%p"])
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, work: Path, endpoint: str, moto_pid: int):
         self.args, self.work, self.moto_pid = args, work, moto_pid
@@ -163,12 +194,14 @@ class Bench:
                                      settings=("full_page_writes=on", "max_wal_size=4GB"))
         self.base_settings = tuple(self.cluster.settings)
         self.segment_sets: list[tuple[str, list[Path]]] = []
+        self.pgbackrest: Optional[PgBackRest] = None
 
     # -- the server, restarted with or without archiving --------------------------------------------------
-    def restart(self, options: Optional[ArchiveOptions], server: tuple[str, ...] = ()) -> None:
+    def restart(self, options: Optional[ArchiveOptions], server: tuple[str, ...] = (), command: Optional[str] = None) -> None:
+        """The server with archiving off (no options), or on through barman-cloud, or through ``command``."""
         self.cluster.stop()
         extra = () if options is None else archiving_settings(
-            archive_command(server_engine_dir(), self.location, self.access, options), self.args.archive_timeout,
+            command or archive_command(server_engine_dir(), self.location, self.access, options), self.args.archive_timeout,
             options.server_wal_compression)
         self.cluster.settings = (*self.base_settings, *extra, *server)
         self.cluster.start()
@@ -217,9 +250,14 @@ class Bench:
                         (f"wal_compression={new.server_wal_compression}",))]
         for number in range(2, self.args.tps_rounds + 1):  # off and the new defaults again, alternating: medians
             phases += [(f"off (round {number})", None, ()), (f"on, new defaults (round {number})", new, ())]
+        if self.pgbackrest:  # the other engine with the same server settings and priority, in every round
+            rounds = [i + 1 for i, (label, _, _) in enumerate(phases) if label.startswith("on, new defaults")]
+            for count, position in enumerate(rounds):
+                phases.insert(position + count, (f"{PGBACKREST_LABEL} (round {count + 1})", new, ()))
         out = []
         for index, (label, options, server) in enumerate(phases):
-            self.restart(options, server)
+            command = self.pgbackrest.archive_command(options) if self.pgbackrest and label.startswith(PGBACKREST_LABEL) else None
+            self.restart(options, server, command)
             pid, archived_before = self.archiver()
             cpu_before = proc_cpu(pid, children=True) if pid else 0.0
             moto_before = proc_cpu(self.moto_pid)
@@ -321,6 +359,30 @@ class Bench:
                 + f", moto {moto:.3f} s")
         return rows
 
+    def pgbackrest_cpu(self, segments: list[Path], regime: str) -> list[dict]:
+        """pgBackRest's archive-push of the same real segments (--engine-compare), as the server's OS user."""
+        assert self.pgbackrest is not None
+        repo = self.work / "pgbackrest-repo"
+        before = {p: p.stat().st_size for p in repo.rglob("*.zst")}
+        cpu, wall = [], []
+        try:
+            for segment in segments:
+                c, w = self.run_measured(self.cluster._as_os_user() + self.pgbackrest.argv("archive-push", str(segment)))
+                cpu.append(c)
+                wall.append(w)
+        except RuntimeError as exc:
+            say(f"archive CPU, pgBackRest: not measured: {exc}")
+            return []
+        stored = [size for p in repo.rglob("*.zst") if p not in before for size in [p.stat().st_size]]
+        size = statistics.mean(stored) if stored else 0.0
+        raw = sum(p.stat().st_size for p in segments) / len(segments)
+        row = {"label": f"pgBackRest archive-push zst 1 (posix repository), WAL of '{regime}'", "cpu_s": statistics.mean(cpu),
+               "cpu_min_s": min(cpu), "wall_s": statistics.mean(wall), "stored_mb": size / 1e6,
+               "ratio": raw / size if size else None, "moto_cpu_s": 0.0}
+        say(f"archive CPU, {row['label']}: {row['cpu_s']:.3f} s/segment (min {row['cpu_min_s']:.3f}), wall {row['wall_s']:.2f} s, "
+            f"stored {row['stored_mb']:.2f} MB")
+        return [row]
+
     # -- 3. base backups with their CPU split ----------------------------------------------------------------
     def base_backup(self, engine: BarmanCloud, label: str, options: BackupOptions) -> dict:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -373,12 +435,16 @@ def main() -> None:
     parser.add_argument("--restore-rounds", type=int, default=3, help="PITR and logical restores, alternating (medians)")
     parser.add_argument("--tps-rounds", type=int, default=1, help="pgbench with archiving off and with the new defaults, "
                         "alternating, this many times (the TPS ratio by the medians: one run's TPS moves by 20-30%% on a shared machine)")
+    parser.add_argument("--engine-compare", action="store_true", help="in every round also archive through pgBackRest's "
+                        "archive-push (needs Debian's pgbackrest; a posix repository on local disk), and its CPU per segment")
     parser.add_argument("--only-archiving", action="store_true", help="stop after the archiving phases (1 and 2)")
     parser.add_argument("--durable-load", action="store_true", help="from the base backups on, the source commits as "
                         "production does (fsync=on, synchronous_commit=on; the archiving phases keep them off)")
     parser.add_argument("--source-settings", default="", help="NAME=VALUE,... set on the source with ALTER SYSTEM before "
                         "the base backups (so they are in the backup, as production's are) and on the logical restore's server")
     args = parser.parse_args()
+    if args.engine_compare and not shutil.which("pgbackrest", path=BIN_ENV["PATH"]):
+        parser.error("--engine-compare needs pgBackRest on this machine: apt-get install -y pgbackrest")
     variants = backup_variants(args.base_backups)
     recovery_settings = parse_instance_settings(args.recovery_settings, "--recovery-settings")  # refused before anything runs
     say(f"machine: {machine_line()}")
@@ -392,11 +458,14 @@ def main() -> None:
             cluster.create_database("bench")
             subprocess.run([f"{cluster.bin_dir}/pgbench", "-i", "-s", "20", "-q", "bench"], env={**BIN_ENV, **cluster.env("bench")},
                            check=True, capture_output=True)
+            if args.engine_compare:
+                bench.pgbackrest = PgBackRest(cluster, work)
             tps = bench.tps_phases()
             cpu_rows = []
             for regime, segments in bench.segment_sets:
                 say(f"{len(segments)} real WAL segments from the pgbench run '{regime}' for the CPU table")
                 cpu_rows += bench.archive_cpu(segments, regime) if segments else []
+                cpu_rows += bench.pgbackrest_cpu(segments, regime) if segments and bench.pgbackrest else []
             print_archiving(tps, cpu_rows)
             if args.only_archiving:
                 return
@@ -660,11 +729,12 @@ def print_archiving(tps: list[dict], cpu_rows: list[dict]) -> None:
                   f"{r['archiver_cpu_s'] / r['elapsed_s']:.2f}", f"{r['moto_cpu_s']:.1f}", str(r["backlog"]),
                   f"{r['catch_up_s']:.1f}"] for r in tps]))
     offs = [r["tps"] for r in tps if r["label"].split(" (")[0] == "off"]
-    news = [r["tps"] for r in tps if r["label"].startswith("on, new defaults")]
-    if len(offs) > 1 and len(news) == len(offs):
-        print(f"TPS, new defaults / off, medians of {len(offs)} alternating rounds: {statistics.median(news):.0f} / "
-              f"{statistics.median(offs):.0f} = {statistics.median(news) / statistics.median(offs):.2f}x (rounds: "
-              f"{', '.join(f'{n / o:.2f}x' for n, o in zip(news, offs))})")
+    for name, prefix in (("new defaults", "on, new defaults"), ("pgBackRest", PGBACKREST_LABEL)):
+        ons = [r["tps"] for r in tps if r["label"].startswith(prefix)]
+        if len(offs) > 1 and len(ons) == len(offs):
+            print(f"TPS, {name} / off, medians of {len(offs)} alternating rounds: {statistics.median(ons):.0f} / "
+                  f"{statistics.median(offs):.0f} = {statistics.median(ons) / statistics.median(offs):.2f}x (rounds: "
+                  f"{', '.join(f'{n / o:.2f}x' for n, o in zip(ons, offs))})")
     print("(target: TPS with archiving on >= 0.9x off. CPU per segment and per transaction, and WAL per transaction, "
           "hold on a busy machine; TPS does not. 'cores' = archive_command CPU / run time; 'waiting at end' = segments "
           "not yet archived when pgbench stopped)")
