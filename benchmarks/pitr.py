@@ -4,9 +4,12 @@
    CPU priority, wal_compression off), on with the new defaults (ArchiveOptions()), each lever alone and the
    server's wal_compression without archiving (--no-levers skips those); for each, the server's CPU and WAL per
    transaction, the CPU the archive_command processes used (the archiver's reaped children) and moto's.
+   --engine-compare adds, in every round, the same server archiving through pgBackRest's archive-push (the
+   engine the issue allows instead; a posix repository on local disk), to measure what the other engine costs.
 2. CPU per WAL segment (user+sys of the engine process, a figure that holds on a busy machine) on real segments
    written by the pgbench runs without and with wal_compression: the process start alone (--test), no
-   compression, gzip 6 and 1, zstd 1 and 3, lz4, snappy; with the size stored in the bucket.
+   compression, gzip 6 and 1, zstd 1 and 3, lz4, snappy; with the size stored in the bucket (and pgBackRest's
+   archive-push at zst 1 with --engine-compare).
 3. Base backup (barman-cloud-backup) with the old and the new options (--base-backups adds others), each with
    its CPU split (the engine's processes, moto's) vs the floor of a logical dump (pg_dump -Fc -Z0 to a pipe).
 4. Achieved RPO under pgbench load with archive_timeout (new defaults): a probe commits a row every second; for
@@ -72,6 +75,7 @@ BIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 TICK = os.sysconf("SC_CLK_TCK")
 BUCKET = "bench-pitr"
 PGBACKREST_LABEL = "on, pgBackRest archive-push (zst 1, posix repository)"
+SERVER_ALONE_LABEL = "off, wal_compression {} (the server alone)"
 
 
 def say(message: str) -> None:
@@ -250,6 +254,12 @@ class Bench:
                         (f"wal_compression={new.server_wal_compression}",))]
         for number in range(2, self.args.tps_rounds + 1):  # off and the new defaults again, alternating: medians
             phases += [(f"off (round {number})", None, ()), (f"on, new defaults (round {number})", new, ())]
+        if self.args.server_alone:  # the control: the new defaults' server setting without archiving, in every round
+            alone_label = f"{SERVER_ALONE_LABEL.format(new.server_wal_compression)}"
+            offs = [i for i, (label, _, _) in enumerate(phases) if label.split(" (")[0] == "off"]
+            for count, position in enumerate(offs):
+                phases.insert(position + 1 + count, (f"{alone_label} (round {count + 1})", None,
+                                                     (f"wal_compression={new.server_wal_compression}",)))
         if self.pgbackrest:  # the other engine with the same server settings and priority, in every round
             rounds = [i + 1 for i, (label, _, _) in enumerate(phases) if label.startswith("on, new defaults")]
             for count, position in enumerate(rounds):
@@ -437,6 +447,8 @@ def main() -> None:
                         "alternating, this many times (the TPS ratio by the medians: one run's TPS moves by 20-30%% on a shared machine)")
     parser.add_argument("--engine-compare", action="store_true", help="in every round also archive through pgBackRest's "
                         "archive-push (needs Debian's pgbackrest; a posix repository on local disk), and its CPU per segment")
+    parser.add_argument("--server-alone", action="store_true", help="in every round also the server with the new "
+                        "defaults' wal_compression and no archiving: archiving's own cost apart from that server setting")
     parser.add_argument("--only-archiving", action="store_true", help="stop after the archiving phases (1 and 2)")
     parser.add_argument("--durable-load", action="store_true", help="from the base backups on, the source commits as "
                         "production does (fsync=on, synchronous_commit=on; the archiving phases keep them off)")
@@ -729,12 +741,15 @@ def print_archiving(tps: list[dict], cpu_rows: list[dict]) -> None:
                   f"{r['archiver_cpu_s'] / r['elapsed_s']:.2f}", f"{r['moto_cpu_s']:.1f}", str(r["backlog"]),
                   f"{r['catch_up_s']:.1f}"] for r in tps]))
     offs = [r["tps"] for r in tps if r["label"].split(" (")[0] == "off"]
-    for name, prefix in (("new defaults", "on, new defaults"), ("pgBackRest", PGBACKREST_LABEL)):
-        ons = [r["tps"] for r in tps if r["label"].startswith(prefix)]
-        if len(offs) > 1 and len(ons) == len(offs):
-            print(f"TPS, {name} / off, medians of {len(offs)} alternating rounds: {statistics.median(ons):.0f} / "
-                  f"{statistics.median(offs):.0f} = {statistics.median(ons) / statistics.median(offs):.2f}x (rounds: "
-                  f"{', '.join(f'{n / o:.2f}x' for n, o in zip(ons, offs))})")
+    alone = [r["tps"] for r in tps if r["label"].startswith(SERVER_ALONE_LABEL.split("{")[0]) and "(round" in r["label"]]
+    for name, prefix in (("the server alone", SERVER_ALONE_LABEL.split("{")[0]), ("new defaults", "on, new defaults"),
+                         ("pgBackRest", PGBACKREST_LABEL)):
+        ons = [r["tps"] for r in tps if r["label"].startswith(prefix) and (prefix != SERVER_ALONE_LABEL.split("{")[0] or "(round" in r["label"])]
+        for base_name, base in (("off", offs), ("the server alone", alone)):
+            if len(base) > 1 and len(ons) == len(base) and ons is not base and name != base_name:
+                print(f"TPS, {name} / {base_name}, medians of {len(base)} alternating rounds: {statistics.median(ons):.0f} / "
+                      f"{statistics.median(base):.0f} = {statistics.median(ons) / statistics.median(base):.2f}x (rounds: "
+                      f"{', '.join(f'{n / o:.2f}x' for n, o in zip(ons, base))})")
     print("(target: TPS with archiving on >= 0.9x off. CPU per segment and per transaction, and WAL per transaction, "
           "hold on a busy machine; TPS does not. 'cores' = archive_command CPU / run time; 'waiting at end' = segments "
           "not yet archived when pgbench stopped)")
