@@ -76,6 +76,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 BUCKET = "bench-pitr"
 PGBACKREST_LABEL = "on, pgBackRest archive-push (zst 1, posix repository)"
 SERVER_ALONE_LABEL = "off, wal_compression {} (the server alone)"
+# archive_mode on, the new defaults' server settings and an archive_command that stores nothing: the server's side of
+# archiving without any engine (a measurement on a throwaway cluster only).
+NULL_ARCHIVE_LABEL = "on, archive_command true (no engine)"
 
 
 def say(message: str) -> None:
@@ -258,15 +261,19 @@ class Bench:
             alone_label = f"{SERVER_ALONE_LABEL.format(new.server_wal_compression)}"
             offs = [i for i, (label, _, _) in enumerate(phases) if label.split(" (")[0] == "off"]
             for count, position in enumerate(offs):
-                phases.insert(position + 1 + count, (f"{alone_label} (round {count + 1})", None,
-                                                     (f"wal_compression={new.server_wal_compression}",)))
+                phases[position + 1 + 2 * count:position + 1 + 2 * count] = [
+                    (f"{alone_label} (round {count + 1})", None, (f"wal_compression={new.server_wal_compression}",)),
+                    (f"{NULL_ARCHIVE_LABEL} (round {count + 1})", new, ())]
         if self.pgbackrest:  # the other engine with the same server settings and priority, in every round
             rounds = [i + 1 for i, (label, _, _) in enumerate(phases) if label.startswith("on, new defaults")]
             for count, position in enumerate(rounds):
                 phases.insert(position + count, (f"{PGBACKREST_LABEL} (round {count + 1})", new, ()))
+        # real segments of the server as it is (wal_compression off) and with the new defaults, for the CPU table
+        segment_phases = (phases[0][0], next(label for label, _, _ in phases if label.startswith("on, new defaults")))
         out = []
-        for index, (label, options, server) in enumerate(phases):
+        for label, options, server in phases:
             command = self.pgbackrest.archive_command(options) if self.pgbackrest and label.startswith(PGBACKREST_LABEL) else None
+            command = "true" if label.startswith(NULL_ARCHIVE_LABEL) else command
             self.restart(options, server, command)
             pid, archived_before = self.archiver()
             cpu_before = proc_cpu(pid, children=True) if pid else 0.0
@@ -284,8 +291,8 @@ class Bench:
             elapsed = time.monotonic() - started
             server = server_cpu(self.cluster.data_dir) - server_before
             pid_after, archived_after = self.archiver()
-            if index in (0, 2):  # real segments of the server as it is (wal_compression off) and with the new defaults
-                self.segment_sets.append((label.split(" (")[0], self.real_segments(self.args.segments, f"set{index}")))
+            if label in segment_phases:
+                self.segment_sets.append((label.split(" (")[0], self.real_segments(self.args.segments, f"set{len(self.segment_sets)}")))
             cpu = (proc_cpu(pid_after, children=True) - cpu_before) if pid and pid_after == pid else 0.0
             segments = archived_after - archived_before
             row = {"label": label, "tps": tps, "segments": segments, "archiver_cpu_s": cpu, "elapsed_s": elapsed,
@@ -447,8 +454,9 @@ def main() -> None:
                         "alternating, this many times (the TPS ratio by the medians: one run's TPS moves by 20-30%% on a shared machine)")
     parser.add_argument("--engine-compare", action="store_true", help="in every round also archive through pgBackRest's "
                         "archive-push (needs Debian's pgbackrest; a posix repository on local disk), and its CPU per segment")
-    parser.add_argument("--server-alone", action="store_true", help="in every round also the server with the new "
-                        "defaults' wal_compression and no archiving: archiving's own cost apart from that server setting")
+    parser.add_argument("--server-alone", action="store_true", help="in every round also the controls: the server with "
+                        "the new defaults' wal_compression and no archiving, and archiving on with archive_command 'true' "
+                        "(no engine): what the server setting, the server's side of archiving and the engine each cost")
     parser.add_argument("--only-archiving", action="store_true", help="stop after the archiving phases (1 and 2)")
     parser.add_argument("--durable-load", action="store_true", help="from the base backups on, the source commits as "
                         "production does (fsync=on, synchronous_commit=on; the archiving phases keep them off)")
@@ -740,13 +748,23 @@ def print_archiving(tps: list[dict], cpu_rows: list[dict]) -> None:
                   f"{r['archiver_cpu_s'] * 1e3 / max(r['transactions'], 1):.3f}",
                   f"{r['archiver_cpu_s'] / r['elapsed_s']:.2f}", f"{r['moto_cpu_s']:.1f}", str(r["backlog"]),
                   f"{r['catch_up_s']:.1f}"] for r in tps]))
+    alone_prefix = SERVER_ALONE_LABEL.split("{")[0]
+
+    def runs(prefix: str) -> list[dict]:  # the control of the server alone counts in its rounds (not as a lever)
+        return [r for r in tps if r["label"].startswith(prefix) and (prefix != alone_prefix or "(round" in r["label"])]
+
     offs = [r["tps"] for r in tps if r["label"].split(" (")[0] == "off"]
-    alone = [r["tps"] for r in tps if r["label"].startswith(SERVER_ALONE_LABEL.split("{")[0]) and "(round" in r["label"]]
-    for name, prefix in (("the server alone", SERVER_ALONE_LABEL.split("{")[0]), ("new defaults", "on, new defaults"),
-                         ("pgBackRest", PGBACKREST_LABEL)):
-        ons = [r["tps"] for r in tps if r["label"].startswith(prefix) and (prefix != SERVER_ALONE_LABEL.split("{")[0] or "(round" in r["label"])]
+    alone = [r["tps"] for r in runs(alone_prefix)]
+    for name, prefix in (("the server alone", alone_prefix), ("archive_command true", NULL_ARCHIVE_LABEL),
+                         ("new defaults", "on, new defaults"), ("pgBackRest", PGBACKREST_LABEL)):
+        ons = [r["tps"] for r in runs(prefix)]
+        engine_runs = [r for r in runs(prefix) if r["archiver_cpu_s"] and r["server_cpu_s"] and prefix != NULL_ARCHIVE_LABEL]
+        if engine_runs:  # CPU figures hold on a busy machine; TPS does not
+            share = statistics.median(r["archiver_cpu_s"] / r["server_cpu_s"] for r in engine_runs)
+            print(f"archive_command CPU / the server's own CPU, {name}, median of {len(engine_runs)} run(s): {share:.1%}; "
+                  f"on a CPU-bound server that is TPS x{1 / (1 + share):.2f}")
         for base_name, base in (("off", offs), ("the server alone", alone)):
-            if len(base) > 1 and len(ons) == len(base) and ons is not base and name != base_name:
+            if len(base) > 1 and len(ons) == len(base) and name != base_name:
                 print(f"TPS, {name} / {base_name}, medians of {len(base)} alternating rounds: {statistics.median(ons):.0f} / "
                       f"{statistics.median(base):.0f} = {statistics.median(ons) / statistics.median(base):.2f}x (rounds: "
                       f"{', '.join(f'{n / o:.2f}x' for n, o in zip(ons, base))})")
