@@ -5,7 +5,8 @@
    server's wal_compression without archiving (--no-levers skips those); for each, the server's CPU and WAL per
    transaction, the CPU the archive_command processes used (the archiver's reaped children) and moto's.
    --engine-compare adds, in every round, the same server archiving through pgBackRest's archive-push (the
-   engine the issue allows instead; a posix repository on local disk), to measure what the other engine costs.
+   alternative engine; a posix repository on local disk), to measure what the other engine costs.
+   --server-alone adds two controls to every round: wal_compression without archiving, and archive_command 'true'.
 2. CPU per WAL segment (user+sys of the engine process, a figure that holds on a busy machine) on real segments
    written by the pgbench runs without and with wal_compression: the process start alone (--test), no
    compression, gzip 6 and 1, zstd 1 and 3, lz4, snappy; with the size stored in the bucket (and pgBackRest's
@@ -161,7 +162,7 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 class PgBackRest:
-    """pgBackRest's archive-push (--engine-compare), the engine the issue allows instead of barman-cloud: one C
+    """pgBackRest's archive-push (--engine-compare), the alternative to barman-cloud: one C
     process per segment where barman-cloud-wal-archive starts Python and boto3. A stanza of this cluster with a
     posix repository in the work directory (pgBackRest's TLS client does not take moto's ad-hoc TLS endpoint, so
     the segment goes to local disk, fsynced, instead of over HTTP), zst level 1 like ours."""
@@ -257,8 +258,8 @@ class Bench:
                         (f"wal_compression={new.server_wal_compression}",))]
         for number in range(2, self.args.tps_rounds + 1):  # off and the new defaults again, alternating: medians
             phases += [(f"off (round {number})", None, ()), (f"on, new defaults (round {number})", new, ())]
-        if self.args.server_alone:  # the control: the new defaults' server setting without archiving, in every round
-            alone_label = f"{SERVER_ALONE_LABEL.format(new.server_wal_compression)}"
+        if self.args.server_alone:  # the controls, in every round after off: the server setting alone, archiving with no engine
+            alone_label = SERVER_ALONE_LABEL.format(new.server_wal_compression)
             offs = [i for i, (label, _, _) in enumerate(phases) if label.split(" (")[0] == "off"]
             for count, position in enumerate(offs):
                 phases[position + 1 + 2 * count:position + 1 + 2 * count] = [
@@ -380,7 +381,7 @@ class Bench:
         """pgBackRest's archive-push of the same real segments (--engine-compare), as the server's OS user."""
         assert self.pgbackrest is not None
         repo = self.work / "pgbackrest-repo"
-        before = {p: p.stat().st_size for p in repo.rglob("*.zst")}
+        before = set(repo.rglob("*.zst"))
         cpu, wall = [], []
         try:
             for segment in segments:
@@ -390,7 +391,7 @@ class Bench:
         except RuntimeError as exc:
             say(f"archive CPU, pgBackRest: not measured: {exc}")
             return []
-        stored = [size for p in repo.rglob("*.zst") if p not in before for size in [p.stat().st_size]]
+        stored = [p.stat().st_size for p in repo.rglob("*.zst") if p not in before]
         size = statistics.mean(stored) if stored else 0.0
         raw = sum(p.stat().st_size for p in segments) / len(segments)
         row = {"label": f"pgBackRest archive-push zst 1 (posix repository), WAL of '{regime}'", "cpu_s": statistics.mean(cpu),
