@@ -143,7 +143,7 @@ def backup_integrity_checks(
             results.append(_result("backup_toc_lists_all_tables", False, toc_start_error or inspection.toc_error))
         else:
             missing = integrity.missing_from_toc(inspection.toc_text or "", manifest.table_refs())
-            entries = sum(1 for line in (inspection.toc_text or "").splitlines() if line and not line.startswith(";"))
+            entries = integrity.toc_entry_count(inspection.toc_text)
             if missing:
                 results.append(_result(
                     "backup_toc_lists_all_tables", False,
@@ -184,7 +184,7 @@ def read_back_results(
     yield _checksum_result(path, sha, meta)
     toc_text, toc_error = toc
     missing = integrity.missing_from_toc(toc_text or "", manifest.table_refs()) if manifest is not None else []
-    entries = sum(1 for line in (toc_text or "").splitlines() if line and not line.startswith(";"))
+    entries = integrity.toc_entry_count(toc_text)
     if manifest is None:
         yield _result("backup_toc_lists_all_tables", False, f"{path.name}.manifest.json is missing: the source's "
                       "table list is unknown")

@@ -149,9 +149,15 @@ class ArchiveReader:
 
     Both raise :class:`ArchiveFormatError` at the first defect, naming the archive offset and, inside
     the data, the TOC entry whose block is broken or missing.
+
+    :attr:`toc_end` is the archive offset where the table of contents ends, once it has been read.
+    ``toc_only=True`` reads no further: the header and TOC are parsed, later bytes are ignored (what
+    ``pg_restore --list`` reads, :class:`loyalty_ops.lib.backup.integrity.TocFeed`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, toc_only: bool = False) -> None:
+        self._toc_only = toc_only
+        self.toc_end: Optional[int] = None
         self._buf = b""
         self._pos = 0
         self._base = 0  # archive offset of self._buf[0]
@@ -178,12 +184,17 @@ class ArchiveReader:
         self._rows: dict[int, int] = {}  # dump id -> rows of its COPY data
         self._error: Optional[ArchiveFormatError] = None
 
+    @property
+    def entries_read(self) -> int:
+        """TOC entries parsed so far."""
+        return len(self._entries)
+
     # -- feeding -------------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
         if self._error is not None:
             raise self._error
-        if not data:
+        if not data or (self._toc_only and self.toc_end is not None):
             return
         self._received += len(data)
         if self._skip:
@@ -255,6 +266,8 @@ class ArchiveReader:
 
     def _parse(self) -> None:
         while self._pos < len(self._buf):
+            if self._toc_only and self.toc_end is not None:
+                return
             if self._phase == "header":
                 if not self._parse_header():
                     return
@@ -306,6 +319,8 @@ class ArchiveReader:
         }
         self._pos = cur.pos
         self._phase = "toc" if self._toc_left else "blocks"
+        if not self._toc_left:
+            self.toc_end = self._base + self._pos
         return True
 
     def _parse_toc_entry(self) -> bool:
@@ -349,6 +364,7 @@ class ArchiveReader:
         self._toc_left -= 1
         if self._toc_left == 0:
             self._phase = "blocks"
+            self.toc_end = self._base + self._pos
         return True
 
     def _parse_block_start(self) -> bool:

@@ -6,7 +6,7 @@
   archive inside (every data block the TOC promises, complete to its end marker, nothing after the last;
   :mod:`loyalty_ops.lib.backup.archive`) and feeds ``pg_restore --list``.
   Given a ``source`` (``readback.FileBeingWritten``), it reads the file as it is being written.
-- :func:`list_toc`: ``pg_restore --list`` of the file, fed from its start until it stops reading.
+- :func:`list_toc`: ``pg_restore --list`` of the file, fed its header and table of contents (:class:`TocListing`).
 - :func:`file_sha256`: the hash of the bytes on disk, to compare with the one computed while writing.
 - :func:`size_is_plausible`: not empty, and not under a fraction of the previous good backup.
 - :func:`missing_from_toc`: every source table has its TABLE and TABLE DATA entries in ``pg_restore --list``.
@@ -272,16 +272,7 @@ def inspect_archive(
     reader = ArchiveReader()
     hasher = _Worker("archive-hash", digest.update, nice=nice)
     walker = _Worker("archive-walk", reader.feed, nice=nice)
-    toc_chunks: list[bytes] = []
-    toc_reader = None
-    if toc_process is not None:
-        toc_reader = threading.Thread(
-            target=lambda: toc_chunks.extend(iter(lambda: toc_process.stdout.read(65536), b"")),
-            name="toc-reader",
-            daemon=True,
-        )
-        toc_reader.start()
-    sink = toc_process.stdin if toc_process is not None else None
+    listing = TocListing(toc_process) if toc_process is not None else None
     size = 0
     raw = 0
     head = b""
@@ -304,7 +295,8 @@ def inspect_archive(
                     head += out[: len(CUSTOM_FORMAT_MAGIC)]
                 if out and read_archive:
                     walker.put(out)
-                sink = _feed(sink, out)
+                if listing is not None:
+                    listing.feed(out)
         if unseal is not None and not stream_error:
             try:
                 out = decomp.decompress(unseal.flush())
@@ -313,7 +305,8 @@ def inspect_archive(
                     head += out[: len(CUSTOM_FORMAT_MAGIC)]
                 if out and read_archive:
                     walker.put(out)
-                sink = _feed(sink, out)
+                if listing is not None:
+                    listing.feed(out)
             except ValueError as exc:
                 stream_error = str(exc)
         stream_error = stream_error or decomp.truncation_error()
@@ -322,7 +315,8 @@ def inspect_archive(
             unseal.abort()
         hasher.close()
         walker.close()
-        _feed(sink, None)
+        if listing is not None:
+            listing.close_input()
     if hasher.error is not None:
         raise hasher.error
     if size == 0:
@@ -337,13 +331,7 @@ def inspect_archive(
         summary, archive_error = _archive_verdict(reader, walker.error, verdict)
     else:
         summary, archive_error = None, "the archive walk was skipped"
-    toc_text = toc_error = None
-    if toc_process is not None:
-        toc_reader.join()
-        code = toc_process.wait()
-        toc_text = b"".join(toc_chunks).decode("utf-8", errors="replace")
-        if code != 0:
-            toc_error = f"pg_restore --list failed with exit code {code}: {toc_process.stderr_text().strip()[-1500:]}"
+    toc_text, toc_error = listing.finish() if listing is not None else (None, None)
     return ArchiveInspection(
         digest.hexdigest(), size, verdict, toc_text, toc_error, summary, archive_error, time.monotonic() - started
     )
@@ -351,27 +339,112 @@ def inspect_archive(
 
 def list_toc(path: Path, toc_process) -> tuple[Optional[str], Optional[str]]:
     """``pg_restore --list`` of the file: (its output, None) or (None, why it failed). It is fed the decompressed
-    file from its start until it stops reading: it reads the header and the table of contents only."""
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: toc_process.stdout.read(65536), b"")),
-                              name="toc-reader", daemon=True)
-    reader.start()
-    sink = toc_process.stdin
+    file's header and table of contents, which is all pg_restore reads for a listing (:class:`TocListing`)."""
+    listing = TocListing(toc_process)
     try:
         with closing(iter_decompressed(path)) as pieces:
             for piece in pieces:
-                sink = _feed(sink, piece)
-                if sink is None:
+                listing.feed(piece)
+                if listing.fed_all:
                     break
     except ValueError:
         pass  # a damaged stream is the stream check's verdict; pg_restore says what it could list
-    finally:
-        _feed(sink, None)
-    reader.join()
-    code = toc_process.wait()
-    if code != 0:
-        return None, f"pg_restore --list failed with exit code {code}: {toc_process.stderr_text().strip()[-1500:]}"
-    return b"".join(chunks).decode("utf-8", errors="replace"), None
+    text, error = listing.finish()
+    return (None, error) if error else (text, None)
+
+
+TOC_HEADER_END = "; Selected TOC Entries:"
+
+
+class TocListing:
+    """``pg_restore --list`` of an archive fed piece by piece (:meth:`feed`), its output collected by a thread;
+    :meth:`finish` returns (the listing, None) or (what was received, why it cannot be trusted).
+
+    pg_restore is given the archive's header and table of contents and nothing more, then end of file. A
+    listing reads no further, and a tool that exits with input still unread can lose its output on the way
+    back: a container engine's exec (podman's Docker API) ends the attach on the failed write to the tool's
+    stdin without copying the rest of its output, and an empty listing arrived with exit code 0. Where the
+    TOC cannot be parsed here, pg_restore is fed until it stops reading and gives its own verdict.
+
+    A listing is only taken whole: exit code 0, the header pg_restore prints (with the archive's TOC entry
+    count, which must be the one parsed here) and a last line that ends.
+    """
+
+    def __init__(self, process) -> None:
+        self._process = process
+        self._sink: Optional[IO[bytes]] = process.stdin
+        self._toc = ArchiveReader(toc_only=True)
+        self._parse_failed = False
+        self._offset = 0  # archive bytes seen so far
+        self._chunks: list[bytes] = []
+        self._reader = threading.Thread(
+            target=lambda: self._chunks.extend(iter(lambda: process.stdout.read(65536), b"")),
+            name="toc-reader", daemon=True,
+        )
+        self._reader.start()
+
+    @property
+    def fed_all(self) -> bool:
+        """pg_restore has all it will read (or stopped reading): later pieces are not needed."""
+        return self._sink is None
+
+    def feed(self, data: bytes) -> None:
+        if self._sink is None or not data:
+            return
+        start, self._offset = self._offset, self._offset + len(data)
+        if self._toc.toc_end is None and not self._parse_failed:
+            try:
+                self._toc.feed(data)
+            except ArchiveFormatError:
+                self._parse_failed = True
+        end = self._toc.toc_end
+        if end is None:
+            self._sink = _feed(self._sink, data)
+            return
+        if end > start:
+            self._sink = _feed(self._sink, data[: end - start])
+        self.close_input()
+
+    def close_input(self) -> None:
+        """End of file for pg_restore (nothing more will be fed)."""
+        self._sink = _feed(self._sink, None)
+
+    def finish(self) -> tuple[str, Optional[str]]:
+        self.close_input()
+        self._reader.join()
+        code = self._process.wait()
+        text = b"".join(self._chunks).decode("utf-8", errors="replace")
+        if code != 0:
+            return text, f"pg_restore --list failed with exit code {code}: {self._process.stderr_text().strip()[-1500:]}"
+        return text, self._incomplete(text)
+
+    def abort(self) -> None:
+        self.close_input()
+        self._process.kill()
+
+    def _incomplete(self, text: str) -> Optional[str]:
+        """Why a listing that pg_restore ended with exit code 0 is not whole, or None."""
+        got = f"({len(text.encode())} bytes received)"
+        if TOC_HEADER_END not in text:
+            return (f"pg_restore --list exited 0 but its listing is missing or cut short {got}: the output was lost "
+                    "on its way back (through the container engine?); the archive's table of contents was not checked")
+        if not text.endswith("\n"):
+            return f"pg_restore --list exited 0 but its listing ends inside a line {got}: the output was cut short"
+        if self._toc.toc_end is not None:
+            expected = self._toc.entries_read
+            for line in text.splitlines():
+                if line.startswith(";") and "TOC Entries:" in line and "Selected" not in line:
+                    listed = line.split(":", 1)[1].strip()
+                    if listed != str(expected):
+                        return (f"pg_restore --list reports {listed} TOC entries where the archive's table of contents "
+                                f"holds {expected}: the listing is not of these bytes")
+                    break
+        return None
+
+
+def toc_entry_count(toc_text: Optional[str]) -> int:
+    """The entries in a ``pg_restore --list`` listing (lines that are not comments)."""
+    return sum(1 for line in (toc_text or "").splitlines() if line and not line.startswith(";"))
 
 
 def _archive_verdict(

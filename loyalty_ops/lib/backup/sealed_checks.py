@@ -12,7 +12,6 @@ on disk and read it whole instead (``integrity.inspect_archive(..., unseal=...)`
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from typing import Any, Optional
 
@@ -22,9 +21,10 @@ from loyalty_ops.lib.backup.integrity import (
     ArchiveInspection,
     StreamDecompressor,
     StreamVerdict,
+    TocListing,
     _archive_verdict,
-    _feed,
     _Worker,
+    toc_entry_count,
 )
 
 
@@ -39,16 +39,7 @@ class InPassInspection:
         self._reader = ArchiveReader()
         self._walker = _Worker("in-pass-archive-walk", self._reader.feed, nice=nice)
         self._decomp = StreamDecompressor(compression)
-        self._toc = toc_process
-        self._sink = toc_process.stdin if toc_process is not None else None
-        self._toc_chunks: list[bytes] = []
-        self._toc_reader: Optional[threading.Thread] = None
-        if toc_process is not None:
-            self._toc_reader = threading.Thread(
-                target=lambda: self._toc_chunks.extend(iter(lambda: toc_process.stdout.read(65536), b"")),
-                name="in-pass-toc-reader", daemon=True,
-            )
-            self._toc_reader.start()
+        self._listing = TocListing(toc_process) if toc_process is not None else None
         self._size = 0
         self._raw = 0
         self._head = b""
@@ -69,11 +60,13 @@ class InPassInspection:
             self._head += out[: len(CUSTOM_FORMAT_MAGIC)]
         if out:
             self._walker.put(out)
-            self._sink = _feed(self._sink, out)
+            if self._listing is not None:
+                self._listing.feed(out)
 
     def finish(self) -> ArchiveInspection:
         self._walker.close()
-        _feed(self._sink, None)
+        if self._listing is not None:
+            self._listing.close_input()
         error = self._error or self._decomp.truncation_error()
         if self._size == 0:
             verdict = StreamVerdict(False, 0, f"{self._label} is empty")
@@ -84,14 +77,7 @@ class InPassInspection:
         else:
             verdict = StreamVerdict(True, self._raw, f"{self._label} (checked before encryption): valid to the end, {self._raw} bytes of archive")
         summary, archive_error = _archive_verdict(self._reader, self._walker.error, verdict)
-        toc_text = toc_error = None
-        if self._toc is not None:
-            assert self._toc_reader is not None
-            self._toc_reader.join()
-            code = self._toc.wait()
-            toc_text = b"".join(self._toc_chunks).decode("utf-8", errors="replace")
-            if code != 0:
-                toc_error = f"pg_restore --list failed with exit code {code}: {self._toc.stderr_text().strip()[-1500:]}"
+        toc_text, toc_error = self._listing.finish() if self._listing is not None else (None, None)
         return ArchiveInspection(
             self._digest.hexdigest(), self._size, verdict, toc_text, toc_error, summary, archive_error,
             time.monotonic() - self._started,
@@ -99,9 +85,8 @@ class InPassInspection:
 
     def abort(self) -> None:
         self._walker.close()
-        _feed(self._sink, None)
-        if self._toc is not None:
-            self._toc.kill()
+        if self._listing is not None:
+            self._listing.abort()
 
 
 def in_pass_record(inspection: ArchiveInspection, missing_tables: list[str], *, when: str = "before encryption") -> dict[str, Any]:
@@ -123,7 +108,7 @@ def in_pass_record(inspection: ArchiveInspection, missing_tables: list[str], *, 
         "archive_version": summary.version if summary is not None else "",
         "data_blocks": summary.data_blocks if summary is not None else 0,
         "toc_error": inspection.toc_error or "",
-        "toc_entries": sum(1 for line in (inspection.toc_text or "").splitlines() if line and not line.startswith(";")),
+        "toc_entries": toc_entry_count(inspection.toc_text),
         "missing_tables": missing_tables,
         "compressed_sha256": inspection.sha256,
         "seconds": round(inspection.seconds, 3),

@@ -150,9 +150,11 @@ class ExecStream:
         try:
             return next(self._frames, None)
         except ConnectionResetError:
-            # The engine closed the connection while our stdin still had unread bytes (the tool stopped
-            # reading early, e.g. pg_restore --list). Queued output was delivered first; the exit code
-            # from exec_inspect tells whether the tool succeeded.
+            # The engine closed the connection while our stdin still had unread bytes: the tool exited
+            # without reading all its input. Output the engine had not yet copied can be lost then (podman
+            # ends the attach on the failed write to the tool's stdin), so a caller that needs the whole
+            # output feeds only what the tool reads (integrity.TocListing) and checks what came back. The
+            # exit code from exec_inspect still tells whether the tool succeeded.
             return None
         except (OSError, ValueError):
             if self._closed:  # kill() closed the connection under a reader
