@@ -110,10 +110,11 @@ def server_cpu(data_dir: Path) -> float:
 
 
 class Pgbench:
-    def __init__(self, cluster: LocalPostgres, seconds: float, clients: int = 4):
+    def __init__(self, cluster: LocalPostgres, seconds: float, clients: int = 4, prefix: tuple[str, ...] = ()):
+        """``prefix``: what pgbench runs under (``taskset -c 1``)."""
         self.samples: list[tuple[float, float]] = []
         self.proc = subprocess.Popen(
-            [f"{cluster.bin_dir}/pgbench", "-c", str(clients), "-j", "2", "-T", str(int(seconds)), "-P", "1",
+            [*prefix, f"{cluster.bin_dir}/pgbench", "-c", str(clients), "-j", "2", "-T", str(int(seconds)), "-P", "1",
              "--progress-timestamp", "-n", "bench"],
             env={**BIN_ENV, **cluster.env("bench")}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.thread = threading.Thread(target=self._read, daemon=True)
