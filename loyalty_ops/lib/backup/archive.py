@@ -152,7 +152,7 @@ class ArchiveReader:
 
     :attr:`toc_end` is the archive offset where the table of contents ends, once it has been read.
     ``toc_only=True`` reads no further: the header and TOC are parsed, later bytes are ignored (what
-    ``pg_restore --list`` reads, :class:`loyalty_ops.lib.backup.integrity.TocFeed`).
+    ``pg_restore --list`` reads, :class:`loyalty_ops.lib.backup.integrity.TocListing`).
     """
 
     def __init__(self, *, toc_only: bool = False) -> None:
