@@ -177,3 +177,16 @@ def machine_line() -> str:
         pass
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return f"{os.cpu_count()} CPUs ({model or 'unknown model'}), load average {load}"
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time so far by kind (/proc/stat: user, nice, system, idle, iowait, irq, softirq, steal)."""
+    with open("/proc/stat") as stat:
+        return [int(value) for value in stat.readline().split()[1:9]]
+
+
+def stolen_share(before: list[int], after: list[int]) -> float:
+    """The share of the CPU time between two :func:`cpu_times` that the hypervisor gave to other machines (steal):
+    on a shared VM, how busy the neighbours were while a benchmark ran."""
+    spent = [b - a for a, b in zip(before, after)]
+    return spent[7] / max(sum(spent), 1)

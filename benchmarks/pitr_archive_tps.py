@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from _common import machine_line, moto_server  # noqa: F401  (sets sys.path)
+from _common import cpu_times, machine_line, moto_server, stolen_share  # noqa: F401  (sets sys.path)
 from pitr import BIN_ENV, Bench, Pgbench, PgBackRest, proc_cpu, say, server_cpu, table  # noqa: E402
 
 from devstack.postgres_cluster import server_engine_dir  # noqa: E402
@@ -170,7 +170,9 @@ def pin_server(data_dir: Path, cpus: set[int]) -> None:
 
 
 def run_windows(bench: Bench, sequence: list[Setting], seconds: float, settle: float,
-                client_cpus: Optional[set[int]]) -> list[Window]:
+                client_cpus: Optional[set[int]]) -> tuple[list[Window], float]:
+    """The windows, and the share of the machine's CPU time stolen by the hypervisor meanwhile."""
+    times_before = cpu_times()
     switcher = Switcher(bench)
     archiver = switcher.archiver_pid()
     prefix = ("taskset", "-c", ",".join(map(str, sorted(client_cpus)))) if client_cpus else ()
@@ -192,13 +194,14 @@ def run_windows(bench: Bench, sequence: list[Setting], seconds: float, settle: f
         window.samples = [tps for at, tps in load.samples if at - 1 >= window.start + settle and at <= window.end + 0.05]
         window.tps = statistics.mean(window.samples) if window.samples else 0.0
     switcher.conn.close()
-    return windows
+    return windows, stolen_share(times_before, cpu_times())
 
 
-def report(windows: list[Window], treatments: list[Setting], seconds: float, settle: float, placement: str) -> None:
+def report(windows: list[Window], treatments: list[Setting], seconds: float, settle: float, placement: str,
+           stolen: float) -> None:
     base = [w for w in windows if w.setting.label == BASELINE]
     print("\n== Archiving's cost as pgbench TPS: one pgbench run, settings switched by reload in alternating windows ==")
-    print(f"machine: {machine_line()}; {placement}")
+    print(f"machine: {machine_line()}; {placement}; CPU time stolen by the hypervisor during the run: {stolen:.1%}")
     print(f"{len(windows)} windows of {seconds:.0f} s ({settle:.0f} s left out after each switch); baseline "
           f"{statistics.median(w.tps for w in base):.0f} tps (median of {len(base)} windows, "
           f"{min(w.tps for w in base):.0f}-{max(w.tps for w in base):.0f})")
@@ -282,8 +285,8 @@ def main() -> None:
             say(f"{len(sequence)} windows of {args.window_seconds:.0f} s: about "
                 f"{len(sequence) * args.window_seconds / 60:.0f} min of pgbench")
             say(placement)
-            windows = run_windows(bench, sequence, args.window_seconds, args.settle, client_cpus)
-            report(windows, treatments, args.window_seconds, args.settle, placement)
+            windows, stolen = run_windows(bench, sequence, args.window_seconds, args.settle, client_cpus)
+            report(windows, treatments, args.window_seconds, args.settle, placement, stolen)
         finally:
             cluster.destroy()
             shutil.rmtree(work, ignore_errors=True)
